@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+sys.path.insert(0, str(TESTS_DIR))
+
+from openai_server import OpenAICompatibleServer  # noqa: E402
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAICompatibleServer]:
+    with OpenAICompatibleServer() as server:
+        yield server
+
+
+@pytest.fixture
+def silent_openai_server() -> Iterator[OpenAICompatibleServer]:
+    """A server that never reports usage, like many local model servers."""
+    with OpenAICompatibleServer(usage_mode="omit") as server:
+        yield server

@@ -1,0 +1,194 @@
+"""A small OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
+
+It speaks the parts of the API tokenmeter meters (chat completions, completions,
+embeddings; JSON and SSE streaming), reports `usage` the way real servers do or
+withholds it like many local servers, and records every request it received.
+Special model names make it fail: `fail-500`, `fail-400`, and `break-stream`
+(the connection drops after two chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+REPLY_CHUNKS = ["人工智能（AI）是", "计算机科学的一个分支。", "It studies agents 🤖 ", "and `code()`."]
+REPLY_TEXT = "".join(REPLY_CHUNKS)
+# Fixed numbers the server "bills", deliberately unlike any local count.
+SERVER_PROMPT_TOKENS = 41
+SERVER_COMPLETION_TOKENS = 13
+
+UsageMode = Literal["report", "omit"]
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class ServerState:
+    usage_mode: UsageMode = "report"
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _usage() -> dict[str, int]:
+    return {
+        "prompt_tokens": SERVER_PROMPT_TOKENS,
+        "completion_tokens": SERVER_COMPLETION_TOKENS,
+        "total_tokens": SERVER_PROMPT_TOKENS + SERVER_COMPLETION_TOKENS,
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        state = self.server.state
+        with state.lock:
+            state.requests.append(ReceivedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        model = body.get("model", "")
+        if model == "fail-500":
+            self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        if model == "fail-400":
+            self._json(400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
+            return
+        if self.path.endswith("/chat/completions"):
+            self._completion(body, chat=True)
+        elif self.path.endswith("/completions"):
+            self._completion(body, chat=False)
+        elif self.path.endswith("/embeddings"):
+            self._embeddings(body)
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _completion(self, body: dict[str, Any], chat: bool) -> None:
+        model = body.get("model", "")
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        report = self.server.state.usage_mode == "report"
+        if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": REPLY_TEXT}
+            else:
+                choice["text"] = REPLY_TEXT
+            payload: dict[str, Any] = {
+                "id": "cmpl-test-1", "object": kind, "created": created, "model": model, "choices": [choice],
+            }
+            if report:
+                payload["usage"] = _usage()
+            self._json(200, payload)
+            return
+
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+        for i, piece in enumerate(REPLY_CHUNKS):
+            if model == "break-stream" and i == 2:
+                # Promise a chunk, then drop the connection: the client sees a broken body.
+                self.wfile.write(b"400\r\ndata: {")
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            last = i == len(REPLY_CHUNKS) - 1
+            choice = {"index": 0, "finish_reason": "stop" if last else None}
+            if chat:
+                choice["delta"] = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            else:
+                choice["text"] = piece
+            self._event({"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model,
+                         "choices": [choice]})
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if report and wants_usage:
+            self._event({"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model,
+                         "choices": [], "usage": _usage()})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._chunk(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        """One piece of a chunked body; an empty one ends the body."""
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        count = 1 if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else len(inputs or [])
+        payload: dict[str, Any] = {
+            "object": "list",
+            "model": body.get("model", ""),
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(count)],
+        }
+        if self.server.state.usage_mode == "report":
+            payload["usage"] = {"prompt_tokens": SERVER_PROMPT_TOKENS, "total_tokens": SERVER_PROMPT_TOKENS}
+        self._json(200, payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # tests open dozens of connections at once
+    state: ServerState
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up (tests closing streams early) are expected here
+
+
+class OpenAICompatibleServer:
+    """Start with `with OpenAICompatibleServer() as server:`; `server.base_url` ends in /v1."""
+
+    def __init__(self, usage_mode: UsageMode = "report") -> None:
+        self.state = ServerState(usage_mode=usage_mode)
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd.state = self.state
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        return self.state.requests
+
+    def __enter__(self) -> OpenAICompatibleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+if __name__ == "__main__":  # manual use: python tests/openai_server.py
+    with OpenAICompatibleServer() as srv:
+        print(srv.base_url, flush=True)
+        threading.Event().wait()

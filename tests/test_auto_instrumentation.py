@@ -1,0 +1,58 @@
+"""`opentelemetry-instrument python app.py` meters an app that contains no tokenmeter code."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai_server import SERVER_PROMPT_TOKENS, OpenAICompatibleServer
+
+from tokenmeter import semconv
+
+APP = Path(__file__).parent / "auto_instrumented_app.py"
+
+
+def _instrument_command() -> list[str]:
+    executable = Path(sys.executable).parent / "opentelemetry-instrument"
+    found = str(executable) if executable.exists() else shutil.which("opentelemetry-instrument")
+    if not found:
+        pytest.fail("opentelemetry-instrument is not installed (it comes with the project's otlp extra)")
+    return [found, sys.executable, str(APP)]
+
+
+def _run(server: OpenAICompatibleServer, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TEST_OPENAI_BASE_URL": server.base_url,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "console",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "auto-app",
+        "TOKENMETER_HASH_KEY": "k",
+        **extra_env,
+    }
+    return subprocess.run(_instrument_command(), env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_opentelemetry_instrument_prints_genai_usage_spans(openai_server: OpenAICompatibleServer) -> None:
+    result = _run(openai_server)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "app done" in out
+    assert f'"{semconv.GEN_AI_USAGE_INPUT_TOKENS}": {SERVER_PROMPT_TOKENS}' in out
+    assert f'"{semconv.TM_USAGE_SOURCE}": "server"' in out
+    assert f'"{semconv.TM_USAGE_SOURCE}": "tokenizer"' in out  # the stream carried no usage
+    assert '"name": "chat qwen2.5-7b-instruct"' in out
+    assert f'"{semconv.TM_APP}": "auto-app"' in out  # app defaults to service.name
+    assert semconv.METRIC_USAGE_TOKENS in out  # usage counters exported at exit
+
+
+def test_disabled_instrumentations_switch_it_off(openai_server: OpenAICompatibleServer) -> None:
+    result = _run(openai_server, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="tokenmeter")
+    assert result.returncode == 0, result.stderr
+    assert "app done" in result.stdout
+    assert semconv.GEN_AI_USAGE_INPUT_TOKENS not in result.stdout

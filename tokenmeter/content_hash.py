@@ -1,0 +1,48 @@
+"""Keyed hashes of prompts and completions, so repeats can be found without the text.
+
+With TOKENMETER_HASH_KEY set, HMAC-SHA256 under that key: without the key a
+hash cannot be checked against guessed prompts. Without a key, plain SHA-256,
+and one warning that short prompts can be guessed from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tokenmeter.safety import warn_once
+
+ALGORITHM_HMAC = "hmac-sha256"
+ALGORITHM_PLAIN = "sha256"
+
+
+class ContentHasher:
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key or None
+
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHM_HMAC if self._key else ALGORITHM_PLAIN
+
+    def hash_text(self, text: str) -> str:
+        data = text.encode("utf-8")
+        if self._key:
+            return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        warn_once(
+            "content-hash-unkeyed",
+            "TOKENMETER_HASH_KEY is not set: prompts and completions are hashed with plain "
+            "SHA-256, and short prompts can be recovered by guessing. Set TOKENMETER_HASH_KEY "
+            "to a secret to use HMAC-SHA256.",
+        )
+        return hashlib.sha256(data).hexdigest()
+
+    def hash_messages(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        return self.hash_text(canonical_json(messages))
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value (sorted keys, no spaces), so equal prompts hash equal."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -1,0 +1,146 @@
+"""ASGI middleware that runs each request inside the attribution of whoever sent it.
+
+Pure ASGI: works with Starlette, FastAPI (Chatchat) or any ASGI app, with no
+framework imported. Identity comes from :func:`~tokenmeter.instrumentation.identity.resolve_identity`;
+everything the request runs, including tasks it starts, then sees it through
+:func:`tokenmeter.attribution.current_attribution`.
+
+The middleware never changes what the host app does: the request is neither
+rejected nor modified, and a failure inside the middleware is logged once and
+the app called as if the middleware were not there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any, Final, TypeAlias
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from tokenmeter.attribution import attribution
+from tokenmeter.instrumentation.identity import (
+    HeaderSource,
+    header_map,
+    incoming_context,
+    is_trusted_peer,
+    resolve_identity,
+)
+from tokenmeter.settings import Settings, get_settings
+
+__all__ = ["ASGIApp", "IdentityMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_IDENTIFIED_SCOPES: Final = frozenset({"http", "websocket"})
+
+
+class IdentityMiddleware:
+    """Wrap an ASGI app so that every HTTP and WebSocket request runs in its sender's attribution.
+
+    ``settings`` defaults to the process's :func:`~tokenmeter.settings.get_settings`.
+    Place it inside (after) OpenTelemetry's own ASGI middleware, if that is used,
+    so the server span is already current when the request's identity is set.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        self.app = app
+        self._settings = settings if settings is not None else _process_settings()
+        self._failures: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") not in _IDENTIFIED_SCOPES or self._settings is None:
+            await self.app(scope, receive, send)
+            return
+        request_context = contextlib.ExitStack()
+        try:
+            request_context.enter_context(self._request_context(scope, self._settings))
+        except Exception as error:
+            request_context = contextlib.ExitStack()
+            self._log_once(error, "requests are served without attribution while it lasts")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            try:
+                request_context.close()
+            except Exception as error:
+                self._log_once(error, "leaving the request's attribution failed")
+
+    @contextlib.contextmanager
+    def _request_context(self, scope: Scope, settings: Settings) -> Iterator[None]:
+        headers = scope.get("headers") or ()
+        client = scope.get("client")
+        client_host = str(client[0]) if client else None
+        identity = resolve_identity(headers, client_host, settings)
+        with contextlib.ExitStack() as stack:
+            remote = self._remote_context(headers, client_host, settings)
+            if remote is not None:
+                stack.enter_context(_attached(remote))
+            stack.enter_context(
+                attribution(
+                    user=identity.user,
+                    department=identity.department,
+                    app=identity.app,
+                    session=identity.session,
+                    authoritative=True,
+                )
+            )
+            yield
+
+    def _remote_context(
+        self, headers: HeaderSource, client_host: str | None, settings: Settings
+    ) -> otel_context.Context | None:
+        """The caller's trace context and baggage to continue, if it may be believed and nobody did yet.
+
+        When a server span is already current (OTel's own ASGI middleware runs
+        outside this one), that span continues the trace and LLM spans nest under it.
+        """
+        if trace.get_current_span().get_span_context().is_valid:
+            return None
+        if not is_trusted_peer(client_host, settings.trusted_proxies):
+            return None
+        try:
+            return incoming_context(header_map(headers))
+        except Exception as error:  # a third-party propagator: skip the trace, keep the identity
+            self._log_once(error, "requests do not continue the caller's trace while it lasts")
+            return None
+
+    def _log_once(self, error: Exception, consequence: str) -> None:
+        """A warning the first time a kind of failure happens here, debug after that."""
+        kind = f"{type(error).__qualname__}: {consequence}"
+        if kind in self._failures:
+            logger.debug("tokenmeter: identity middleware failed again (%s)", kind)
+            return
+        self._failures.add(kind)
+        logger.warning(
+            "tokenmeter: identity middleware failed; %s (logged once, the request goes on)",
+            consequence,
+            exc_info=error,
+        )
+
+
+@contextlib.contextmanager
+def _attached(ctx: otel_context.Context) -> Iterator[None]:
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _process_settings() -> Settings | None:
+    try:
+        return get_settings()
+    except Exception:
+        logger.warning(
+            "tokenmeter: TOKENMETER_* settings are invalid; the identity middleware is off", exc_info=True
+        )
+        return None

@@ -1,0 +1,126 @@
+"""`TokenmeterInstrumentor`: what `opentelemetry-instrument` loads, and `tokenmeter.instrument()` calls.
+
+Registered in the `opentelemetry_instrumentor` entry-point group, so
+`opentelemetry-instrument python app.py` activates it with environment
+variables only; `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tokenmeter` switches it off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import threading
+from collections.abc import Collection
+from types import FrameType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from tokenmeter import semconv
+from tokenmeter.catalog import ModelCatalog
+from tokenmeter.content_hash import ContentHasher
+from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
+from tokenmeter.instrumentation.metering import Metering, MeteringOptions
+from tokenmeter.instrumentation.openai_patch import RequestOptions, Target, patch, unpatch
+from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, create_instruments, meter_from
+from tokenmeter.safety import logger, report_internal_error
+from tokenmeter.settings import Settings, capture_message_content, get_settings
+from tokenmeter.tokenizers import TokenizerRegistry
+
+VERSION = "0.1.0"
+
+
+class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Meters every OpenAI-SDK call: one span, the GenAI metrics and tokenmeter's usage counters.
+
+    Keyword arguments of `instrument()`:
+      tracer_provider, meter_provider: as for any OTel instrumentor. When a meter
+        provider is given, the usage counters use it too (configure its readers'
+        cardinality limits yourself); otherwise they get their own pipeline.
+      settings: a `Settings` to use instead of the environment.
+      registry: a `TokenizerRegistry` to count with (tests, preloaded registries).
+    """
+
+    # Class-level state: BaseInstrumentor is a singleton whose __init__ runs again on
+    # every `TokenmeterInstrumentor()`, so instance state set there would be lost.
+    _finalizer = BackgroundFinalizer()
+    _targets: list[Target] = []  # noqa: RUF012 - replaced, never mutated in place
+    _accounting: AccountingPipeline | None = None
+    _signal_handler_installed = False
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("openai >= 1.0",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        settings: Settings = kwargs.get("settings") or get_settings()
+        tracer = trace.get_tracer(
+            semconv.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=kwargs.get("tracer_provider")
+        )
+        meter_provider = kwargs.get("meter_provider")
+        spec_meter = meter_from(meter_provider, VERSION)
+        if meter_provider is None:
+            self._accounting = AccountingPipeline(settings.metrics_cardinality_limit)
+            accounting_meter = meter_from(self._accounting.provider, VERSION)
+        else:
+            accounting_meter = spec_meter
+        catalog = ModelCatalog.load(settings.models)
+        registry = kwargs.get("registry") or TokenizerRegistry(catalog, allow_download=settings.allow_download)
+        if settings.preload_models:
+            registry.preload(settings.preload_models)
+        key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
+        metering = Metering(
+            tracer=tracer,
+            instruments=create_instruments(spec_meter, accounting_meter),
+            catalog=catalog,
+            registry=registry,
+            hasher=ContentHasher(key),
+            finalizer=self._finalizer,
+            options=MeteringOptions(capture_content=capture_message_content(), count_locally=settings.local_count),
+        )
+        options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate)
+        self._targets = patch(metering, options)
+        atexit.register(self.flush)
+        self._install_signal_flush()
+        logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        unpatch(self._targets)
+        self._targets = []
+        self.flush()
+        if self._accounting is not None:
+            self._accounting.shutdown()
+            self._accounting = None
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Finish pending calls and export the usage counters now."""
+        done = self._finalizer.flush(timeout_s)
+        if self._accounting is not None:
+            try:
+                done = self._accounting.force_flush(timeout_s * 1000) and done
+            except Exception as exc:
+                report_internal_error("accounting flush", exc)
+                return False
+        return done
+
+    def _install_signal_flush(self) -> None:
+        """Flush on SIGTERM too: servers such as Chatchat's are stopped by signal, not by exit."""
+        if self._signal_handler_installed or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self.flush(timeout_s=5.0)
+            if previous == signal.SIG_IGN:
+                return
+            if callable(previous):
+                previous(signum, frame)
+            else:  # default action: restore it and re-deliver, so the process still ends
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.raise_signal(signal.SIGTERM)
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+            self._signal_handler_installed = True
+        except (ValueError, OSError) as exc:
+            report_internal_error("SIGTERM handler", exc)

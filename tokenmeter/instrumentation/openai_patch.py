@@ -1,0 +1,196 @@
+"""wrapt wrappers around the OpenAI SDK's `create` methods (1.x and current lines).
+
+Each wrapper starts a metered call, makes its span current for the request (so
+HTTP-level spans nest under it), calls the SDK unchanged, and hands the result
+to `Metering`. Any failure of tokenmeter's own falls back to the plain call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from tokenmeter import semconv
+from tokenmeter.instrumentation.metering import LLMCall, Metering
+from tokenmeter.instrumentation.openai_payload import caller_asked_for_usage
+from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
+from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
+from tokenmeter.safety import report_internal_error
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    method: str  # "Class.method"
+    operation: str
+    is_async: bool
+
+
+TARGETS = (
+    Target("openai.resources.chat.completions", "Completions.create", semconv.OPERATION_CHAT, False),
+    Target("openai.resources.chat.completions", "AsyncCompletions.create", semconv.OPERATION_CHAT, True),
+    Target("openai.resources.completions", "Completions.create", semconv.OPERATION_TEXT_COMPLETION, False),
+    Target("openai.resources.completions", "AsyncCompletions.create", semconv.OPERATION_TEXT_COMPLETION, True),
+    Target("openai.resources.embeddings", "Embeddings.create", semconv.OPERATION_EMBEDDINGS, False),
+    Target("openai.resources.embeddings", "AsyncEmbeddings.create", semconv.OPERATION_EMBEDDINGS, True),
+)
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    stream_usage: str  # "off" | "inject"
+    propagate: str  # "loopback" | "always" | "never"
+
+
+def _server_of(instance: Any) -> tuple[str | None, int | None]:
+    try:
+        url = instance._client.base_url  # the resource's client; an httpx URL
+        return url.host or None, url.port
+    except Exception:
+        return None, None
+
+
+def _prepare_request(call: LLMCall, kwargs: dict[str, Any], options: RequestOptions) -> dict[str, Any]:
+    """The kwargs to send: usage requested in streams if configured, context headers if allowed."""
+    if (
+        call.stream
+        and options.stream_usage == "inject"
+        and call.operation != semconv.OPERATION_EMBEDDINGS
+        and not caller_asked_for_usage(kwargs)
+    ):
+        stream_options = dict(kwargs.get("stream_options") or {})
+        stream_options["include_usage"] = True
+        kwargs = {**kwargs, "stream_options": stream_options}
+        call.hide_usage_chunk = True
+    if should_propagate(options.propagate, call.server_address):
+        kwargs = with_context_headers(kwargs)
+    return kwargs
+
+
+def _begin(
+    metering: Metering, target: Target, instance: Any, kwargs: dict[str, Any], options: RequestOptions
+) -> tuple[LLMCall | None, dict[str, Any], object | None]:
+    """Start metering; on any internal failure, (None, kwargs, None) and the call goes on unmetered."""
+    try:
+        host, port = _server_of(instance)
+        call = metering.start(target.operation, kwargs, host, port)
+        token = context.attach(trace.set_span_in_context(call.span))
+        try:
+            return call, _prepare_request(call, kwargs, options), token
+        except Exception:
+            context.detach(token)
+            raise
+    except Exception as exc:
+        report_internal_error("call start", exc)
+        return None, kwargs, None
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        try:
+            context.detach(token)  # type: ignore[arg-type]
+        except Exception as exc:
+            report_internal_error("context detach", exc)
+
+
+def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -> Any:
+    try:
+        if call.stream and _is_sdk_stream(result):
+            finish = _stream_finisher(metering, call)
+            proxy = MeteredAsyncStream if is_async else MeteredStream
+            return proxy(result, finish, call.hide_usage_chunk)
+        metering.complete(call, _parsed(result))
+    except Exception as exc:
+        report_internal_error("call result", exc)
+    return result
+
+
+def _stream_finisher(metering: Metering, call: LLMCall) -> Callable[..., None]:
+    def finish(accumulator: Any, error: BaseException | None) -> None:
+        metering.complete_stream(call, accumulator, error)
+
+    return finish
+
+
+def _is_sdk_stream(result: Any) -> bool:
+    return hasattr(result, "__next__") or hasattr(result, "__anext__")
+
+
+def _parsed(result: Any) -> Any:
+    """`with_raw_response` calls return a wrapper; its parsed body carries the usage."""
+    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
+        return result.parse()
+    return result
+
+
+def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
+    try:
+        metering.fail(call, error)
+    except Exception as exc:
+        report_internal_error("call failure", exc)
+
+
+def make_sync_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call, kwargs, token = _begin(metering, target, instance, kwargs, options)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _on_error(metering, call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, is_async=False)
+
+    return wrapper
+
+
+def make_async_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call, kwargs, token = _begin(metering, target, instance, kwargs, options)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            _on_error(metering, call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, is_async=True)
+
+    return wrapper
+
+
+def patch(metering: Metering, options: RequestOptions) -> list[Target]:
+    """Wrap every target the installed SDK has; returns the ones wrapped."""
+    wrapped: list[Target] = []
+    for target in TARGETS:
+        try:
+            module = importlib.import_module(target.module)
+        except ImportError:
+            continue
+        class_name, _ = target.method.split(".")
+        if not hasattr(module, class_name):
+            continue
+        factory = make_async_wrapper if target.is_async else make_sync_wrapper
+        wrap_function_wrapper(module, target.method, factory(metering, target, options))
+        wrapped.append(target)
+    return wrapped
+
+
+def unpatch(targets: list[Target]) -> None:
+    for target in targets:
+        module = importlib.import_module(target.module)
+        class_name, method = target.method.split(".")
+        unwrap(getattr(module, class_name), method)

@@ -1,0 +1,132 @@
+"""Stream wrappers that meter a streamed completion without changing what the caller sees.
+
+The proxy forwards every attribute to the SDK's Stream / AsyncStream. It watches
+the chunks go by and finishes the call exactly once: at the end of the stream,
+when it fails, when the caller closes it or leaves its `with` block early, or,
+for a caller that just stops reading, when the stream is garbage-collected.
+With `TOKENMETER_STREAM_USAGE=inject` it hides the usage-only final chunk from
+callers that did not ask for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import wrapt
+
+from tokenmeter.instrumentation.openai_payload import StreamAccumulator, is_usage_only_chunk
+from tokenmeter.safety import report_internal_error
+
+
+class _StreamMeter:
+    """The metering state of one stream, kept apart from the proxy so a finalizer can use it."""
+
+    def __init__(self, finish: Any, hide_usage_chunk: bool) -> None:
+        self.accumulator = StreamAccumulator()
+        self.hide_usage_chunk = hide_usage_chunk
+        self._finish = finish
+        self._done = False
+        self._lock = threading.Lock()
+
+    def observe(self, chunk: Any) -> bool:
+        """Record a chunk; True if the caller should see it."""
+        try:
+            self.accumulator.observe(chunk)
+            return not (self.hide_usage_chunk and is_usage_only_chunk(chunk))
+        except Exception as exc:
+            report_internal_error("stream chunk", exc)
+            return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        try:
+            self._finish(self.accumulator, error)
+        except Exception as exc:
+            report_internal_error("stream finish", exc)
+
+
+class MeteredStream(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, finish: Any, hide_usage_chunk: bool) -> None:
+        super().__init__(stream)
+        meter = _StreamMeter(finish, hide_usage_chunk)
+        self._self_meter = meter
+        weakref.finalize(self, meter.finish)
+
+    def __iter__(self) -> MeteredStream:
+        return self
+
+    def __next__(self) -> Any:
+        meter = self._self_meter
+        while True:
+            try:
+                chunk = self.__wrapped__.__next__()
+            except StopIteration:
+                meter.finish()
+                raise
+            except BaseException as exc:
+                meter.finish(exc)
+                raise
+            if meter.observe(chunk):
+                return chunk
+
+    def __enter__(self) -> MeteredStream:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            self._self_meter.finish(exc_info[1])
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_meter.finish()
+
+
+class MeteredAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, finish: Any, hide_usage_chunk: bool) -> None:
+        super().__init__(stream)
+        meter = _StreamMeter(finish, hide_usage_chunk)
+        self._self_meter = meter
+        weakref.finalize(self, meter.finish)
+
+    def __aiter__(self) -> MeteredAsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        meter = self._self_meter
+        while True:
+            try:
+                chunk = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                meter.finish()
+                raise
+            except BaseException as exc:
+                meter.finish(exc)
+                raise
+            if meter.observe(chunk):
+                return chunk
+
+    async def __aenter__(self) -> MeteredAsyncStream:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            self._self_meter.finish(exc_info[1])
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_meter.finish()

@@ -1,0 +1,100 @@
+"""Every telemetry name tokenmeter emits or reads, in one place.
+
+GenAI names follow the OpenTelemetry GenAI semantic conventions
+(open-telemetry/semantic-conventions-genai, "Development" stability).
+Names under ``tokenmeter.*`` are this project's own. No other module spells
+an attribute, metric or baggage name: import it from here.
+"""
+
+from typing import Final
+
+# --- GenAI semantic conventions: span attributes ------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+ERROR_TYPE: Final = "error.type"
+ENDUSER_ID: Final = "enduser.id"
+
+# gen_ai.operation.name values
+OPERATION_CHAT: Final = "chat"
+OPERATION_TEXT_COMPLETION: Final = "text_completion"
+OPERATION_EMBEDDINGS: Final = "embeddings"
+
+# gen_ai.token.type values
+TOKEN_TYPE_INPUT: Final = "input"
+TOKEN_TYPE_OUTPUT: Final = "output"
+
+# gen_ai.provider.name for OpenAI-compatible endpoints
+PROVIDER_OPENAI: Final = "openai"
+
+# --- GenAI semantic conventions: metrics ---------------------------------------
+METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+# Bucket boundaries the conventions prescribe for the two histograms.
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)
+OPERATION_DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+
+# --- tokenmeter attributes -----------------------------------------------------
+TM_DEPARTMENT: Final = "tokenmeter.department"
+TM_APP: Final = "tokenmeter.app"
+# Where the billed counts (gen_ai.usage.*) come from: server | tokenizer | estimate.
+TM_USAGE_SOURCE: Final = "tokenmeter.usage.source"
+# Counts made locally, kept beside server counts so drift can be seen.
+TM_LOCAL_INPUT_TOKENS: Final = "tokenmeter.usage.local_input_tokens"
+TM_LOCAL_OUTPUT_TOKENS: Final = "tokenmeter.usage.local_output_tokens"
+TM_LOCAL_SOURCE: Final = "tokenmeter.usage.local_source"
+TM_TOKENIZER: Final = "tokenmeter.tokenizer"
+# Cost of the call as a decimal string (exact), its currency and flags.
+TM_COST: Final = "tokenmeter.cost"
+TM_COST_CURRENCY: Final = "tokenmeter.cost.currency"
+TM_COST_VIRTUAL: Final = "tokenmeter.cost.virtual"
+TM_COST_UNPRICED: Final = "tokenmeter.cost.unpriced"
+TM_PROMPT_HASH: Final = "tokenmeter.prompt.hash"
+TM_COMPLETION_HASH: Final = "tokenmeter.completion.hash"
+# "hmac-sha256" when TOKENMETER_HASH_KEY is set, "sha256" otherwise.
+TM_HASH_ALGORITHM: Final = "tokenmeter.hash.algorithm"
+TM_STREAM: Final = "tokenmeter.stream"
+TM_REQUESTED_MODEL: Final = "tokenmeter.model.requested"
+TM_EFFECTIVE_MODEL: Final = "tokenmeter.model.effective"
+TM_QUOTA_DECISION: Final = "tokenmeter.quota.decision"
+TM_QUOTA_BUDGET: Final = "tokenmeter.quota.budget"
+
+# usage source values
+SOURCE_SERVER: Final = "server"
+SOURCE_TOKENIZER: Final = "tokenizer"
+SOURCE_ESTIMATE: Final = "estimate"
+
+# --- tokenmeter metrics (the accounting source; cumulative counters) -----------
+METRIC_USAGE_TOKENS: Final = "tokenmeter.usage.tokens"
+# Integer count of billionths of the currency unit in tokenmeter.cost.currency:
+# integers add exactly, floats would not.
+METRIC_USAGE_COST: Final = "tokenmeter.usage.cost"
+METRIC_USAGE_CALLS: Final = "tokenmeter.usage.calls"
+COST_UNITS_PER_CURRENCY_UNIT: Final = 1_000_000_000
+
+# --- W3C baggage keys carrying attribution across process hops -----------------
+BAGGAGE_USER: Final = ENDUSER_ID
+BAGGAGE_DEPARTMENT: Final = TM_DEPARTMENT
+BAGGAGE_APP: Final = TM_APP
+BAGGAGE_SESSION: Final = GEN_AI_CONVERSATION_ID
+
+# Instrumentation scope name for tracer and meter.
+INSTRUMENTATION_SCOPE: Final = "tokenmeter"

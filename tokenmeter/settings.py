@@ -1,0 +1,102 @@
+"""tokenmeter's settings: one object, read from the environment once at start.
+
+Every ``TOKENMETER_*`` variable is a field here and a row in the table in
+docs/instrumentation.md. Code receives a ``Settings`` instance; only
+``get_settings()`` reads the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def default_data_dir() -> Path:
+    """Where the embedded store lives unless TOKENMETER_CLICKHOUSE_URL says otherwise."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tokenmeter"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
+
+    # Store and services (used by later components; named here so the table is whole).
+    clickhouse_url: str = Field(default_factory=lambda: f"chdb://{default_data_dir() / 'chdb'}")
+    policy: Path | None = None
+    enforcer_url: str | None = None
+    enforcer_token: SecretStr | None = None
+    fail_mode: Literal["open", "closed"] = "open"
+
+    # Model catalog: a user YAML file whose entries win over the built-in ones.
+    models: Path | None = None
+    # Hugging Face hub ids may be fetched only when this is set; otherwise local cache only.
+    allow_download: bool = False
+    # Models whose tokenizers load at instrument() time instead of on first use.
+    preload_models: CommaList = Field(default_factory=list)
+
+    # Privacy: key for HMAC-SHA256 of prompts and completions.
+    hash_key: SecretStr | None = None
+
+    # Identity (ASGI middleware). Several header names may be given, first present wins.
+    user_header: CommaList = Field(default_factory=lambda: ["X-Forwarded-User", "X-User-Id"])
+    department_header: CommaList = Field(default_factory=lambda: ["X-Forwarded-Groups", "X-Department"])
+    app_header: CommaList = Field(default_factory=lambda: ["X-Tokenmeter-App"])
+    session_header: CommaList = Field(default_factory=lambda: ["X-Conversation-Id"])
+    # Identity headers and incoming baggage are believed only from these peers
+    # (like uvicorn's forwarded_allow_ips). A verified JWT is believed from anyone.
+    trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256", "RS256", "ES256"])
+    jwt_audience: str | None = None
+    jwt_user_claim: str = "sub"
+    jwt_department_claim: str = "department"
+
+    # Local counts beside server counts (drift) on every call, or only when the server reports none.
+    local_count: Literal["always", "fallback"] = "always"
+
+    # Streaming: "inject" adds stream_options.include_usage so the server reports usage.
+    stream_usage: Literal["off", "inject"] = "off"
+    # Where trace context and attribution baggage are added to outgoing LLM requests:
+    # only to loopback servers (Chatchat's own /v1 hop) by default, so user ids are
+    # not sent to third-party APIs.
+    propagate: Literal["loopback", "always", "never"] = "loopback"
+    # The usage counters carry a user dimension; the OTel SDK's default per-metric
+    # limit (2000 series) would fold extra users into one overflow series.
+    metrics_cardinality_limit: int = 100_000
+
+    @field_validator(
+        "preload_models", "user_header", "department_header", "app_header", "session_header",
+        "trusted_proxies", "jwt_algorithms", mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics_cardinality_limit")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("TOKENMETER_METRICS_CARDINALITY_LIMIT must be a positive integer")
+        return value
+
+
+def capture_message_content() -> bool:
+    """The OTel GenAI opt-in for recording prompt and completion text."""
+    value = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    return value.strip().lower() in {"1", "true", "yes", "on", "span_only", "span_and_event"}
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
