@@ -5,7 +5,11 @@ difference is tokenmeter's own cost on the caller's path: span start, context,
 wrappers and hand-off to the background finalizer. Blocks of calls alternate
 between the two sides to spread machine noise evenly.
 
-    .venv/bin/python bench/instrumentation_overhead.py [--calls 4000] [--blocks 20]
+    .venv/bin/python bench/instrumentation_overhead.py [--calls 20000] [--blocks 40]
+
+Cases: the server reports usage with the default drift sampling (10 % of calls also
+counted locally), the same with TOKENMETER_LOCAL_COUNT=always, and a server that
+reports no usage (every call counted with the tokenizer).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import tokenmeter
+from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.settings import Settings
+from tokenmeter.tokenizers import TokenizerRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from openai_server import REPLY_TEXT
@@ -88,13 +94,15 @@ def percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=1000)[int(q * 1000) - 1]
 
 
-def run(with_usage: bool, calls: int, blocks: int) -> dict[str, float]:
+def run(with_usage: bool, calls: int, blocks: int, local_count: str = "sample") -> dict[str, float]:
     client = make_client(with_usage)
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter()))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     instrumentor = TokenmeterInstrumentor()
-    settings = Settings(hash_key="bench")
+    settings = Settings(hash_key="bench", local_count=local_count)
+    registry = TokenizerRegistry(ModelCatalog.load(None))
+    registry.preload([MODEL])  # a one-off load is start-up cost, not per-call latency
     plain: list[float] = []
     metered: list[float] = []
     timed_calls(client, 200)  # warm-up: imports, connection pool, pydantic
@@ -102,7 +110,11 @@ def run(with_usage: bool, calls: int, blocks: int) -> dict[str, float]:
     for _ in range(blocks):
         plain.extend(timed_calls(client, per_block))
         instrumentor.instrument(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings, skip_dep_check=True
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            settings=settings,
+            registry=registry,
+            skip_dep_check=True,
         )
         metered.extend(timed_calls(client, per_block))
         tokenmeter.flush(60)
@@ -117,15 +129,19 @@ def run(with_usage: bool, calls: int, blocks: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=4000)
-    parser.add_argument("--blocks", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--blocks", type=int, default=40)
     args = parser.parse_args()
     print(f"openai {openai.__version__}; {args.calls} calls per side in {args.blocks} alternating blocks")
     print(f"{'case':<22}{'plain p50':>11}{'metered p50':>13}{'added p50':>11}"
           f"{'plain p99':>11}{'metered p99':>13}{'added p99':>11}{'p50 ratio':>11}")
-    for with_usage in (True, False):
-        r = run(with_usage, args.calls, args.blocks)
-        case = "server reports usage" if with_usage else "no usage (tokenizer)"
+    cases = (
+        ("server usage, default", True, "sample"),
+        ("server usage, always", True, "always"),
+        ("no usage (tokenizer)", False, "sample"),
+    )
+    for case, with_usage, local_count in cases:
+        r = run(with_usage, args.calls, args.blocks, local_count)
         print(
             f"{case:<22}{r['plain_p50_us']:>9.0f}us{r['metered_p50_us']:>11.0f}us"
             f"{r['metered_p50_us'] - r['plain_p50_us']:>9.0f}us"

@@ -11,6 +11,18 @@ sys.path.insert(0, str(TESTS_DIR))
 
 from openai_server import OpenAICompatibleServer  # noqa: E402
 
+from tokenmeter.attribution import default_app  # noqa: E402
+
+
+@pytest.fixture
+def no_service_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No service.name in the environment, and no cached default app from earlier tests."""
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    default_app.cache_clear()
+    yield
+    default_app.cache_clear()
+
 
 @pytest.fixture
 def openai_server() -> Iterator[OpenAICompatibleServer]:

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tokenmeter import semconv
-from tokenmeter.attribution import Attribution, attribution, current_attribution, default_app
+from tokenmeter.attribution import Attribution, attribution, current_attribution
 from tokenmeter.instrumentation.asgi import IdentityMiddleware
 from tokenmeter.instrumentation.identity import first_group, is_trusted_peer, resolve_identity
 from tokenmeter.settings import Settings, get_settings
@@ -45,13 +45,7 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN_ID = "b7ad6b7169203331"
 
 
-@pytest.fixture(autouse=True)
-def _no_service_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
-    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    default_app.cache_clear()
-    yield
-    default_app.cache_clear()
+pytestmark = pytest.mark.usefixtures("no_service_name")
 
 
 @pytest.fixture(scope="module")

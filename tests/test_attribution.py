@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -46,13 +45,7 @@ TRICKY_IDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_service_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
-    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    default_app.cache_clear()
-    yield
-    default_app.cache_clear()
+pytestmark = pytest.mark.usefixtures("no_service_name")
 
 
 def tokenmeter_baggage() -> dict[str, object]:

@@ -52,7 +52,7 @@ def registry(catalog: ModelCatalog) -> TokenizerRegistry:
 
 
 def make_settings(catalog_path: Path | None = None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"models": catalog_path, "hash_key": HASH_KEY}
+    values: dict[str, Any] = {"models": catalog_path, "hash_key": HASH_KEY, "local_count": "always"}
     values.update(overrides)
     return Settings(**values)
 
@@ -502,3 +502,65 @@ def test_uninstrument_restores_the_sdk(openai_server: OpenAICompatibleServer) ->
     client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
     assert tokenmeter.flush(5)
     assert telemetry.spans() == ()
+
+
+def test_messages_the_tokenizer_rejects_still_bill_server_usage(
+    instrumented: Telemetry, openai_server: OpenAICompatibleServer, silent_openai_server: OpenAICompatibleServer
+) -> None:
+    odd = [{"content": "a message without a role"}]
+    client_for(openai_server).chat.completions.create(model=MODEL, messages=odd)
+    client_for(silent_openai_server).chat.completions.create(model=MODEL, messages=odd)
+    assert tokenmeter.flush(5)
+    by_source = {s.attributes[semconv.TM_USAGE_SOURCE]: dict(s.attributes) for s in instrumented.spans()}
+    assert by_source["server"][semconv.GEN_AI_USAGE_INPUT_TOKENS] == SERVER_PROMPT_TOKENS
+    assert by_source["estimate"][semconv.GEN_AI_USAGE_INPUT_TOKENS] > 0  # no server usage: labelled estimate
+    assert by_source["estimate"][semconv.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+
+
+def test_a_broken_user_catalog_falls_back_to_the_built_in_one(
+    tmp_path: Path, openai_server: OpenAICompatibleServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text('- match: "x"\n  price: {input: "1", output: "1", per: 10K, currency: CNY}\n', encoding="utf-8")
+    telemetry = make_telemetry()
+    instrumentor = TokenmeterInstrumentor()
+    with caplog.at_level(logging.ERROR):
+        instrumentor.instrument(
+            tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
+            settings=make_settings(catalog), skip_dep_check=True,
+        )
+    try:
+        client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
+        span = only_span(telemetry)
+    finally:
+        instrumentor.uninstrument()
+    assert any(str(catalog) in r.getMessage() and "per" in r.getMessage() for r in caplog.records)
+    assert span.attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == SERVER_PROMPT_TOKENS
+    assert span.attributes[semconv.TM_LOCAL_SOURCE] == "tokenizer"  # built-in Qwen entry still counts
+
+
+@pytest.mark.parametrize("instrumented", [{"local_count": "fallback"}], indirect=True)
+def test_fallback_mode_counts_locally_only_without_server_usage(
+    instrumented: Telemetry, openai_server: OpenAICompatibleServer, silent_openai_server: OpenAICompatibleServer
+) -> None:
+    client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
+    client_for(silent_openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert tokenmeter.flush(5)
+    by_source = {s.attributes[semconv.TM_USAGE_SOURCE]: dict(s.attributes) for s in instrumented.spans()}
+    assert semconv.TM_LOCAL_INPUT_TOKENS not in by_source["server"]
+    assert by_source["tokenizer"][semconv.TM_LOCAL_INPUT_TOKENS] == qwen_chatml_count(MESSAGES)
+
+
+@pytest.mark.parametrize("instrumented", [{"local_count": "sample", "drift_sample_rate": 0.5}], indirect=True)
+def test_sample_mode_counts_drift_on_a_share_of_calls(
+    instrumented: Telemetry, openai_server: OpenAICompatibleServer
+) -> None:
+    client = client_for(openai_server)
+    for _ in range(40):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert tokenmeter.flush(5)
+    spans = instrumented.spans()
+    sampled = [s for s in spans if semconv.TM_LOCAL_INPUT_TOKENS in s.attributes]
+    assert 0 < len(sampled) < 40  # all-or-none has probability 2**-39
+    assert all(s.attributes[semconv.TM_LOCAL_INPUT_TOKENS] == qwen_chatml_count(MESSAGES) for s in sampled)
+    assert all(s.attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == SERVER_PROMPT_TOKENS for s in spans)

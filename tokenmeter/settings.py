@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     jwt_user_claim: str = "sub"
     jwt_department_claim: str = "department"
 
-    # Local counts beside server counts (drift) on every call, or only when the server reports none.
-    local_count: Literal["always", "fallback"] = "always"
+    # Local counts when the server reports usage too (they show drift; billing uses the
+    # server's): on every call, on a sample of calls (by trace id), or never. Calls
+    # without server usage are always counted locally: that count is the bill.
+    local_count: Literal["always", "sample", "fallback"] = "sample"
+    drift_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # Streaming: "inject" adds stream_options.include_usage so the server reports usage.
     stream_usage: Literal["off", "inject"] = "off"

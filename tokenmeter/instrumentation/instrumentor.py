@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter import semconv
-from tokenmeter.catalog import ModelCatalog
+from tokenmeter.catalog import CatalogError, ModelCatalog
 from tokenmeter.content_hash import ContentHasher
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.metering import Metering, MeteringOptions
@@ -29,6 +29,20 @@ from tokenmeter.settings import Settings, capture_message_content, get_settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
 VERSION = "0.1.0"
+
+
+def _load_catalog(settings: Settings) -> ModelCatalog:
+    """The catalog with the user's file; if that file is broken, say why and use the built-in one.
+
+    Metering with built-in entries (and server-reported usage) beats not metering at all.
+    """
+    try:
+        return ModelCatalog.load(settings.models)
+    except CatalogError as exc:
+        logger.error(
+            "tokenmeter: %s. Using the built-in model catalog only until TOKENMETER_MODELS is fixed.", exc
+        )
+        return ModelCatalog.load(None)
 
 
 class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -64,7 +78,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             accounting_meter = meter_from(self._accounting.provider, VERSION)
         else:
             accounting_meter = spec_meter
-        catalog = ModelCatalog.load(settings.models)
+        catalog = _load_catalog(settings)
         registry = kwargs.get("registry") or TokenizerRegistry(catalog, allow_download=settings.allow_download)
         if settings.preload_models:
             registry.preload(settings.preload_models)
@@ -76,7 +90,11 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             registry=registry,
             hasher=ContentHasher(key),
             finalizer=self._finalizer,
-            options=MeteringOptions(capture_content=capture_message_content(), count_locally=settings.local_count),
+            options=MeteringOptions(
+                capture_content=capture_message_content(),
+                count_locally=settings.local_count,
+                drift_sample_rate=settings.drift_sample_rate,
+            ),
         )
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate)
         self._targets = patch(metering, options)

@@ -34,9 +34,12 @@ from tokenmeter.instrumentation.openai_payload import (
 )
 from tokenmeter.instrumentation.usage_metrics import Instruments
 from tokenmeter.pricing import Cost, cost_of, cost_units
+from tokenmeter.safety import report_internal_error
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
+from tokenmeter.tokenizers.estimate import ESTIMATE_LABEL, estimate_tokens
 
 AttributeMap = dict[str, str | bool | int | float | list[str]]
+_LOW_64_BITS = 2**64 - 1
 
 
 @dataclass
@@ -76,7 +79,10 @@ class LocalCounts:
 @dataclass(frozen=True)
 class MeteringOptions:
     capture_content: bool = False
-    count_locally: str = "always"  # "always" | "fallback" (only when the server reports none)
+    # When the server reports usage: "always", "sample" (drift_sample_rate of calls) or
+    # "fallback" (never). Without server usage the local count is always made.
+    count_locally: str = "sample"
+    drift_sample_rate: float = 0.1
 
 
 class Metering:
@@ -183,8 +189,12 @@ class Metering:
         span = call.span
         pricing_model = self._pricing_model(call)
         local: LocalCounts | None = None
-        if call.reached_server and (call.usage is None or self._options.count_locally == "always"):
-            local = self._count_locally(pricing_model, call)
+        if call.reached_server and (call.usage is None or self._wants_drift_count(call)):
+            try:
+                local = self._count_locally(pricing_model, call)
+            except Exception as exc:  # odd input must not cost the call its usage record
+                report_internal_error("local token count", exc)
+                local = None if call.usage is not None else _estimate_locally(call)
 
         if call.usage is not None:
             billed_in, billed_out, source = call.usage.input_tokens, call.usage.output_tokens, semconv.SOURCE_SERVER
@@ -193,6 +203,7 @@ class Metering:
         else:  # failed before the server answered: nothing billable
             billed_in, billed_out, source = 0, 0, None
 
+        _yield_gil()
         cost = cost_of(self._catalog.price_for(pricing_model), billed_in, billed_out) if call.reached_server else None
 
         attributes: AttributeMap = {}
@@ -218,8 +229,18 @@ class Metering:
             attributes[semconv.ERROR_TYPE] = call.error_type
             call.span.set_status(Status(StatusCode.ERROR, call.error_type))
         span.set_attributes(attributes)
-
+        _yield_gil()
         self._record_metrics(call, billed_in, billed_out, source, cost)
+
+    def _wants_drift_count(self, call: LLMCall) -> bool:
+        """Count locally beside the server's usage? Sampling is by trace id, so it is stable."""
+        mode = self._options.count_locally
+        if mode == "always":
+            return True
+        if mode != "sample" or self._options.drift_sample_rate <= 0:
+            return False
+        trace_id = call.span.get_span_context().trace_id
+        return (trace_id & _LOW_64_BITS) < self._options.drift_sample_rate * 2**64
 
     def _pricing_model(self, call: LLMCall) -> str:
         """The catalog name to count and price by: the requested model if known, else the served one."""
@@ -313,6 +334,22 @@ class Metering:
             cost_attributes[semconv.TM_COST_CURRENCY] = cost.currency
             cost_attributes[semconv.TM_COST_VIRTUAL] = cost.virtual
             self._instruments.usage_cost.add(cost_units(cost.amount), cost_attributes)
+
+
+def _yield_gil() -> None:
+    """Let a caller thread that is waiting for the GIL run now.
+
+    This runs on the background thread; without a pause between its phases a waiting
+    caller thread could wait for the rest of a call's finalization (hundreds of µs).
+    """
+    time.sleep(0)
+
+
+def _estimate_locally(call: LLMCall) -> LocalCounts:
+    """Last resort when the tokenizer path failed on this input: a labelled estimate."""
+    input_tokens = estimate_tokens(canonical_json(call.request_input))
+    output_tokens = sum(estimate_tokens(text) for text in call.output_texts)
+    return LocalCounts(input_tokens, output_tokens, semconv.SOURCE_ESTIMATE, ESTIMATE_LABEL)
 
 
 def _attribution_attributes(who: Attribution, include_session: bool = True) -> AttributeMap:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from wrapt import wrap_function_wrapper
 
 from tokenmeter import semconv
@@ -138,6 +138,8 @@ def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
 
 def make_sync_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():  # e.g. inside an exporter, or suppress_instrumentation()
+            return wrapped(*args, **kwargs)
         call, kwargs, token = _begin(metering, target, instance, kwargs, options)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -157,6 +159,8 @@ def make_async_wrapper(metering: Metering, target: Target, options: RequestOptio
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
         call, kwargs, token = _begin(metering, target, instance, kwargs, options)
         if call is None:
             return await wrapped(*args, **kwargs)
