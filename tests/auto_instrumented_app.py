@@ -1,6 +1,10 @@
-"""A plain OpenAI-SDK script with no tokenmeter code: run under `opentelemetry-instrument`."""
+"""A plain OpenAI-SDK script with no tokenmeter code: run under `opentelemetry-instrument`.
+
+With TEST_WAIT_FOR_SIGNAL set it then waits to be stopped by a signal, as servers are.
+"""
 
 import os
+import time
 
 import openai
 
@@ -13,3 +17,5 @@ for _chunk in client.chat.completions.create(
 ):
     pass
 print("app done", flush=True)
+if os.environ.get("TEST_WAIT_FOR_SIGNAL"):
+    time.sleep(120)

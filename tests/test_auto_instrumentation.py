@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,31 @@ def test_disabled_instrumentations_switch_it_off(openai_server: OpenAICompatible
     assert result.returncode == 0, result.stderr
     assert "app done" in result.stdout
     assert semconv.GEN_AI_USAGE_INPUT_TOKENS not in result.stdout
+
+
+def test_sigterm_flushes_spans_and_counters(openai_server: OpenAICompatibleServer) -> None:
+    """A server stopped by SIGTERM (as `chatchat start -a` stops its child) still exports its usage."""
+    env = {
+        **os.environ,
+        "TEST_OPENAI_BASE_URL": openai_server.base_url,
+        "TEST_WAIT_FOR_SIGNAL": "1",
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "console",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",  # nothing would be exported on a timer in time
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    }
+    process = subprocess.Popen(
+        _instrument_command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "app done" in first, process.stderr.read() if process.stderr else ""
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM  # the default action still ends the process
+    assert f'"{semconv.GEN_AI_USAGE_INPUT_TOKENS}": {SERVER_PROMPT_TOKENS}' in out
+    assert semconv.METRIC_USAGE_TOKENS in out

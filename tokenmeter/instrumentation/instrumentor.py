@@ -14,7 +14,7 @@ from collections.abc import Collection
 from types import FrameType
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter import semconv
@@ -61,17 +61,22 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _finalizer = BackgroundFinalizer()
     _targets: list[Target] = []  # noqa: RUF012 - replaced, never mutated in place
     _accounting: AccountingPipeline | None = None
-    _signal_handler_installed = False
+    # The host's providers tokenmeter emits to, flushed with it (on SIGTERM above all).
+    _host_providers: tuple[Any, ...] = ()
+    _exit_hooks_installed = False
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("openai >= 1.0",)
 
     def _instrument(self, **kwargs: Any) -> None:
         settings: Settings = kwargs.get("settings") or get_settings()
-        tracer = trace.get_tracer(
-            semconv.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=kwargs.get("tracer_provider")
-        )
+        tracer_provider = kwargs.get("tracer_provider")
+        tracer = trace.get_tracer(semconv.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
         meter_provider = kwargs.get("meter_provider")
+        self._host_providers = (
+            tracer_provider or trace.get_tracer_provider(),
+            meter_provider or metrics.get_meter_provider(),
+        )
         spec_meter = meter_from(meter_provider, VERSION)
         if meter_provider is None:
             self._accounting = AccountingPipeline(settings.metrics_cardinality_limit)
@@ -98,8 +103,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate)
         self._targets = patch(metering, options)
-        atexit.register(self.flush)
-        self._install_signal_flush()
+        self._install_exit_hooks()
         logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -111,19 +115,29 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._accounting = None
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Finish pending calls and export the usage counters now."""
+        """Finish pending calls, then export their spans and the usage counters now."""
         done = self._finalizer.flush(timeout_s)
+        providers = [*self._host_providers]
         if self._accounting is not None:
+            providers.append(self._accounting.provider)
+        for provider in providers:
+            force_flush = getattr(provider, "force_flush", None)
+            if force_flush is None:  # the API's no-op providers
+                continue
             try:
-                done = self._accounting.force_flush(timeout_s * 1000) and done
+                done = force_flush(int(timeout_s * 1000)) is not False and done
             except Exception as exc:
-                report_internal_error("accounting flush", exc)
-                return False
+                report_internal_error("telemetry flush", exc)
+                done = False
         return done
 
-    def _install_signal_flush(self) -> None:
-        """Flush on SIGTERM too: servers such as Chatchat's are stopped by signal, not by exit."""
-        if self._signal_handler_installed or threading.current_thread() is not threading.main_thread():
+    def _install_exit_hooks(self) -> None:
+        """Flush at exit, and on SIGTERM: servers such as Chatchat's are stopped by signal."""
+        if self._exit_hooks_installed:
+            return
+        type(self)._exit_hooks_installed = True
+        atexit.register(self.flush)
+        if threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGTERM)
 
@@ -139,6 +153,5 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         try:
             signal.signal(signal.SIGTERM, on_sigterm)
-            self._signal_handler_installed = True
         except (ValueError, OSError) as exc:
             report_internal_error("SIGTERM handler", exc)
