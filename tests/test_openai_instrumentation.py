@@ -197,6 +197,21 @@ def test_raw_response_calls_are_metered(instrumented: Telemetry, openai_server: 
     assert attributes[semconv.TM_USAGE_SOURCE] == "server"
 
 
+def test_raw_response_streams_are_metered(
+    instrumented: Telemetry, silent_openai_server: OpenAICompatibleServer
+) -> None:
+    raw = client_for(silent_openai_server).chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, stream=True
+    )
+    assert raw.http_response.status_code == 200
+    stream = raw.parse()
+    assert raw.parse() is stream  # one stream, as the SDK itself caches it
+    assert [c.choices[0].delta.content for c in stream] == REPLY_CHUNKS
+    attributes = dict(only_span(instrumented).attributes)
+    assert attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == qwen_text_count(REPLY_TEXT)
+    assert attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == qwen_chatml_count(MESSAGES)
+
+
 def test_embeddings_and_text_completions(instrumented: Telemetry, silent_openai_server: OpenAICompatibleServer) -> None:
     client = client_for(silent_openai_server)
     texts = ["知识库里的第一段。", "Second passage with emoji 🚀."]

@@ -18,8 +18,8 @@ from wrapt import wrap_function_wrapper
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.metering import LLMCall, Metering
-from tokenmeter.instrumentation.openai_payload import caller_asked_for_usage
-from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
+from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_asked_for_usage
+from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredRawResponse, MeteredStream
 from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
 from tokenmeter.safety import report_internal_error
 
@@ -101,10 +101,16 @@ def _detach(token: object | None) -> None:
 
 def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -> Any:
     try:
-        if call.stream and _is_sdk_stream(result):
-            finish = _stream_finisher(metering, call)
+        if call.stream:
             proxy = MeteredAsyncStream if is_async else MeteredStream
-            return proxy(result, finish, call.hide_usage_chunk)
+
+            def meter_stream(stream: Any) -> Any:
+                return proxy(stream, _stream_finisher(metering, call), call.hide_usage_chunk)
+
+            if _is_sdk_stream(result):
+                return meter_stream(result)
+            if _is_raw_response(result):
+                return MeteredRawResponse(result, meter_stream, _stream_finisher_unread(metering, call))
         metering.complete(call, _parsed(result))
     except Exception as exc:
         report_internal_error("call result", exc)
@@ -118,15 +124,24 @@ def _stream_finisher(metering: Metering, call: LLMCall) -> Callable[..., None]:
     return finish
 
 
+def _stream_finisher_unread(metering: Metering, call: LLMCall) -> Callable[[], None]:
+    def finish() -> None:
+        metering.complete_stream(call, StreamAccumulator(), None)
+
+    return finish
+
+
 def _is_sdk_stream(result: Any) -> bool:
     return hasattr(result, "__next__") or hasattr(result, "__anext__")
 
 
+def _is_raw_response(result: Any) -> bool:
+    return hasattr(result, "http_response") and callable(getattr(result, "parse", None))
+
+
 def _parsed(result: Any) -> Any:
     """`with_raw_response` calls return a wrapper; its parsed body carries the usage."""
-    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
-        return result.parse()
-    return result
+    return result.parse() if _is_raw_response(result) else result
 
 
 def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:

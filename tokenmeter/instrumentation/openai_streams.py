@@ -130,3 +130,25 @@ class MeteredAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
             await self.__wrapped__.close()
         finally:
             self._self_meter.finish()
+
+
+class MeteredRawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A `with_raw_response` result of a streamed call: its parsed stream is the metered one.
+
+    The SDK caches what `parse()` returns; so does this proxy, so the caller gets one
+    metered stream however often it parses. If the caller never parses, the call is
+    finished (with what is known: the input) when the response is garbage-collected.
+    """
+
+    def __init__(self, raw: Any, meter_stream: Any, finish_unread: Any) -> None:
+        super().__init__(raw)
+        self._self_meter_stream = meter_stream
+        self._self_stream: Any = None
+        self._self_unread = weakref.finalize(self, finish_unread)
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        if self._self_stream is None:
+            self._self_unread.detach()
+            self._self_stream = self._self_meter_stream(parsed)
+        return self._self_stream
