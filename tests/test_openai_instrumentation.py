@@ -212,6 +212,19 @@ def test_raw_response_streams_are_metered(
     assert attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == qwen_chatml_count(MESSAGES)
 
 
+def test_generator_inputs_reach_the_server_intact(
+    instrumented: Telemetry, openai_server: OpenAICompatibleServer
+) -> None:
+    client = client_for(openai_server)
+    client.chat.completions.create(model=MODEL, messages=(m for m in MESSAGES))
+    client.embeddings.create(model=MODEL, input=(t for t in ["一", "二"]))
+    assert openai_server.requests[0].body["messages"] == MESSAGES
+    assert openai_server.requests[1].body["input"] == ["一", "二"]
+    assert tokenmeter.flush(5)
+    chat = next(s for s in instrumented.spans() if s.attributes[semconv.GEN_AI_OPERATION_NAME] == "chat")
+    assert chat.attributes[semconv.TM_LOCAL_INPUT_TOKENS] == qwen_chatml_count(MESSAGES)
+
+
 def test_embeddings_and_text_completions(instrumented: Telemetry, silent_openai_server: OpenAICompatibleServer) -> None:
     client = client_for(silent_openai_server)
     texts = ["知识库里的第一段。", "Second passage with emoji 🚀."]

@@ -8,7 +8,7 @@ to `Metering`. Any failure of tokenmeter's own falls back to the plain call.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ def _begin(
 ) -> tuple[LLMCall | None, dict[str, Any], object | None]:
     """Start metering; on any internal failure, (None, kwargs, None) and the call goes on unmetered."""
     try:
+        kwargs = _materialized(kwargs)
         host, port = _server_of(instance)
         call = metering.start(target.operation, kwargs, host, port)
         token = context.attach(trace.set_span_in_context(call.span))
@@ -89,6 +90,20 @@ def _begin(
     except Exception as exc:
         report_internal_error("call start", exc)
         return None, kwargs, None
+
+
+def _materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kwargs whose one-shot iterables (generators of messages or inputs) are lists.
+
+    The SDK accepts any iterable; tokenmeter reads the input too, so a generator
+    would arrive empty at the SDK. A list of the same items keeps the request identical.
+    """
+    replaced = {
+        name: list(value)
+        for name in ("messages", "input", "prompt")
+        if isinstance(value := kwargs.get(name), Iterator)
+    }
+    return {**kwargs, **replaced} if replaced else kwargs
 
 
 def _detach(token: object | None) -> None:
