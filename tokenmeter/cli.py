@@ -4,9 +4,11 @@
     tokenmeter count --model gpt-4 --messages-json chat.json      # or "-" for stdin
     tokenmeter count --model deepseek-chat --file prompt.txt
     tokenmeter count --list-models [--models my-models.yaml]
+    tokenmeter db migrate [--clickhouse-url URL] [--cluster NAME] [--ttl-days N] [--dry-run]
 
-Exit codes: 0 success, 2 bad input (unreadable file, invalid JSON or messages,
-broken catalog, bad arguments).
+Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
+a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
+messages, broken catalog, bad arguments, a bad store URL).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from pydantic import ValidationError
 from tokenmeter.catalog import CatalogError, ModelCatalog, ModelEntry
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.settings import get_settings
+from tokenmeter.store.client import StoreConfigError, StoreError
+from tokenmeter.store.migrations import DEFAULT_RAW_TTL_DAYS, MigrationError, RenderOptions
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
 
 EXIT_OK: Final = 0
+EXIT_STORE_ERROR: Final = 1
 EXIT_BAD_INPUT: Final = 2
 
 
@@ -115,6 +120,46 @@ def _run_count(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     return EXIT_OK
 
 
+def _run_db_migrate(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.store import migrations
+
+    if args.ttl_days < 0:
+        raise InputError(f"--ttl-days must be 0 (keep raw data forever) or a number of days, got {args.ttl_days}")
+    try:
+        options = RenderOptions(cluster=args.cluster, raw_ttl_days=args.ttl_days)
+    except MigrationError as exc:
+        raise InputError(str(exc)) from None
+    if args.dry_run:  # renders every migration; does not connect (a chDB directory stays free)
+        rendered = migrations.render_all(options)
+        stdout.write(f"-- the record of applied migrations\n{migrations.migrations_table_sql(options)};\n")
+        for migration, statements in rendered:
+            stdout.write(f"\n-- {migration.file_name} (sha256 {migration.checksum})\n")
+            stdout.write("".join(f"{statement};\n\n" for statement in statements))
+        return EXIT_OK
+    from tokenmeter.store.client import open_store, parse_store_url
+
+    url = args.clickhouse_url if args.clickhouse_url is not None else get_settings().clickhouse_url
+    location = parse_store_url(url)
+
+    def progress(line: str) -> None:
+        sys.stderr.write(f"tokenmeter db migrate: {line}\n")
+
+    progress(f"store {location.display}")
+    client = open_store(url)
+    try:
+        result = migrations.migrate(client, options, progress=progress)
+    finally:
+        client.close()
+    summary = {
+        "store": location.display,
+        "cluster": args.cluster,
+        "applied": [migration.file_name for migration in result.applied],
+        "already_applied": [migration.file_name for migration in result.already_applied],
+    }
+    stdout.write(json.dumps(summary) + "\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenmeter", description="Token metering and cost accounting for LLM applications."
@@ -137,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--list-models", action="store_true", help="print the catalog entries as JSON lines")
     count.add_argument("--models", type=Path, metavar="PATH", help="model catalog YAML (overrides TOKENMETER_MODELS)")
     count.set_defaults(run=_run_count)
+
+    db = commands.add_parser("db", help="manage the ClickHouse store", description="Manage the ClickHouse store.")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    migrate = db_commands.add_parser(
+        "migrate",
+        help="create or update the schema",
+        description="Apply the schema migrations not yet applied. Progress goes to stderr, a JSON summary to stdout.",
+    )
+    migrate.add_argument(
+        "--clickhouse-url",
+        metavar="URL",
+        help="chdb:///path or http(s)://user:password@host:port/db (default: TOKENMETER_CLICKHOUSE_URL)",
+    )
+    migrate.add_argument(
+        "--cluster", metavar="NAME", help="render ON CLUSTER NAME with Replicated and Distributed tables"
+    )
+    migrate.add_argument(
+        "--ttl-days",
+        type=int,
+        default=DEFAULT_RAW_TTL_DAYS,
+        metavar="N",
+        help=f"keep raw otel_* rows N days; 0 keeps them forever (default {DEFAULT_RAW_TTL_DAYS})",
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print the rendered SQL; do not connect")
+    migrate.set_defaults(run=_run_db_migrate)
     return parser
 
 
@@ -156,9 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # keep the interpreter's final flush quiet
         return EXIT_OK
-    except (InputError, CatalogError) as exc:
+    except (InputError, CatalogError, StoreConfigError) as exc:
         sys.stderr.write(f"tokenmeter {args.command}: {exc}\n")
         return EXIT_BAD_INPUT
+    except (StoreError, MigrationError) as exc:
+        sys.stderr.write(f"tokenmeter {args.command}: {exc}\n")
+        return EXIT_STORE_ERROR
     except ValidationError as exc:
         sys.stderr.write(f"tokenmeter {args.command}: invalid TOKENMETER_* setting: {exc}\n")
         return EXIT_BAD_INPUT

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenmeter.settings import Settings
+from tokenmeter.store.client import StoreConfigError, StoreLockedError, open_store, parse_store_url
+
+HOLDER = """
+import sys
+from tokenmeter.store.client import open_store
+client = open_store(sys.argv[1])
+client.query("SELECT 1")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_parse_http_url_hides_password() -> None:
+    location = parse_store_url("https://meter:s3cr%40t@ch.example:9443/usage")
+    assert (location.host, location.port, location.username, location.database, location.secure) == (
+        "ch.example",
+        9443,
+        "meter",
+        "usage",
+        True,
+    )
+    assert location.password == "s3cr@t"
+    assert "s3cr" not in repr(location) and "s3cr" not in location.display
+    assert parse_store_url("http://ch").port == 8123
+    assert parse_store_url("http://ch").database == "default"
+
+
+@pytest.mark.parametrize("url", ["chdb://host/path", "chdb://relative", "ftp://x", "http:///db"])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(StoreConfigError):
+        parse_store_url(url)
+
+
+def test_default_url_is_chdb_under_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TOKENMETER_CLICKHOUSE_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    location = parse_store_url(Settings().clickhouse_url)
+    assert location.kind == "chdb" and location.path == tmp_path / "tokenmeter" / "chdb"
+
+
+def test_open_creates_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b"
+    client = open_store(f"chdb://{path}")
+    try:
+        assert client.query("SELECT 1").result_rows == [(1,)]
+    finally:
+        client.close()
+    assert path.is_dir()
+
+
+def test_password_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Exception):  # noqa: B017 (no server listens there)
+        open_store("http://meter:hunter2pw@127.0.0.1:9/db")
+    assert "hunter2pw" not in caplog.text
+
+
+def test_second_process_gets_locked_error(tmp_path: Path) -> None:
+    url = f"chdb://{tmp_path / 'held'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError, match=r"tokenmeter serve.*HTTP API") as info:
+            open_store(url)
+        assert f"PID {holder.pid}" in str(info.value)
+    finally:
+        holder.communicate(timeout=30)

@@ -1,0 +1,131 @@
+"""Exact period usage from the cumulative usage counters.
+
+A counter series (one process's running total for one combination of attributes)
+used, in ``[start, end)``::
+
+    max(value with TimeUnix < end) - max(value with TimeUnix < start)    (0 before its first point)
+
+Maxima are idempotent, so duplicated, overlapping or retried exports cannot change the
+result; a restarted process is a new series from 0, so it adds. Usage is bucketed by
+export time: a call made in the last export interval before ``start`` but exported
+after it counts in the new period (docs/storage.md states the bound).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final, Literal
+
+from tokenmeter import semconv
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+Dimension = Literal["user", "department", "app", "model"]
+
+# Columns of usage_counter_minutely a report may group by. Only these names are ever
+# placed into SQL text; everything the caller gives is a bound parameter.
+_DIMENSION_COLUMNS: Final[dict[str, str]] = {"user": "user", "department": "department", "app": "app", "model": "model"}
+
+_PERIOD_SQL: Final = """
+SELECT subject, metric, token_type, currency, virtual, toInt64(sum(used)) AS used
+FROM (
+    SELECT
+        series_id,
+        any({column}) AS subject,
+        any(metric) AS metric,
+        any(token_type) AS token_type,
+        any(currency) AS currency,
+        any(virtual) AS virtual,
+        maxIf(value_max, minute < {{end:DateTime('UTC')}})
+            - maxIf(value_max, minute < {{start:DateTime('UTC')}}) AS used
+    FROM usage_counter_minutely
+    WHERE minute < {{end:DateTime('UTC')}} AND {filter}
+    GROUP BY series_id
+    HAVING used != 0
+)
+GROUP BY subject, metric, token_type, currency, virtual
+ORDER BY subject
+"""
+
+
+@dataclass(frozen=True)
+class CostAmount:
+    currency: str
+    virtual: bool
+    amount: Decimal
+
+
+@dataclass
+class PeriodUsage:
+    """One subject's usage in a period. Costs are per (currency, virtual) pair."""
+
+    subject: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    costs: list[CostAmount] = field(default_factory=list)
+
+
+def _minute_utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (e.g. datetime(..., tzinfo=UTC))")
+    value = value.astimezone(UTC)
+    if value.second or value.microsecond:
+        raise ValueError(f"{name} must fall on a whole minute (usage is kept per minute), got {value.isoformat()}")
+    return value
+
+
+def period_usage(
+    client: Client,
+    start: datetime,
+    end: datetime,
+    by: Dimension,
+    subject: str | None = None,
+) -> list[PeriodUsage]:
+    """Usage per ``by`` value in ``[start, end)``, optionally for one subject only.
+
+    ``start`` and ``end`` are timezone-aware and on whole minutes.
+    """
+    column = _DIMENSION_COLUMNS.get(by)
+    if column is None:
+        raise ValueError(f"by must be one of {sorted(_DIMENSION_COLUMNS)}, got {by!r}")
+    start, end = _minute_utc(start, "start"), _minute_utc(end, "end")
+    if end <= start:
+        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    parameters: dict[str, object] = {
+        "start": start.strftime("%Y-%m-%d %H:%M:%S"),
+        "end": end.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    condition = "1"
+    if subject is not None:
+        condition = f"{column} = {{subject:String}}"
+        parameters["subject"] = subject
+    sql = _PERIOD_SQL.format(column=column, filter=condition)
+    rows = client.query(sql, parameters=parameters).result_rows
+    return _collect(rows)
+
+
+def _collect(rows: list[tuple[object, ...]] | list[list[object]]) -> list[PeriodUsage]:
+    usage: dict[str, PeriodUsage] = {}
+    costs: dict[str, dict[tuple[str, bool], int]] = defaultdict(lambda: defaultdict(int))
+    for subject, metric, token_type, currency, virtual, used in rows:
+        entry = usage.setdefault(str(subject), PeriodUsage(subject=str(subject)))
+        amount = int(used)  # type: ignore[call-overload]
+        if metric == semconv.METRIC_USAGE_TOKENS and token_type == semconv.TOKEN_TYPE_INPUT:
+            entry.input_tokens += amount
+        elif metric == semconv.METRIC_USAGE_TOKENS and token_type == semconv.TOKEN_TYPE_OUTPUT:
+            entry.output_tokens += amount
+        elif metric == semconv.METRIC_USAGE_CALLS:
+            entry.calls += amount
+        elif metric == semconv.METRIC_USAGE_COST:
+            costs[entry.subject][(str(currency), bool(virtual))] += amount
+    for subject, by_currency in costs.items():
+        usage[subject].costs = [
+            CostAmount(currency, virtual, Decimal(nanos) / semconv.COST_UNITS_PER_CURRENCY_UNIT)
+            for (currency, virtual), nanos in sorted(by_currency.items())
+        ]
+    return list(usage.values())
