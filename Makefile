@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 # Chatchat runs with httpx 0.27), in a venv of its own.
 OPENAI1_VENV ?= .venv-openai1
 OPENAI1_SPEC ?= openai==1.109.1 httpx==0.27.2
+# (only what the instrumentation tests need: no store extra, no chDB)
 
 .PHONY: test lint pytest test-openai1 bench demo clean
 
@@ -20,7 +21,8 @@ $(BIN)/.installed: pyproject.toml
 $(OPENAI1_VENV)/.installed: pyproject.toml
 	test -x $(OPENAI1_VENV)/bin/python || $(PYTHON) -m venv $(OPENAI1_VENV)
 	$(OPENAI1_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OPENAI1_VENV)/bin/python -m pip install --quiet -e '.[test]' $(OPENAI1_SPEC)
+	$(OPENAI1_VENV)/bin/python -m pip install --quiet -e '.[tokenizers-offline,hf,jwt,otlp]' \
+		pytest pytest-asyncio hypothesis $(OPENAI1_SPEC)
 	touch $@
 
 lint: $(BIN)/.installed
