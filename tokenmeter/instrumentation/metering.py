@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -78,11 +78,13 @@ class LocalCounts:
 
 @dataclass(frozen=True)
 class MeteringOptions:
-    capture_content: bool = False
+    """The settings metering reads; their defaults live in `tokenmeter.settings.Settings` only."""
+
+    capture_content: bool
     # When the server reports usage: "always", "sample" (drift_sample_rate of calls) or
     # "fallback" (never). Without server usage the local count is always made.
-    count_locally: str = "sample"
-    drift_sample_rate: float = 0.1
+    count_locally: Literal["always", "sample", "fallback"]
+    drift_sample_rate: float
 
 
 class Metering:

@@ -7,6 +7,7 @@ to `Metering`. Any failure of tokenmeter's own falls back to the plain call.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -125,7 +126,9 @@ def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -
             if _is_sdk_stream(result):
                 return meter_stream(result)
             if _is_raw_response(result):
-                return MeteredRawResponse(result, meter_stream, _stream_finisher_unread(metering, call))
+                # Never parsed: finish with what is known (the input) and no output.
+                finish_unread = functools.partial(_stream_finisher(metering, call), StreamAccumulator(), None)
+                return MeteredRawResponse(result, meter_stream, finish_unread)
         metering.complete(call, _parsed(result))
     except Exception as exc:
         report_internal_error("call result", exc)
@@ -135,13 +138,6 @@ def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -
 def _stream_finisher(metering: Metering, call: LLMCall) -> Callable[..., None]:
     def finish(accumulator: Any, error: BaseException | None) -> None:
         metering.complete_stream(call, accumulator, error)
-
-    return finish
-
-
-def _stream_finisher_unread(metering: Metering, call: LLMCall) -> Callable[[], None]:
-    def finish() -> None:
-        metering.complete_stream(call, StreamAccumulator(), None)
 
     return finish
 
