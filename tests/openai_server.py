@@ -39,17 +39,23 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _usage() -> dict[str, int]:
+def _usage(body: dict[str, Any]) -> dict[str, int]:
+    # A request's max_tokens becomes its completion size, so tests can vary usage per call.
+    completion = body.get("max_tokens")
+    completion = completion if isinstance(completion, int) and completion > 0 else SERVER_COMPLETION_TOKENS
     return {
         "prompt_tokens": SERVER_PROMPT_TOKENS,
-        "completion_tokens": SERVER_COMPLETION_TOKENS,
-        "total_tokens": SERVER_PROMPT_TOKENS + SERVER_COMPLETION_TOKENS,
+        "completion_tokens": completion,
+        "total_tokens": SERVER_PROMPT_TOKENS + completion,
     }
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; with Nagle on, each response waits
+    # for the client's delayed ACK (~40 ms per call on Linux).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -99,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": "cmpl-test-1", "object": kind, "created": created, "model": model, "choices": [choice],
             }
             if report:
-                payload["usage"] = _usage()
+                payload["usage"] = _usage(body)
             self._json(200, payload)
             return
 
@@ -127,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if report and wants_usage:
             self._event({"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model,
-                         "choices": [], "usage": _usage()})
+                         "choices": [], "usage": _usage(body)})
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 

@@ -61,8 +61,14 @@ def test_cluster_rendering_is_replicated_everywhere() -> None:
                 assert "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in statement
                 local = match.group(1)
                 assert any(f"Distributed('prod', currentDatabase(), {local}," in s for s in statements)
+            elif re.fullmatch(r"otlp_\w+_in", match.group(1)):
+                # the receiver's per-node input tables keep nothing; their views write to the Distributed tables
+                assert engine.group(1) == "Null"
             else:
                 assert engine.group(1) == "Distributed"
+    ingest_views = [s for _, st in render_all(RenderOptions(cluster="prod")) for s in st if "FROM otlp_" in s]
+    assert len(ingest_views) == 5
+    assert all(re.search(r"TO otel_\w+ AS", view) and "_local AS" not in view for view in ingest_views)
     single = "\n".join(s for _, st in render_all(RenderOptions()) for s in st)
     assert "ON CLUSTER" not in single and "Replicated" not in single and "${" not in single
 

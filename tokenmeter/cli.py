@@ -5,6 +5,8 @@
     tokenmeter count --model deepseek-chat --file prompt.txt
     tokenmeter count --list-models [--models my-models.yaml]
     tokenmeter db migrate [--clickhouse-url URL] [--cluster NAME] [--ttl-days N] [--dry-run]
+    tokenmeter serve [--host 127.0.0.1] [--otlp-grpc-port 4317] [--otlp-http-port 4318] [--api-port 9400]
+    tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
 a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
@@ -25,6 +27,7 @@ from typing import Any, Final, TextIO
 from pydantic import ValidationError
 
 from tokenmeter.catalog import CatalogError, ModelCatalog, ModelEntry
+from tokenmeter.collector.limits import DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_REQUEST_BYTES
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.settings import get_settings
 from tokenmeter.store.client import StoreConfigError, StoreError
@@ -160,6 +163,87 @@ def _run_db_migrate(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) ->
     return EXIT_OK
 
 
+def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.serve.process import ServeConfig, ServeError, run_serve
+
+    settings = get_settings()
+    if args.ttl_days < 0:
+        raise InputError(f"--ttl-days must be 0 (keep raw data forever) or a number of days, got {args.ttl_days}")
+    config = ServeConfig(
+        clickhouse_url=args.clickhouse_url if args.clickhouse_url is not None else settings.clickhouse_url,
+        host=args.host,
+        otlp_grpc_port=args.otlp_grpc_port,
+        otlp_http_port=args.otlp_http_port,
+        api_port=args.api_port,
+        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        otlp_token=settings.otlp_token.get_secret_value() if settings.otlp_token else None,
+        raw_ttl_days=args.ttl_days,
+        max_request_bytes=args.max_request_bytes,
+        max_pending_bytes=args.max_queue_bytes,
+        flush_interval=args.flush_interval,
+    )
+    logging.getLogger("tokenmeter").setLevel(logging.INFO)
+
+    def progress(line: str) -> None:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+
+    try:
+        return run_serve(config, progress=progress)
+    except ServeError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the embedded collector and API (one process, embedded ClickHouse by default)",
+        description=(
+            "Apply migrations, then receive OTLP on gRPC and HTTP into the store and serve the usage API. "
+            "A JSON line on stdout says when it is ready; SIGTERM writes everything queued and exits."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--otlp-grpc-port", type=int, default=4317, metavar="PORT", help="OTLP/gRPC (default 4317)")
+    serve.add_argument("--otlp-http-port", type=int, default=4318, metavar="PORT", help="OTLP/HTTP (default 4318)")
+    serve.add_argument("--api-port", type=int, default=9400, metavar="PORT", help="HTTP API (default 9400)")
+    serve.add_argument(
+        "--clickhouse-url",
+        metavar="URL",
+        help="chdb:///path or http(s)://user:password@host:port/db (default: TOKENMETER_CLICKHOUSE_URL)",
+    )
+    serve.add_argument(
+        "--ttl-days",
+        type=int,
+        default=DEFAULT_RAW_TTL_DAYS,
+        metavar="N",
+        help=f"keep raw otel_* rows N days when creating tables; 0 keeps them (default {DEFAULT_RAW_TTL_DAYS})",
+    )
+    serve.add_argument(
+        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+        help="largest OTLP request, after decompression; larger ones get 413 (default 64 MiB)",
+    )
+    serve.add_argument(
+        "--max-queue-bytes", type=int, default=DEFAULT_MAX_PENDING_BYTES, metavar="N",
+        help="requests waiting to be written; beyond it senders get 429 / RESOURCE_EXHAUSTED (default 256 MiB)",
+    )
+    serve.add_argument(
+        "--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL, metavar="SECONDS",
+        help="least time between two inserts; requests arriving meanwhile share the next one (default 0.1)",
+    )
+    serve.set_defaults(run=_run_serve)
+
+
+def _add_report_parser(commands: Any) -> None:
+    try:  # TEMPORARY until report_command lands
+        from tokenmeter.report_command import add_report_parser, run_report
+    except ModuleNotFoundError:
+        return
+
+    add_report_parser(commands)
+    commands.choices["report"].set_defaults(run=lambda args, stdout, _stdin: run_report(args, stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenmeter", description="Token metering and cost accounting for LLM applications."
@@ -207,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--dry-run", action="store_true", help="print the rendered SQL; do not connect")
     migrate.set_defaults(run=_run_db_migrate)
+    _add_serve_parser(commands)
+    _add_report_parser(commands)
     return parser
 
 

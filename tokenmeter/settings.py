@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     enforcer_token: SecretStr | None = None
     fail_mode: Literal["open", "closed"] = "open"
 
+    # `tokenmeter serve`: bearer token for its usage API (read endpoints reveal usage).
+    # Unset: serve makes one and writes it to <data dir>/api-token (mode 0600), where
+    # `tokenmeter report` on the same machine finds it.
+    api_token: SecretStr | None = None
+    # Where `tokenmeter report` finds a running serve's API.
+    api_url: str = "http://127.0.0.1:9400"
+    # Optional bearer token the OTLP receiver requires (OTEL_EXPORTER_OTLP_HEADERS on the app side).
+    otlp_token: SecretStr | None = None
+
     # Model catalog: a user YAML file whose entries win over the built-in ones.
     models: Path | None = None
     # Hugging Face hub ids may be fetched only when this is set; otherwise local cache only.

@@ -15,6 +15,12 @@ placeholder                     single server (chDB or ClickHouse)  ``--cluster 
                                 window = 10000``
 ``${raw_ttl(expr)}``            ``TTL expr + toIntervalDay(N)``     same (nothing when ``--ttl-days 0``)
 ``${aggregate_ttl(expr)}``      ``TTL expr + toIntervalDay(400)``   same
+``${otlp_attributes_type}``     the column type of an OTLP attribute list read with FORMAT Protobuf
+``${otlp_attributes_map(e)}``   that list as the exporter's ``Map(LowCardinality(String), String)``
+``${otlp_any_value_type}``,     one OTLP AnyValue's column type, and the value as the exporter's string
+``${otlp_any_value_string(e)}``
+``${otlp_exemplars_type}``,     an OTLP exemplar list's column type, and the exporter's ``Exemplars.*`` columns
+``${otlp_exemplar_columns(e)}``
 ==============================  ==================================  ==========================================
 
 Each applied file is recorded in ``tokenmeter_migrations`` with the SHA-256 of its
@@ -30,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Final
+
+from tokenmeter.store import otlp_sql
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -120,6 +128,12 @@ def render(sql: str, options: RenderOptions, source: str = "<sql>") -> list[str]
         "dedup_window": lambda args: _no_args(args, lambda: _dedup_window(options)),
         "raw_ttl": lambda args: _ttl(args, options.raw_ttl_days),
         "aggregate_ttl": lambda args: _ttl(args, options.aggregate_ttl_days),
+        "otlp_attributes_type": lambda args: _no_args(args, lambda: otlp_sql.ATTRIBUTES_TYPE),
+        "otlp_any_value_type": lambda args: _no_args(args, lambda: otlp_sql.ANY_VALUE_TYPE),
+        "otlp_attributes_map": lambda args: otlp_sql.attributes_map(_one_expression(args)),
+        "otlp_any_value_string": lambda args: otlp_sql.any_value_string(_one_expression(args)),
+        "otlp_exemplars_type": lambda args: _no_args(args, lambda: otlp_sql.EXEMPLARS_TYPE),
+        "otlp_exemplar_columns": lambda args: otlp_sql.exemplar_columns(_one_expression(args)),
     }
 
     def substitute(match: re.Match[str]) -> str:
@@ -240,6 +254,12 @@ def _no_args(args: list[str], make: Callable[[], str]) -> str:
 def _one_identifier(args: list[str]) -> str:
     if len(args) != 1 or not _IDENTIFIER.match(args[0]):
         raise ValueError("needs one table name")
+    return args[0]
+
+
+def _one_expression(args: list[str]) -> str:
+    if len(args) != 1 or not args[0]:
+        raise ValueError("needs one expression")
     return args[0]
 
 

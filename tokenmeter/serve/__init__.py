@@ -1,0 +1,1 @@
+"""`tokenmeter serve`: store, migrations, OTLP receivers and the HTTP API in one process."""

@@ -1,0 +1,229 @@
+"""Run `tokenmeter serve`: migrate the store, then OTLP gRPC + HTTP receivers and the API.
+
+Start-up binds every socket first, so a port in use is one clear error before anything
+runs. When ready, one JSON line on stdout names the bound addresses (ports given as 0
+are picked by the OS; tests use that). SIGTERM / SIGINT stop the receivers from taking
+new requests, let in-flight ones finish, write everything queued, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from tokenmeter.collector.limits import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+)
+from tokenmeter.settings import default_data_dir
+
+if TYPE_CHECKING:
+    import grpc
+    import uvicorn
+    from clickhouse_connect.driver.client import Client
+
+    from tokenmeter.serve.store_reader import StoreReader
+
+logger = logging.getLogger(__name__)
+
+API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    clickhouse_url: str
+    host: str = "127.0.0.1"
+    otlp_grpc_port: int = 4317
+    otlp_http_port: int = 4318
+    api_port: int = 9400
+    api_token: str | None = None
+    otlp_token: str | None = None
+    raw_ttl_days: int = 30
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    token_dir: Path | None = None  # where the generated API token is written; default: the data dir
+
+
+class ServeError(Exception):
+    """serve cannot start; the message names the fix."""
+
+
+def api_token_path(token_dir: Path | None = None) -> Path:
+    return (token_dir or default_data_dir()) / API_TOKEN_FILE
+
+
+def load_or_create_api_token(token_dir: Path | None = None) -> tuple[str, Path]:
+    """The API token serve writes for local tools (mode 0600); reused across restarts."""
+    path = api_token_path(token_dir)
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token, path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token, path
+
+
+def bind_socket(host: str, port: int, what: str, flag: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror}; choose another port with {flag}"
+        ) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _quiet_uvicorn_server(app: object) -> uvicorn.Server:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # serve handles the signals for all its servers at once.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="httptools",
+                            timeout_graceful_shutdown=10)
+    server = _Server(config)
+    return server
+
+
+def run_serve(config: ServeConfig, ready: IO[str] = sys.stdout, progress: Callable[[str], None] = print) -> int:
+    """Run until SIGTERM / SIGINT; returns the exit code."""
+    return asyncio.run(_serve(config, ready, progress))
+
+
+async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], None]) -> int:
+    from tokenmeter.collector.grpc_receiver import otlp_grpc_server
+    from tokenmeter.collector.http_receiver import otlp_http_app
+    from tokenmeter.collector.ingest_queue import IngestQueue, IngestSchema
+    from tokenmeter.serve.api import api_app
+    from tokenmeter.serve.store_reader import StoreReader
+    from tokenmeter.store import open_store, parse_store_url
+
+    location = parse_store_url(config.clickhouse_url)
+    sockets = {
+        "grpc": bind_socket(config.host, config.otlp_grpc_port, "OTLP/gRPC", "--otlp-grpc-port"),
+        "http": bind_socket(config.host, config.otlp_http_port, "OTLP/HTTP", "--otlp-http-port"),
+        "api": bind_socket(config.host, config.api_port, "the API", "--api-port"),
+    }
+
+    def open_client() -> Client:
+        return open_store(config.clickhouse_url)
+
+    reader = StoreReader(open_client)
+    _migrate(reader, config, location.display, progress)
+    api_token, token_source = _api_token(config)
+    queue = IngestQueue(
+        open_client,
+        IngestSchema.for_store(embedded=location.kind == "chdb"),
+        max_pending_bytes=config.max_pending_bytes,
+        batch_bytes=config.batch_bytes,
+        flush_interval=config.flush_interval,
+    )
+    queue.start()
+
+    grpc_server = otlp_grpc_server(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
+    grpc_address = await _start_grpc(grpc_server, sockets.pop("grpc"))
+    http_server = _quiet_uvicorn_server(
+        otlp_http_app(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
+    )
+    api_server = _quiet_uvicorn_server(
+        api_app(queue=queue, reader=reader, api_token=api_token, store_display=location.display)
+    )
+    tasks = [
+        asyncio.create_task(http_server.serve(sockets=[sockets["http"]])),
+        asyncio.create_task(api_server.serve(sockets=[sockets["api"]])),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    while not (http_server.started and api_server.started) and not any(task.done() for task in tasks):
+        await asyncio.sleep(0.01)
+
+    addresses = {
+        "otlp_grpc": grpc_address,
+        "otlp_http": f"http://{_address(sockets['http'])}",
+        "api": f"http://{_address(sockets['api'])}",
+    }
+    ready.write(json.dumps({"event": "ready", **addresses, "store": location.display, "api_token": token_source}))
+    ready.write("\n")
+    ready.flush()
+    progress(
+        f"tokenmeter serve: OTLP gRPC {addresses['otlp_grpc']}, OTLP HTTP {addresses['otlp_http']}, "
+        f"API {addresses['api']} (token: {token_source})"
+    )
+
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    progress("tokenmeter serve: stopping; writing what is queued")
+    # Receivers first (in-flight requests finish: they wait for their writes), then the queue.
+    queue.drain_now()
+    await grpc_server.stop(grace=10)
+    http_server.should_exit = True
+    api_server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await loop.run_in_executor(None, queue.close)
+    reader.close()
+    stopper.cancel()
+    progress("tokenmeter serve: stopped")
+    return 0
+
+
+def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: Callable[[str], None]) -> None:
+    from tokenmeter.store.migrations import RenderOptions, migrate
+
+    progress(f"store {display}: applying migrations")
+    options = RenderOptions(raw_ttl_days=config.raw_ttl_days)
+    result = reader.call(lambda client: migrate(client, options, progress=progress))
+    progress(f"store ready ({len(result.applied)} migrations applied, {len(result.already_applied)} already there)")
+
+
+def _api_token(config: ServeConfig) -> tuple[str, str]:
+    """The API token and where it came from (for the ready line; never the token itself)."""
+    if config.api_token is not None:
+        return config.api_token, "TOKENMETER_API_TOKEN"
+    token, path = load_or_create_api_token(config.token_dir)
+    return token, str(path)
+
+
+async def _start_grpc(server: grpc.aio.Server, probe: socket.socket) -> str:
+    # grpc binds by address; the probe socket proved the port free (and picked one for port 0).
+    address = _address(probe)
+    probe.close()
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise ServeError(f"cannot listen for OTLP/gRPC on {address}; choose another port with --otlp-grpc-port")
+    await server.start()
+    return f"{address.rsplit(':', 1)[0]}:{port}"
