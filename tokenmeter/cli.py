@@ -27,7 +27,12 @@ from typing import Any, Final, TextIO
 from pydantic import ValidationError
 
 from tokenmeter.catalog import CatalogError, ModelCatalog, ModelEntry
-from tokenmeter.collector.limits import DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_REQUEST_BYTES
+from tokenmeter.collector.limits import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_WRITERS,
+)
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.settings import get_settings
 from tokenmeter.store.client import StoreConfigError, StoreError
@@ -181,6 +186,7 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
         max_request_bytes=args.max_request_bytes,
         max_pending_bytes=args.max_queue_bytes,
         flush_interval=args.flush_interval,
+        writers=args.writers,
     )
     logging.getLogger("tokenmeter").setLevel(logging.INFO)
 
@@ -229,7 +235,11 @@ def _add_serve_parser(commands: Any) -> None:
     )
     serve.add_argument(
         "--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL, metavar="SECONDS",
-        help="least time between two inserts; requests arriving meanwhile share the next one (default 0.1)",
+        help="least time between two inserts; requests arriving meanwhile share the next one (default 0.05)",
+    )
+    serve.add_argument(
+        "--writers", type=int, default=DEFAULT_WRITERS, metavar="N",
+        help=f"concurrent inserts, one store client each (default {DEFAULT_WRITERS})",
     )
     serve.set_defaults(run=_run_serve)
 

@@ -27,6 +27,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_WRITERS,
 )
 from tokenmeter.settings import default_data_dir
 
@@ -56,6 +57,7 @@ class ServeConfig:
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     batch_bytes: int = DEFAULT_BATCH_BYTES
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    writers: int = DEFAULT_WRITERS
     token_dir: Path | None = None  # where the generated API token is written; default: the data dir
 
 
@@ -150,6 +152,7 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
         max_pending_bytes=config.max_pending_bytes,
         batch_bytes=config.batch_bytes,
         flush_interval=config.flush_interval,
+        writers=config.writers,
     )
     queue.start()
 
