@@ -245,10 +245,7 @@ def _add_serve_parser(commands: Any) -> None:
 
 
 def _add_report_parser(commands: Any) -> None:
-    try:  # TEMPORARY until report_command lands
-        from tokenmeter.report_command import add_report_parser, run_report
-    except ModuleNotFoundError:
-        return
+    from tokenmeter.report_command import add_report_parser, run_report
 
     add_report_parser(commands)
     commands.choices["report"].set_defaults(run=lambda args, stdout, _stdin: run_report(args, stdout))

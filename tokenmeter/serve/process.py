@@ -73,6 +73,9 @@ def load_or_create_api_token(token_dir: Path | None = None) -> tuple[str, Path]:
     """The API token serve writes for local tools (mode 0600); reused across restarts."""
     path = api_token_path(token_dir)
     if path.exists():
+        if path.stat().st_mode & 0o077:  # readable by others: tighten, and say so
+            logger.warning("%s was readable by other users; setting its mode to 0600", path)
+            path.chmod(0o600)
         token = path.read_text(encoding="utf-8").strip()
         if token:
             return token, path

@@ -31,7 +31,7 @@ Dimension = Literal["user", "department", "app", "model"]
 _DIMENSION_COLUMNS: Final[dict[str, str]] = {"user": "user", "department": "department", "app": "app", "model": "model"}
 
 _PERIOD_SQL: Final = """
-SELECT subject, metric, token_type, currency, virtual, toInt64(sum(used)) AS used
+SELECT subject, metric, token_type, currency, virtual, unpriced, toInt64(sum(used)) AS used
 FROM (
     SELECT
         series_id,
@@ -40,6 +40,7 @@ FROM (
         any(token_type) AS token_type,
         any(currency) AS currency,
         any(virtual) AS virtual,
+        {unpriced} AS unpriced,
         maxIf(value_max, minute < {{end:DateTime('UTC')}})
             - maxIf(value_max, minute < {{start:DateTime('UTC')}}) AS used
     FROM usage_counter_minutely
@@ -47,9 +48,12 @@ FROM (
     GROUP BY series_id
     HAVING used != 0
 )
-GROUP BY subject, metric, token_type, currency, virtual
+GROUP BY subject, metric, token_type, currency, virtual, unpriced
 ORDER BY subject
 """
+# Calls of unpriced models carry tokenmeter.cost.unpriced on their series; only reports
+# need that (a lookup in usage_counter_series), the enforcer's hot path does not.
+_UNPRICED_SERIES: Final = "any(series_id IN (SELECT series_id FROM usage_counter_series WHERE unpriced))"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class PeriodUsage:
     output_tokens: int = 0
     calls: int = 0
     costs: list[CostAmount] = field(default_factory=list)
+    unpriced_calls: int = 0  # calls of models without a price (0 unless asked for)
 
 
 def _minute_utc(value: datetime, name: str) -> datetime:
@@ -85,10 +90,13 @@ def period_usage(
     end: datetime,
     by: Dimension,
     subject: str | None = None,
+    *,
+    with_unpriced: bool = False,
 ) -> list[PeriodUsage]:
     """Usage per ``by`` value in ``[start, end)``, optionally for one subject only.
 
-    ``start`` and ``end`` are timezone-aware and on whole minutes.
+    ``start`` and ``end`` are timezone-aware and on whole minutes. ``with_unpriced`` also
+    counts the calls of unpriced models (``unpriced_calls``).
     """
     column = _DIMENSION_COLUMNS.get(by)
     if column is None:
@@ -104,7 +112,7 @@ def period_usage(
     if subject is not None:
         condition = f"{column} = {{subject:String}}"
         parameters["subject"] = subject
-    sql = _PERIOD_SQL.format(column=column, filter=condition)
+    sql = _PERIOD_SQL.format(column=column, filter=condition, unpriced=_UNPRICED_SERIES if with_unpriced else "false")
     rows = client.query(sql, parameters=parameters).result_rows
     return _collect(rows)
 
@@ -112,9 +120,11 @@ def period_usage(
 def _collect(rows: list[tuple[object, ...]] | list[list[object]]) -> list[PeriodUsage]:
     usage: dict[str, PeriodUsage] = {}
     costs: dict[str, dict[tuple[str, bool], int]] = defaultdict(lambda: defaultdict(int))
-    for subject, metric, token_type, currency, virtual, used in rows:
+    for subject, metric, token_type, currency, virtual, unpriced, used in rows:
         entry = usage.setdefault(str(subject), PeriodUsage(subject=str(subject)))
         amount = int(used)  # type: ignore[call-overload]
+        if metric == semconv.METRIC_USAGE_CALLS and unpriced:
+            entry.unpriced_calls += amount
         if metric == semconv.METRIC_USAGE_TOKENS and token_type == semconv.TOKEN_TYPE_INPUT:
             entry.input_tokens += amount
         elif metric == semconv.METRIC_USAGE_TOKENS and token_type == semconv.TOKEN_TYPE_OUTPUT:

@@ -1,0 +1,224 @@
+"""Usage reports: one period, grouped by department, user, model or app.
+
+Pure parts (periods, the report document, its three renderings) are used both by
+`tokenmeter report` and by `tokenmeter serve`'s ``GET /v1/usage``; the numbers come from
+:func:`tokenmeter.store.usage_queries.period_usage` (the exact counter rule).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from tokenmeter.store.usage_queries import CostAmount, Dimension, PeriodUsage, period_usage
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+    from rich.console import Console
+
+Period = Literal["day", "week", "month"]
+DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
+PERIODS: Final[tuple[str, ...]] = ("day", "week", "month")
+NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
+_DISPLAY_DECIMALS: Final = Decimal("0.000001")
+
+
+def resolve_period(period: str, at: date | None = None, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """``[start, end)`` in UTC of the calendar day, ISO week (Monday first) or month holding ``at`` (default today)."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+    day = at or (now or datetime.now(UTC)).astimezone(UTC).date()
+    if period == "day":
+        first, last = day, day + timedelta(days=1)
+    elif period == "week":
+        first = day - timedelta(days=day.weekday())
+        last = first + timedelta(days=7)
+    else:
+        first = day.replace(day=1)
+        last = (first + timedelta(days=32)).replace(day=1)
+    return (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime(last.year, last.month, last.day,
+                                                                              tzinfo=UTC))  # fmt: skip
+
+
+def period_label(period: str, start: datetime) -> str:
+    if period == "day":
+        return start.strftime("%Y-%m-%d")
+    if period == "week":
+        year, week, _ = start.isocalendar()
+        return f"{year}-W{week:02d}"
+    return start.strftime("%Y-%m")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    subject: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    costs: tuple[CostAmount, ...] = ()
+    unpriced_calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    by: str
+    period: str
+    start: datetime
+    end: datetime
+    rows: tuple[ReportRow, ...] = field(default_factory=tuple)
+    subject: str | None = None
+
+    @property
+    def label(self) -> str:
+        return period_label(self.period, self.start)
+
+    @property
+    def totals(self) -> ReportRow:
+        costs: dict[tuple[str, bool], Decimal] = {}
+        for row in self.rows:
+            for cost in row.costs:
+                key = (cost.currency, cost.virtual)
+                costs[key] = costs.get(key, Decimal(0)) + cost.amount
+        return ReportRow(
+            subject="total",
+            calls=sum(row.calls for row in self.rows),
+            input_tokens=sum(row.input_tokens for row in self.rows),
+            output_tokens=sum(row.output_tokens for row in self.rows),
+            costs=tuple(CostAmount(currency, virtual, amount) for (currency, virtual), amount in sorted(costs.items())),
+            unpriced_calls=sum(row.unpriced_calls for row in self.rows),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (`--format json`, ``GET /v1/usage``); amounts are decimal strings."""
+        return {
+            "by": self.by,
+            "period": self.period,
+            "label": self.label,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "subject": self.subject,
+            "rows": [_row_dict(row) for row in self.rows],
+            "totals": _row_dict(self.totals),
+        }
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> UsageReport:
+        return cls(
+            by=str(document["by"]),
+            period=str(document["period"]),
+            start=datetime.fromisoformat(document["start"]),
+            end=datetime.fromisoformat(document["end"]),
+            rows=tuple(_row_from_dict(row) for row in document["rows"]),
+            subject=document.get("subject"),
+        )
+
+
+def _row_dict(row: ReportRow) -> dict[str, Any]:
+    return {
+        "subject": row.subject,
+        "calls": row.calls,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "costs": [{"currency": c.currency, "virtual": c.virtual, "amount": str(c.amount)} for c in row.costs],
+        "unpriced_calls": row.unpriced_calls,
+    }
+
+
+def _row_from_dict(row: dict[str, Any]) -> ReportRow:
+    return ReportRow(
+        subject=str(row["subject"]),
+        calls=int(row["calls"]),
+        input_tokens=int(row["input_tokens"]),
+        output_tokens=int(row["output_tokens"]),
+        costs=tuple(CostAmount(str(c["currency"]), bool(c["virtual"]), Decimal(c["amount"])) for c in row["costs"]),
+        unpriced_calls=int(row["unpriced_calls"]),
+    )
+
+
+def _report_row(usage: PeriodUsage) -> ReportRow:
+    return ReportRow(
+        subject=usage.subject or NONE_LABEL,
+        calls=usage.calls,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        costs=tuple(usage.costs),
+        unpriced_calls=usage.unpriced_calls,
+    )
+
+
+def build_usage_report(
+    client: Client, by: str, period: str, at: date | None = None, *, subject: str | None = None,
+    now: datetime | None = None,
+) -> UsageReport:  # fmt: skip
+    """The report for one period from the store; raises ValueError for a bad ``by`` or ``period``."""
+    if by not in DIMENSIONS:
+        raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, got {by!r}")
+    start, end = resolve_period(period, at, now)
+    usage = period_usage(client, start, end, cast("Dimension", by), subject, with_unpriced=True)
+    rows = sorted((_report_row(entry) for entry in usage), key=lambda row: (-row.tokens, -row.calls, row.subject))
+    return UsageReport(by=by, period=period, start=start, end=end, rows=tuple(rows), subject=subject)
+
+
+# --- renderings ------------------------------------------------------------------
+
+
+def format_cost(cost: CostAmount) -> str:
+    amount = cost.amount.quantize(_DISPLAY_DECIMALS).normalize()
+    text = f"{amount:f} {cost.currency}"
+    return f"{text} (virtual)" if cost.virtual else text
+
+
+def render_json(report: UsageReport) -> str:
+    return json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+
+def render_csv(report: UsageReport) -> str:
+    """One line per subject and currency; a subject without cost has one line with empty cost columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([report.by, "period", "calls", "input_tokens", "output_tokens", "cost", "currency", "virtual",
+                     "unpriced_calls"])  # fmt: skip
+    for row in report.rows:
+        lines = [(str(c.amount), c.currency, str(c.virtual).lower()) for c in row.costs] or [("", "", "")]
+        for amount, currency, virtual in lines:
+            writer.writerow([row.subject, report.label, row.calls, row.input_tokens, row.output_tokens, amount,
+                             currency, virtual, row.unpriced_calls])  # fmt: skip
+    return buffer.getvalue()
+
+
+def render_table(report: UsageReport, console: Console, store: str = "") -> None:
+    from rich.table import Table
+
+    what = f" for {report.subject}" if report.subject is not None else ""
+    title = f"Usage by {report.by}{what}, {report.label} ({report.period}, UTC)"
+    table = Table(title=title, caption=store or None, show_footer=True)
+    totals = report.totals
+    table.add_column(report.by, footer="total")
+    for name, value in (("calls", totals.calls), ("input tokens", totals.input_tokens),
+                        ("output tokens", totals.output_tokens)):  # fmt: skip
+        table.add_column(name, justify="right", footer=f"{value:,}")
+    table.add_column("cost", justify="right", footer="\n".join(format_cost(c) for c in totals.costs) or "–")
+    table.add_column("unpriced calls", justify="right", footer=f"{totals.unpriced_calls:,}")
+    for row in report.rows:
+        table.add_row(
+            row.subject, f"{row.calls:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
+            "\n".join(format_cost(c) for c in row.costs) or "–",
+            f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
+        )  # fmt: skip
+    if not report.rows:
+        console.print(f"{title}: no usage recorded.")
+        return
+    console.print(table)
+    if any(cost.virtual for cost in totals.costs):
+        console.print("(virtual) = an internal price for a local model, not an invoice amount.")
+    if totals.unpriced_calls:
+        console.print("unpriced calls: models without a price in the catalog; their cost is not in the totals.")
