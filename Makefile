@@ -40,6 +40,8 @@ test: lint pytest test-openai1
 bench: $(BIN)/.installed
 	$(BIN)/python bench/instrumentation_overhead.py
 	$(BIN)/python bench/counting_throughput.py
+	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/usage_query_latency.py
 
 demo:
 	@echo "make demo arrives with the Chatchat integration and demo issue; it is not built yet." >&2
