@@ -1,8 +1,9 @@
 """Latency of one subject's month-to-date usage query at 10 million usage rows (chDB).
 
 The enforcer asks, before an LLM call, how much one user (and their department) used this
-month. That is `period_usage(client, month_start, next_month_start, by, subject)` over
-`usage_counter_minutely`. This script builds a store whose counter rows look like a month
+month. That is `period_usage(client, month_start, next_month_start, by, subject)`: a user's
+question reads `usage_counter_minutely` (keyed by user), a department's month the
+day-level `usage_counter_daily` (keyed by department). This script builds a store whose counter rows look like a month
 of a busy deployment, goes through the real ingest path (rows into `otel_metrics_sum`, the
 materialized views fill the accounting tables), then times the question per user and per
 department, side by side with the same question answered from the raw `otel_metrics_sum`
@@ -77,15 +78,17 @@ ORDER BY time_unix
 
 # The same question without the accounting tables: straight from the raw points.
 _RAW_SQL = """
-SELECT sum(used) FROM (
-    SELECT maxIf(Value, TimeUnix < {end:DateTime64(9, 'UTC')}) - maxIf(Value, TimeUnix < {start:DateTime64(9, 'UTC')})
-        AS used
+SELECT metric, toInt64(sum(used)) FROM (
+    SELECT any(MetricName) AS metric,
+           maxIf(Value, TimeUnix < {end:DateTime64(9, 'UTC')}) - maxIf(Value, TimeUnix < {start:DateTime64(9, 'UTC')})
+               AS used
     FROM otel_metrics_sum
-    WHERE MetricName = 'tokenmeter.usage.tokens' AND IsMonotonic AND AggregationTemporality = 2
+    WHERE MetricName LIKE 'tokenmeter.usage.%' AND IsMonotonic AND AggregationTemporality = 2
       AND Attributes[{key:String}] = {subject:String} AND TimeUnix < {end:DateTime64(9, 'UTC')}
     GROUP BY cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
                         toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix))
 )
+GROUP BY metric
 """
 
 
@@ -140,24 +143,32 @@ def main() -> int:
             build(client, args.rows)
         [(minutely,)] = client.query("SELECT count() FROM usage_counter_minutely").result_rows
         [(raw,)] = client.query("SELECT count() FROM otel_metrics_sum").result_rows
+        [(daily,)] = client.query("SELECT count() FROM usage_counter_daily").result_rows
         [(parts,)] = client.query(
             "SELECT count() FROM system.parts WHERE active AND table = 'usage_counter_minutely'"
         ).result_rows
-        _log(f"usage_counter_minutely: {minutely:,} rows in {parts} parts; otel_metrics_sum: {raw:,} rows")
+        _log(f"usage_counter_minutely: {minutely:,} rows in {parts} parts; usage_counter_daily: {daily:,} rows; "
+             f"otel_metrics_sum: {raw:,} rows")
 
         rng = random.Random(3)
         users = [f"user-{rng.randrange(USERS)}" for _ in range(args.repeat)]
         departments = [f"dept-{rng.randrange(DEPARTMENTS)}" for _ in range(args.repeat)]
-        for subject, by in ((users[0], "user"), (departments[0], "department")):
+        checks = [*((user, "user") for user in users[:5]), *((dept, "department") for dept in departments[:5])]
+        for subject, by in checks:
             [usage] = period_usage(client, MONTH_START, MONTH_END, by, subject)  # type: ignore[arg-type]
             key = "enduser.id" if by == "user" else "tokenmeter.department"
-            [(expected,)] = client.query(_RAW_SQL, parameters={
+            expected = dict(client.query(_RAW_SQL, parameters={
                 "start": MONTH_START.strftime("%Y-%m-%d %H:%M:%S"), "end": MONTH_END.strftime("%Y-%m-%d %H:%M:%S"),
-                "key": key, "subject": subject}).result_rows  # fmt: skip
-            if usage.input_tokens + usage.output_tokens != int(expected):
-                _log(f"MISMATCH for {by} {subject}: {usage.input_tokens + usage.output_tokens} != {expected}")
+                "key": key, "subject": subject}).result_rows)  # fmt: skip
+            got = {
+                "tokenmeter.usage.tokens": usage.input_tokens + usage.output_tokens,
+                "tokenmeter.usage.calls": usage.calls,
+                "tokenmeter.usage.cost": sum(int(c.amount * 10**9) for c in usage.costs),
+            }
+            if got != expected:
+                _log(f"MISMATCH for {by} {subject}: {got} != {expected}")
                 return 1
-        _log("results agree with the raw-table computation")
+        _log("tokens, calls and cost of 5 users and 5 departments agree with the raw-table computation")
 
         cycle = {"user": iter(users * 2), "department": iter(departments * 2)}
         results = {}

@@ -50,6 +50,9 @@ def test_apply_rerun_and_tamper(store) -> None:
 def test_cluster_rendering_is_replicated_everywhere() -> None:
     for migration, statements in render_all(RenderOptions(cluster="prod")):
         for statement in statements:
+            if statement.startswith("INSERT INTO"):  # a backfill runs once, through the Distributed tables
+                assert "_local" not in statement
+                continue
             assert "ON CLUSTER 'prod'" in statement, (migration.file_name, statement[:80])
             match = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if match is None:

@@ -41,10 +41,10 @@ FROM (
         any(currency) AS currency,
         any(virtual) AS virtual,
         {unpriced} AS unpriced,
-        maxIf(value_max, minute < {{end:DateTime('UTC')}})
-            - maxIf(value_max, minute < {{start:DateTime('UTC')}}) AS used
-    FROM usage_counter_minutely
-    WHERE minute < {{end:DateTime('UTC')}} AND {filter}
+        maxIf(value_max, {time} < {{end:{bound}}})
+            - maxIf(value_max, {time} < {{start:{bound}}}) AS used
+    FROM {table}
+    WHERE {time} < {{end:{bound}}} AND {filter}
     GROUP BY series_id
     HAVING used != 0
 )
@@ -73,6 +73,10 @@ class PeriodUsage:
     calls: int = 0
     costs: list[CostAmount] = field(default_factory=list)
     unpriced_calls: int = 0  # calls of models without a price (0 unless asked for)
+
+
+def _midnight(value: datetime) -> datetime:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _minute_utc(value: datetime, name: str) -> datetime:
@@ -112,7 +116,18 @@ def period_usage(
     if subject is not None:
         condition = f"{column} = {{subject:String}}"
         parameters["subject"] = subject
-    sql = _PERIOD_SQL.format(column=column, filter=condition, unpriced=_UNPRICED_SERIES if with_unpriced else "false")
+    # Periods from midnight to midnight (days, weeks, months) read the day-level table:
+    # the same rule with one row per series and day. Its key leads with department; a
+    # user's question stays on the minutely table, whose key leads with user.
+    daily = by != "user" and start == _midnight(start) and end == _midnight(end)
+    table, time, bound = ("usage_counter_daily", "day", "Date") if daily else ("usage_counter_minutely", "minute",
+                                                                               "DateTime('UTC')")  # fmt: skip
+    if daily:
+        parameters["start"], parameters["end"] = start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
+    sql = _PERIOD_SQL.format(
+        column=column, filter=condition, table=table, time=time, bound=bound,
+        unpriced=_UNPRICED_SERIES if with_unpriced else "false",
+    )  # fmt: skip
     rows = client.query(sql, parameters=parameters).result_rows
     return _collect(rows)
 
