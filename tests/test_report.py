@@ -195,6 +195,15 @@ def test_a_wrong_token_and_an_unreachable_api_are_clear_errors(
     assert "cannot reach the serve API" in capsys.readouterr().err
 
 
+def test_a_store_without_the_schema_is_a_setup_step_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _report("--clickhouse-url", f"chdb://{tmp_path / 'empty'}")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "has no tokenmeter schema" in err and "tokenmeter db migrate" in err and "Traceback" not in err
+
+
 def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = _report("--at", "2026-13-01")
     assert code == 2

@@ -86,9 +86,32 @@ def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]
     from tokenmeter.reporting import build_usage_report
 
     try:
+        _check_schema(client, location.display)
         return build_usage_report(client, args.by, args.period, at, subject=args.subject), location.display
+    except ReportError:
+        raise
+    except Exception as exc:  # the store answered with an error: say which, without a traceback
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReportError(f"the store {location.display} could not answer: {first_line[:300]}") from None
     finally:
         client.close()
+
+
+def _check_schema(client: Any, display: str) -> None:
+    """A store without tokenmeter's tables (or behind on migrations) is a setup step, not a crash."""
+    from tokenmeter.store.migrations import applied_migrations, load_migrations
+
+    try:
+        applied = applied_migrations(client)
+    except Exception:
+        applied = {}
+    missing = [migration.file_name for migration in load_migrations() if migration.version not in applied]
+    if missing:
+        state = "has no tokenmeter schema" if not applied else f"lacks migration {missing[0]}"
+        raise ReportError(
+            f"the store {display} {state}: run `tokenmeter db migrate --clickhouse-url ...`, or start "
+            "`tokenmeter serve`, which applies the migrations"
+        )
 
 
 def _api_token() -> str | None:
