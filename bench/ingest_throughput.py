@@ -45,7 +45,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tokenmeter.collector.limits import DEFAULT_FLUSH_INTERVAL
+from tokenmeter.collector.limits import DEFAULT_FLUSH_INTERVAL, DEFAULT_WRITERS
 from tokenmeter.store import open_store
 from tokenmeter.store.migrations import RenderOptions, migrate
 
@@ -111,11 +111,11 @@ def metric_requests(total: int, per_request: int = 2000) -> list[bytes]:
     return requests
 
 
-def start_serve(data_dir: Path, flush_interval: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_serve(data_dir: Path, flush_interval: float, writers: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {**os.environ, "XDG_DATA_HOME": str(data_dir / "xdg")}
     args = [sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", f"chdb://{data_dir / 'chdb'}",
             "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", "0",
-            "--flush-interval", str(flush_interval)]  # fmt: skip
+            "--flush-interval", str(flush_interval), "--writers", str(writers)]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert process.stdout is not None
     return process, json.loads(process.stdout.readline())
@@ -198,6 +198,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=32,
                         help="concurrent connections per transport (apps exporting at once)")
     parser.add_argument("--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL, help="serve's --flush-interval")
+    parser.add_argument("--writers", type=int, default=DEFAULT_WRITERS, help="serve's --writers")
     args = parser.parse_args()
 
     _log(f"building {args.spans:,} spans and {args.points:,} metric points with the OTel SDK encoders ...")
@@ -207,7 +208,7 @@ def main() -> int:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="tokenmeter-ingest-") as tmp:
         work = Path(tmp)
-        process, info = start_serve(work / "serve", args.flush_interval)
+        process, info = start_serve(work / "serve", args.flush_interval, args.writers)
         try:
             half = len(traces) // 2
             _log(f"receiver: {half * SPANS_PER_REQUEST:,} spans over OTLP/HTTP, {args.senders} senders ...")
