@@ -1,0 +1,1 @@
+"""Quota enforcement: the policy file and the pure decision core (the sidecar and client come next)."""

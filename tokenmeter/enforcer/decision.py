@@ -1,0 +1,255 @@
+"""The quota decision: a pure function of (policy, usage snapshot, reservations, request, now).
+
+No I/O here. The sidecar gathers period-to-date usage per (budget, subject) from the store
+and a ledger of in-flight reservations, and calls :func:`decide` for each check.
+
+Rules (docs/quotas.md):
+
+- A budget applies to a call when its scope's subject matches (organisation: every call),
+  the user is not exempt, and the model is in its model group (a budget on "remote paid
+  models" never blocks a local model).
+- Usage counts in the budget's current period (day, ISO week or month in the policy's
+  time zone). Numbers from an earlier period count as 0: the rollover is exact at the
+  boundary even before the next snapshot arrives.
+- A budget is exceeded when used + reserved reaches its limit (tokens or cost, whichever
+  first). A call is allowed while there is room, so concurrent calls overshoot by at most
+  one call's estimate per enforcer (each allowed check is reserved at once).
+- The most restrictive exceeded budget wins (deny > degrade > downgrade). A downgrade
+  follows the route table (chains allowed) and re-checks the cheaper model; with no route
+  left the budget's fallback applies. Without an exceeded budget, crossing a warning
+  threshold gives ``warn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
+
+from tokenmeter.enforcer.policy import Budget, Limit, Period, Policy
+
+DecisionKind = Literal["allow", "warn", "downgrade", "degrade", "deny"]
+_SEVERITY: Final[dict[str, int]] = {"allow": 0, "warn": 1, "downgrade": 2, "degrade": 3, "deny": 4}
+UsageKey = tuple[str, str]  # (budget name, subject); the organisation's subject is ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokens: int = 0
+    cost: Mapping[str, Decimal] = field(default_factory=dict)  # currency -> amount
+
+    def plus(self, other: Usage) -> Usage:
+        costs = dict(self.cost)
+        for currency, amount in other.cost.items():
+            costs[currency] = costs.get(currency, Decimal(0)) + amount
+        return Usage(self.tokens + other.tokens, costs)
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """Period-to-date usage per (budget, subject), and the period start each budget's numbers are for."""
+
+    used: Mapping[UsageKey, Usage] = field(default_factory=dict)
+    period_starts: Mapping[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    user: str
+    department: str
+    app: str
+    model: str
+    input_tokens: int
+    max_output_tokens: int
+    # Estimated cost of this call per model it may run on (the requested one and its
+    # downgrade targets): model -> (amount, currency). Missing: cost limits ignore it.
+    estimated_costs: Mapping[str, tuple[Decimal, str]] = field(default_factory=dict)
+
+    @property
+    def estimated_tokens(self) -> int:
+        return self.input_tokens + self.max_output_tokens
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: DecisionKind
+    requested_model: str
+    effective_model: str
+    budget: str | None = None
+    subject: str | None = None
+    used_tokens: int = 0
+    limit_tokens: int | None = None
+    used_cost: Decimal | None = None
+    limit_cost: Decimal | None = None
+    currency: str | None = None
+    ratio: float = 0.0
+    threshold: float | None = None  # the warning threshold crossed
+    resets_at: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _BudgetState:
+    budget: Budget
+    subject: str
+    limit: Limit
+    used: Usage
+    ratio: float
+    period_end: datetime
+
+    @property
+    def exceeded(self) -> bool:
+        return self.ratio >= 1.0
+
+
+def period_bounds(period: Period, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the day, ISO week or month holding ``now``, in ``zone``, returned in UTC."""
+    local = now.astimezone(zone)
+    day = local.date()
+    if period == "day":
+        first, last = day, day + timedelta(days=1)
+    elif period == "week":
+        first = day - timedelta(days=day.weekday())
+        last = first + timedelta(days=7)
+    else:
+        first = day.replace(day=1)
+        last = (first + timedelta(days=32)).replace(day=1)
+
+    def midnight(d: object) -> datetime:
+        return datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC)  # type: ignore[attr-defined]
+
+    return midnight(first), midnight(last)
+
+
+def subject_of(budget: Budget, request: CheckRequest) -> str | None:
+    """The subject this budget counts the call against, or None when it does not apply."""
+    if request.user and request.user in budget.exempt:
+        return None
+    subject = {"organisation": "", "department": request.department, "user": request.user, "app": request.app}[
+        budget.scope
+    ]
+    if budget.subject is not None and subject != budget.subject:
+        return None
+    if budget.scope != "organisation" and not subject:
+        return None  # an unattributed call is not any department's (the organisation budget still sees it)
+    return subject
+
+
+def _ratio(limit: Limit, used: Usage) -> float:
+    ratios = []
+    if limit.tokens is not None:
+        ratios.append(used.tokens / limit.tokens)
+    if limit.cost is not None and limit.currency is not None:
+        ratios.append(float(used.cost.get(limit.currency, Decimal(0)) / limit.cost))
+    return max(ratios, default=0.0)
+
+
+def _states(
+    policy: Policy, snapshot: UsageSnapshot, reservations: Mapping[UsageKey, Usage], request: CheckRequest,
+    *, model: str, now: datetime,
+) -> list[_BudgetState]:  # fmt: skip
+    states = []
+    for budget in policy.budgets:
+        if not policy.in_group(model, budget.models):
+            continue
+        subject = subject_of(budget, request)
+        if subject is None:
+            continue
+        start, end = period_bounds(budget.period, now, policy.zone)
+        key = (budget.name, subject)
+        current = snapshot.period_starts.get(budget.name) == start
+        used = (snapshot.used.get(key, Usage()) if current else Usage()).plus(reservations.get(key, Usage()))
+        limit = budget.overrides.get(subject, budget.limit)
+        states.append(_BudgetState(budget, subject, limit, used, _ratio(limit, used), end))
+    return states
+
+
+def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _BudgetState | None,
+              reason: str, *, threshold: float | None = None) -> Decision:  # fmt: skip
+    if state is None:
+        return Decision(action, request.model, model, reason=reason)
+    limit = state.limit
+    return Decision(
+        action=action,
+        requested_model=request.model,
+        effective_model=model,
+        budget=state.budget.name,
+        subject=state.subject,
+        used_tokens=state.used.tokens,
+        limit_tokens=limit.tokens,
+        used_cost=state.used.cost.get(limit.currency, Decimal(0)) if limit.currency else None,
+        limit_cost=limit.cost,
+        currency=limit.currency,
+        ratio=state.ratio,
+        threshold=threshold,
+        resets_at=state.period_end,
+        reason=reason,
+    )
+
+
+def _describe(state: _BudgetState) -> str:
+    who = f"{state.budget.scope} {state.subject}" if state.subject else "the organisation"
+    return f"budget {state.budget.name!r} ({who}, per {state.budget.period}) is at {state.ratio:.0%} of its limit"
+
+
+def decide(
+    policy: Policy,
+    snapshot: UsageSnapshot,
+    reservations: Mapping[UsageKey, Usage],
+    request: CheckRequest,
+    now: datetime,
+) -> Decision:
+    """The decision for one call. ``now`` is timezone-aware."""
+    model = request.model
+    visited = {model}
+    downgraded_by: _BudgetState | None = None
+    while True:
+        states = _states(policy, snapshot, reservations, request, model=model, now=now)
+        exceeded = [state for state in states if state.exceeded]
+        if not exceeded:
+            break
+        strictest = max(exceeded, key=lambda s: (_SEVERITY[s.budget.action], s.ratio))
+        if strictest.budget.action != "downgrade":
+            return _decision(strictest.budget.action, request, model, strictest,
+                             f"{_describe(strictest)}: {strictest.budget.action}")  # fmt: skip
+        cheaper = policy.routes.get(model)
+        if cheaper is None or cheaper in visited:
+            fallback = strictest.budget.fallback
+            return _decision(fallback, request, model, strictest,
+                             f"{_describe(strictest)}; no cheaper model to route {model!r} to: {fallback}")  # fmt: skip
+        downgraded_by = downgraded_by or strictest
+        visited.add(cheaper)
+        model = cheaper
+    if downgraded_by is not None:
+        return _decision("downgrade", request, model, downgraded_by,
+                         f"{_describe(downgraded_by)}: {request.model!r} downgraded to {model!r}")  # fmt: skip
+    crossed = [
+        (max(t for t in policy.warn_thresholds(s.budget) if t <= s.ratio), s)
+        for s in states
+        if any(t <= s.ratio for t in policy.warn_thresholds(s.budget))
+    ]
+    if crossed:
+        threshold, state = max(crossed, key=lambda pair: (pair[1].ratio, pair[0]))
+        return _decision("warn", request, model, state, f"{_describe(state)} (warning at {threshold:.0%})",
+                         threshold=threshold)  # fmt: skip
+    return _decision("allow", request, model, None, "within every applicable budget")
+
+
+def reservation_for(policy: Policy, request: CheckRequest, decision: Decision, now: datetime) -> dict[UsageKey, Usage]:
+    """What the ledger holds for a call that goes ahead, until its real usage is in the store.
+
+    Every budget that applies to the effective model is charged the call's estimate:
+    input tokens plus ``max_output_tokens``, and its estimated cost on that model.
+    Nothing for ``degrade`` or ``deny``: those calls do not reach a model.
+    """
+    if decision.action in {"degrade", "deny"}:
+        return {}
+    cost = request.estimated_costs.get(decision.effective_model)
+    usage = Usage(request.estimated_tokens, {cost[1]: cost[0]} if cost is not None else {})
+    return {
+        (state.budget.name, state.subject): usage
+        for state in _states(policy, UsageSnapshot(), {}, request, model=decision.effective_model, now=now)
+    }

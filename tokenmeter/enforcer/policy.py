@@ -1,0 +1,203 @@
+"""The quota policy file (``TOKENMETER_POLICY``): budgets, model groups, downgrade routes.
+
+Read strictly: every problem is a ``PolicyError`` whose message names the file, the line,
+the field and what is wrong, e.g.::
+
+    policy.yaml line 14, budgets[1].limit.tokens: Input should be greater than 0
+
+See docs/quotas.md for the format. Loading is pure apart from reading the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Scope = Literal["organisation", "department", "user", "app"]
+Period = Literal["day", "week", "month"]
+Action = Literal["downgrade", "degrade", "deny"]
+DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
+DEFAULT_WARN_AT: Final = (0.8,)
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names file, line, field and problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limit(_Strict):
+    """Tokens and/or cost per period; a budget is exceeded when either is reached."""
+
+    tokens: int | None = Field(default=None, gt=0)
+    cost: Decimal | None = Field(default=None, gt=0)
+    currency: str | None = None  # required with cost: costs in other currencies do not count
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Limit:
+        if self.tokens is None and self.cost is None:
+            raise ValueError("give tokens, cost (with currency), or both")
+        if self.cost is not None and not self.currency:
+            raise ValueError("cost needs a currency, e.g. currency: CNY")
+        return self
+
+
+class Budget(_Strict):
+    name: str = Field(min_length=1)
+    scope: Scope
+    # One subject (e.g. a department's name); omitted: every subject of the scope gets
+    # its own budget of this size ("each user: 1M tokens a month").
+    subject: str | None = None
+    period: Period = "month"
+    limit: Limit
+    models: str | None = None  # a model group; omitted: every model
+    warn_at: tuple[float, ...] | None = None  # ratios of the limit; default the policy's
+    action: Action = "deny"
+    fallback: Literal["degrade", "deny"] = "deny"  # when downgrade has no cheaper model left
+    exempt: tuple[str, ...] = ()  # users this budget does not apply to
+    overrides: dict[str, Limit] = Field(default_factory=dict)  # per-subject limits
+
+    @field_validator("warn_at")
+    @classmethod
+    def _ratios(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and any(not 0 < ratio < 1 for ratio in value):
+            raise ValueError("warning thresholds are ratios of the limit, each above 0 and below 1")
+        return tuple(sorted(set(value))) if value is not None else None
+
+    @model_validator(mode="after")
+    def _subject_rules(self) -> Budget:
+        if self.scope == "organisation" and (self.subject is not None or self.overrides):
+            raise ValueError("an organisation budget has no subject and no overrides")
+        if self.subject is not None and self.overrides:
+            raise ValueError("overrides are per-subject limits; a budget for one subject sets its limit directly")
+        return self
+
+
+class Defaults(_Strict):
+    warn_at: tuple[float, ...] = DEFAULT_WARN_AT
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    timezone: str = DEFAULT_TIMEZONE
+    defaults: Defaults = Field(default_factory=Defaults)
+    model_groups: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # name -> glob patterns
+    routes: dict[str, str] = Field(default_factory=dict)  # downgrade: model -> cheaper model
+    budgets: tuple[Budget, ...] = ()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def warn_thresholds(self, budget: Budget) -> tuple[float, ...]:
+        return budget.warn_at if budget.warn_at is not None else self.defaults.warn_at
+
+    def in_group(self, model: str, group: str | None) -> bool:
+        if group is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.model_groups.get(group, ()))
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raises PolicyError naming the line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PolicyError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping with budgets:, model_groups:, routes: ...")
+    try:
+        policy = Policy.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise _located(source, root, first["loc"], first["msg"].removeprefix("Value error, ") + more) from None
+    problem = _reference_problem(policy)
+    if problem is not None:
+        raise _located(source, root, *problem)
+    return policy
+
+
+def _located(source: str, root: Any, location: Sequence[int | str], message: str) -> PolicyError:
+    line = _line_of(root, location)
+    where = f" line {line}" if line else ""
+    return PolicyError(f"{source}{where}, {_dotted(location) or 'policy'}: {message}")
+
+
+def _reference_problem(policy: Policy) -> tuple[tuple[int | str, ...], str] | None:
+    """The first name that points nowhere or in a circle, with where it is."""
+    names = [budget.name for budget in policy.budgets]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            return ("budgets", index, "name"), f"budget names must be unique; {name!r} is used twice"
+    for index, budget in enumerate(policy.budgets):
+        if budget.models is not None and budget.models not in policy.model_groups:
+            defined = ", ".join(sorted(policy.model_groups)) or "none"
+            return ("budgets", index, "models"), (
+                f"model group {budget.models!r} is not defined in model_groups (defined: {defined})"
+            )
+    for start in policy.routes:
+        seen = [start]
+        while seen[-1] in policy.routes:
+            following = policy.routes[seen[-1]]
+            if following in seen:
+                return ("routes", start), f"routes loop: {' -> '.join([*seen, following])}"
+            seen.append(following)
+    return None
+
+
+def _dotted(location: Sequence[int | str]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_of(node: Any, location: Sequence[int | str]) -> int | None:
+    """The 1-based line of the deepest YAML node on ``location`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            child = next((value for key, value in node.value if key.value == part), None)
+            if child is None:
+                key_node = next((key for key, _ in node.value if key.value == part), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
