@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -26,6 +28,7 @@ DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
 PERIODS: Final[tuple[str, ...]] = ("day", "week", "month")
 NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
 _DISPLAY_DECIMALS: Final = Decimal("0.000001")
+_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def resolve_period(period: str, at: date | None = None, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -41,8 +44,23 @@ def resolve_period(period: str, at: date | None = None, now: datetime | None = N
     else:
         first = day.replace(day=1)
         last = (first + timedelta(days=32)).replace(day=1)
-    return (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime(last.year, last.month, last.day,
-                                                                              tzinfo=UTC))  # fmt: skip
+    return _midnight_utc(first), _midnight_utc(last)
+
+
+def _midnight_utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def parse_day(text: str | None) -> date | None:
+    """``--at`` / ``?at=``: a YYYY-MM-DD day, or None for today."""
+    if not text:
+        return None
+    try:
+        if not _DAY.fullmatch(text):  # fromisoformat alone also takes 20261128 and 2026-W48-6
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"at: {text!r} is not a date; use YYYY-MM-DD, e.g. 2026-11-28") from None
 
 
 def period_label(period: str, start: datetime) -> str:
@@ -112,14 +130,18 @@ class UsageReport:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> UsageReport:
-        return cls(
-            by=str(document["by"]),
-            period=str(document["period"]),
-            start=datetime.fromisoformat(document["start"]),
-            end=datetime.fromisoformat(document["end"]),
-            rows=tuple(_row_from_dict(row) for row in document["rows"]),
-            subject=document.get("subject"),
-        )
+        """The inverse of ``to_dict``; ValueError when ``document`` is not a usage report."""
+        try:
+            return cls(
+                by=str(document["by"]),
+                period=str(document["period"]),
+                start=datetime.fromisoformat(document["start"]),
+                end=datetime.fromisoformat(document["end"]),
+                rows=tuple(_row_from_dict(row) for row in document["rows"]),
+                subject=document.get("subject"),
+            )
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is one
+            raise ValueError(f"not a usage report document ({type(exc).__name__}: {exc})") from None
 
 
 def _row_dict(row: ReportRow) -> dict[str, Any]:
@@ -139,9 +161,15 @@ def _row_from_dict(row: dict[str, Any]) -> ReportRow:
         calls=int(row["calls"]),
         input_tokens=int(row["input_tokens"]),
         output_tokens=int(row["output_tokens"]),
-        costs=tuple(CostAmount(str(c["currency"]), bool(c["virtual"]), Decimal(c["amount"])) for c in row["costs"]),
+        costs=tuple(CostAmount(str(c["currency"]), bool(c["virtual"]), _amount(c["amount"])) for c in row["costs"]),
         unpriced_calls=int(row["unpriced_calls"]),
     )
+
+
+def _amount(text: object) -> Decimal:
+    if not isinstance(text, str):  # a JSON number would have passed through float
+        raise TypeError(f"amount must be a decimal string, got {text!r}")
+    return Decimal(text)
 
 
 def _report_row(usage: PeriodUsage) -> ReportRow:
@@ -155,8 +183,32 @@ def _report_row(usage: PeriodUsage) -> ReportRow:
     )
 
 
+def _cost_order(rows: list[ReportRow]) -> list[tuple[str, bool]]:
+    """The report's (currency, virtual) pairs in the order they rank rows: real money before
+    virtual, then the currency most rows are billed in, then the larger total. Currencies are
+    never converted or added to each other, so this order is a convention, not a conversion."""
+    totals: dict[tuple[str, bool], Decimal] = defaultdict(Decimal)
+    billed: dict[tuple[str, bool], int] = defaultdict(int)
+    for row in rows:
+        for cost in row.costs:
+            totals[(cost.currency, cost.virtual)] += cost.amount
+            billed[(cost.currency, cost.virtual)] += 1
+    return sorted(totals, key=lambda pair: (pair[1], -billed[pair], -totals[pair], pair[0]))
+
+
+def _sorted_rows(rows: list[ReportRow]) -> tuple[ReportRow, ...]:
+    """Cost first (in the order of ``_cost_order``), then tokens, then calls, most first."""
+    order = _cost_order(rows)
+
+    def key(row: ReportRow) -> tuple[object, ...]:
+        amounts = {(cost.currency, cost.virtual): cost.amount for cost in row.costs}
+        return (*(-amounts.get(pair, Decimal(0)) for pair in order), -row.tokens, -row.calls, row.subject)
+
+    return tuple(sorted(rows, key=key))
+
+
 def build_usage_report(
-    client: Client, by: str, period: str, at: date | None = None, *, subject: str | None = None,
+    client: Client, by: str, period: str, at: date | None = None, subject: str | None = None, *,
     now: datetime | None = None,
 ) -> UsageReport:  # fmt: skip
     """The report for one period from the store; raises ValueError for a bad ``by`` or ``period``."""
@@ -164,8 +216,8 @@ def build_usage_report(
         raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, got {by!r}")
     start, end = resolve_period(period, at, now)
     usage = period_usage(client, start, end, cast("Dimension", by), subject, with_unpriced=True)
-    rows = sorted((_report_row(entry) for entry in usage), key=lambda row: (-row.tokens, -row.calls, row.subject))
-    return UsageReport(by=by, period=period, start=start, end=end, rows=tuple(rows), subject=subject)
+    rows = _sorted_rows([_report_row(entry) for entry in usage])
+    return UsageReport(by=by, period=period, start=start, end=end, rows=rows, subject=subject)
 
 
 # --- renderings ------------------------------------------------------------------
@@ -195,13 +247,28 @@ def render_csv(report: UsageReport) -> str:
     return buffer.getvalue()
 
 
-def render_table(report: UsageReport, console: Console, store: str = "") -> None:
-    from rich.table import Table
+def report_title(report: UsageReport, now: datetime | None = None) -> str:
+    """E.g. "Usage by department, 2026-11 (month to date, UTC)"; "to date" while the period is running."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    running = report.start <= moment < report.end
+    span = ("today so far" if report.period == "day" else f"{report.period} to date") if running else report.period
+    what = f" for {report.subject or NONE_LABEL}" if report.subject is not None else ""
+    return f"Usage by {report.by}{what}, {report.label} ({span}, UTC)"
 
-    what = f" for {report.subject}" if report.subject is not None else ""
-    title = f"Usage by {report.by}{what}, {report.label} ({report.period}, UTC)"
-    table = Table(title=title, caption=store or None, show_footer=True)
+
+def render_table(report: UsageReport, console: Console, store: str = "", now: datetime | None = None) -> None:
+    """A rich table: one cost line per (currency, virtual) in the cell, totals in the footer."""
+    from rich.table import Table
+    from rich.text import Text
+
+    # Subjects are whatever the app sent: as Text, "[red]" in a user id is not rich markup.
+    title = report_title(report, now)
+    if not report.rows:
+        console.print(Text(f"{title}: no usage recorded." + (f" ({store})" if store else "")))
+        return
     totals = report.totals
+    table = Table(title=Text(title, style="table.title"), caption=Text(store, style="table.caption") if store else None,
+                  show_footer=True)  # fmt: skip
     table.add_column(report.by, footer="total")
     for name, value in (("calls", totals.calls), ("input tokens", totals.input_tokens),
                         ("output tokens", totals.output_tokens)):  # fmt: skip
@@ -210,13 +277,10 @@ def render_table(report: UsageReport, console: Console, store: str = "") -> None
     table.add_column("unpriced calls", justify="right", footer=f"{totals.unpriced_calls:,}")
     for row in report.rows:
         table.add_row(
-            row.subject, f"{row.calls:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
+            Text(row.subject), f"{row.calls:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
             "\n".join(format_cost(c) for c in row.costs) or "–",
             f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
         )  # fmt: skip
-    if not report.rows:
-        console.print(f"{title}: no usage recorded.")
-        return
     console.print(table)
     if any(cost.virtual for cost in totals.costs):
         console.print("(virtual) = an internal price for a local model, not an invoice amount.")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import date
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,14 +44,14 @@ def api_app(*, queue: IngestQueue, reader: StoreReader, api_token: str, store_di
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        from tokenmeter.reporting import build_usage_report
+        from tokenmeter.reporting import build_usage_report, parse_day
 
         params = request.query_params
         try:
-            at = date.fromisoformat(params["at"]) if params.get("at") else None
-            by, period, subject = params.get("by", "department"), params.get("period", "month"), params.get("subject")
+            at = parse_day(params.get("at"))
         except ValueError as exc:
-            return JSONResponse({"error": f"at: {exc}; use YYYY-MM-DD"}, status_code=400)
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        by, period, subject = params.get("by", "department"), params.get("period", "month"), params.get("subject")
 
         def read(client: Any) -> dict[str, Any]:
             return build_usage_report(client, by, period, at, subject=subject).to_dict()
