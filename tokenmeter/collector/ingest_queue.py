@@ -171,7 +171,7 @@ class IngestQueue:
             self._condition.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Refuse new requests, write everything queued, stop the thread."""
+        """Refuse new requests, write everything queued, stop the writer threads."""
         with self._condition:
             self._closing = True
             self._condition.notify_all()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from google.protobuf import json_format
@@ -94,7 +95,7 @@ class OtlpPayload:
     refused_items: int = 0  # data points of metric kinds without a table
     refused_reason: str = ""
 
-    @property
+    @cached_property  # hashing a large request twice (queue and finish) showed in profiles
     def digest(self) -> bytes:
         """Identity of the request's content: an SDK retry re-sends the same bytes."""
         return hashlib.blake2b(self.protobuf, digest_size=16, person=self.signal.value.encode()).digest()
