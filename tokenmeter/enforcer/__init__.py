@@ -1,1 +1,1 @@
-"""Quota enforcement: the policy file and the pure decision core (the sidecar and client come next)."""
+"""Quota enforcement: policy, pure decision core, usage snapshot, reservations (the sidecar and client come next)."""
