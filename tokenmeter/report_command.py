@@ -12,9 +12,9 @@ import sys
 from datetime import date
 from typing import TYPE_CHECKING, Final, TextIO
 
+from tokenmeter.calendar_periods import PERIODS
 from tokenmeter.reporting import (
     DIMENSIONS,
-    PERIODS,
     UsageReport,
     build_usage_report,
     parse_day,
@@ -22,7 +22,7 @@ from tokenmeter.reporting import (
     render_json,
     render_table,
 )
-from tokenmeter.settings import default_data_dir, get_settings
+from tokenmeter.settings import default_api_token_file, get_settings
 
 if TYPE_CHECKING:
     import httpx
@@ -161,7 +161,7 @@ def _api_token() -> str | None:
     token = get_settings().api_token
     if token is not None:
         return token.get_secret_value()
-    path = default_data_dir() / "api-token"
+    path = default_api_token_file()
     try:
         return path.read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
@@ -195,7 +195,7 @@ def _from_api(base: str, args: argparse.Namespace, at: date | None, held: str | 
     if response.status_code == 401:
         raise ReportError(
             f"the serve API at {base} refused the token: set TOKENMETER_API_TOKEN to serve's token "
-            f"(serve writes it to {default_data_dir() / 'api-token'} on its machine)"
+            f"(serve writes it to {default_api_token_file()} on its machine)"
         )
     if response.status_code == 400:
         raise ReportError(f"the serve API at {base} rejected the request: {_error_text(response)}", EXIT_BAD_INPUT)

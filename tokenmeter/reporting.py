@@ -13,10 +13,11 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
+from tokenmeter.calendar_periods import calendar_period, midnight
 from tokenmeter.store.usage_queries import CostAmount, Dimension, PeriodUsage, period_usage
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 Period = Literal["day", "week", "month"]
 DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
-PERIODS: Final[tuple[str, ...]] = ("day", "week", "month")
 NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
 _DISPLAY_DECIMALS: Final = Decimal("0.000001")
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -33,22 +33,9 @@ _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def resolve_period(period: str, at: date | None = None, now: datetime | None = None) -> tuple[datetime, datetime]:
     """``[start, end)`` in UTC of the calendar day, ISO week (Monday first) or month holding ``at`` (default today)."""
-    if period not in PERIODS:
-        raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
     day = at or (now or datetime.now(UTC)).astimezone(UTC).date()
-    if period == "day":
-        first, last = day, day + timedelta(days=1)
-    elif period == "week":
-        first = day - timedelta(days=day.weekday())
-        last = first + timedelta(days=7)
-    else:
-        first = day.replace(day=1)
-        last = (first + timedelta(days=32)).replace(day=1)
-    return _midnight_utc(first), _midnight_utc(last)
-
-
-def _midnight_utc(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+    first, last = calendar_period(period, day)
+    return midnight(first, UTC), midnight(last, UTC)
 
 
 def parse_day(text: str | None) -> date | None:

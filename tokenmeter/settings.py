@@ -24,6 +24,11 @@ def default_data_dir() -> Path:
     return Path(base) / "tokenmeter"
 
 
+def default_api_token_file() -> Path:
+    """Where `tokenmeter serve` writes its generated API token, and `tokenmeter report` reads it."""
+    return default_data_dir() / "api-token"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
 

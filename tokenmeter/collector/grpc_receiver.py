@@ -8,7 +8,6 @@ SDK's exporter reads as its back-off; a failing store answers UNAVAILABLE.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Final
 
@@ -16,6 +15,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue, QueueClosedError, QueueFullError
 from tokenmeter.collector.limits import DEFAULT_MAX_REQUEST_BYTES, RETRY_AFTER_SECONDS
 from tokenmeter.collector.payloads import PayloadError, Signal, decode_protobuf
@@ -58,7 +58,7 @@ def _retry_trailer(seconds: float) -> tuple[tuple[str, bytes], ...]:
 class _GrpcReceiver:
     def __init__(self, queue: IngestQueue, token: str | None) -> None:
         self._queue = queue
-        self._expected_authorization = f"Bearer {token}" if token else None
+        self._bearer = BearerToken(token)
 
     def export_method(self, signal: Signal):
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -68,7 +68,7 @@ class _GrpcReceiver:
 
     async def _export(self, signal: Signal, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         stats = self._queue.stats
-        if not self._authorized(context):
+        if not self._bearer.allows(dict(context.invocation_metadata() or ()).get("authorization")):
             stats.count_request(signal.value, TRANSPORT, "unauthorized", 0)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
@@ -98,12 +98,3 @@ class _GrpcReceiver:
         if result.outcome == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, result.message, _retry_trailer(RETRY_AFTER_SECONDS))
         return response.SerializeToString()
-
-    def _authorized(self, context: grpc.aio.ServicerContext) -> bool:
-        if self._expected_authorization is None:
-            return True
-        metadata = dict(context.invocation_metadata() or ())
-        given = metadata.get("authorization", "")
-        if isinstance(given, bytes):
-            given = given.decode("latin-1")
-        return hmac.compare_digest(given.encode(), self._expected_authorization.encode())

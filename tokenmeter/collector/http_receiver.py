@@ -9,7 +9,6 @@ type/encoding, 429 queue full and 503 store unavailable or shutting down (both w
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Final
 
@@ -20,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import (
     IngestQueue,
     QueueClosedError,
@@ -55,7 +55,7 @@ def otlp_http_app(
 class _HttpReceiver:
     def __init__(self, queue: IngestQueue, token: str | None, max_request_bytes: int) -> None:
         self._queue = queue
-        self._expected_authorization = f"Bearer {token}".encode() if token else None
+        self._bearer = BearerToken(token)
         self._max_request_bytes = max_request_bytes
 
     def endpoint(self, signal: Signal):
@@ -66,7 +66,7 @@ class _HttpReceiver:
 
     async def _receive(self, signal: Signal, request: Request) -> Response:
         as_json = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
-        if not self._authorized(request):
+        if not self._bearer.allows(request.headers.get("authorization")):
             self._queue.stats.count_request(signal.value, TRANSPORT, "unauthorized", 0)
             return _status_response(401, "missing or wrong bearer token", as_json, {"WWW-Authenticate": "Bearer"})
         try:
@@ -106,12 +106,6 @@ class _HttpReceiver:
         if result.outcome == "rejected":
             return _status_response(400, result.message, as_json)
         return _status_response(503, result.message, as_json, {"Retry-After": _seconds(RETRY_AFTER_SECONDS)})
-
-    def _authorized(self, request: Request) -> bool:
-        if self._expected_authorization is None:
-            return True
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, self._expected_authorization)
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import gzip
 import hashlib
 import json
 import zlib
@@ -58,10 +57,6 @@ class Signal(enum.Enum):
     def schema_message(self) -> str:
         """The message name in otlp_ingest.proto that one request is."""
         return self.request_type.DESCRIPTOR.name
-
-    @property
-    def item_name(self) -> str:
-        return {"traces": "spans", "metrics": "data points", "logs": "log records"}[self.value]
 
 
 _REQUEST_TYPES: Final[dict[Signal, type[Message]]] = {
@@ -122,10 +117,6 @@ def decompress(body: bytes, content_encoding: str, max_bytes: int = DEFAULT_MAX_
     if not inflater.eof:
         raise PayloadError(400, f"{encoding} body is truncated")
     return data
-
-
-def gzip_compress(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=1)
 
 
 def parse_protobuf(signal: Signal, data: bytes) -> Message:

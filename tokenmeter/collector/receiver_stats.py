@@ -42,10 +42,6 @@ class ReceiverStats:
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         self._gauges[name] = read
 
-    def items(self, signal: str, outcome: str) -> int:
-        with self._lock:
-            return self._items.get((signal, outcome), 0)
-
     def render(self) -> str:
         """Prometheus text exposition (version 0.0.4)."""
         with self._lock:

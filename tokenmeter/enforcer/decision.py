@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
+from tokenmeter.calendar_periods import calendar_period, midnight
 from tokenmeter.enforcer.policy import Budget, Limit, Period, Policy
 
 DecisionKind = Literal["allow", "warn", "downgrade", "degrade", "deny"]
@@ -107,21 +108,8 @@ class _BudgetState:
 
 def period_bounds(period: Period, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """``[start, end)`` of the day, ISO week or month holding ``now``, in ``zone``, returned in UTC."""
-    local = now.astimezone(zone)
-    day = local.date()
-    if period == "day":
-        first, last = day, day + timedelta(days=1)
-    elif period == "week":
-        first = day - timedelta(days=day.weekday())
-        last = first + timedelta(days=7)
-    else:
-        first = day.replace(day=1)
-        last = (first + timedelta(days=32)).replace(day=1)
-
-    def midnight(d: object) -> datetime:
-        return datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC)  # type: ignore[attr-defined]
-
-    return midnight(first), midnight(last)
+    first, last = calendar_period(period, now.astimezone(zone).date())
+    return midnight(first, zone).astimezone(UTC), midnight(last, zone).astimezone(UTC)
 
 
 def subject_of(budget: Budget, request: CheckRequest) -> str | None:

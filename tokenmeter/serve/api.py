@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.serve.store_reader import StoreReader
 
@@ -26,10 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 def api_app(*, queue: IngestQueue, reader: StoreReader, api_token: str, store_display: str) -> Starlette:
-    expected = f"Bearer {api_token}".encode()
-
-    def authorized(request: Request) -> bool:
-        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
+    if not api_token:
+        raise ValueError("the usage API needs a token")  # usage is never served without one
+    bearer = BearerToken(api_token)
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "store": store_display, "queue_bytes": queue.pending_bytes})
@@ -38,7 +37,7 @@ def api_app(*, queue: IngestQueue, reader: StoreReader, api_token: str, store_di
         return PlainTextResponse(queue.stats.render(), media_type="text/plain; version=0.0.4")
 
     async def usage(request: Request) -> Response:
-        if not authorized(request):
+        if not bearer.allows(request.headers.get("authorization")):
             return JSONResponse(
                 {"error": "missing or wrong bearer token (TOKENMETER_API_TOKEN, or the api-token file serve wrote)"},
                 status_code=401,

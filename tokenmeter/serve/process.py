@@ -29,7 +29,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
-from tokenmeter.settings import default_data_dir
+from tokenmeter.settings import default_api_token_file
 
 if TYPE_CHECKING:
     import grpc
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class ServeError(Exception):
 
 
 def api_token_path(token_dir: Path | None = None) -> Path:
-    return (token_dir or default_data_dir()) / API_TOKEN_FILE
+    return token_dir / default_api_token_file().name if token_dir is not None else default_api_token_file()
 
 
 def load_or_create_api_token(token_dir: Path | None = None) -> tuple[str, Path]:
