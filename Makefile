@@ -33,7 +33,8 @@ pytest: $(BIN)/.installed
 
 test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -c 'import openai; assert openai.__version__.startswith("1."), openai.__version__; print("openai", openai.__version__)'
-	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py
+	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
+		tests/test_quota_client.py
 
 test: lint pytest test-openai1
 

@@ -47,7 +47,7 @@ def _day() -> tuple[datetime, datetime]:
 
 
 def _metric(serve: ServeProcess, name: str) -> dict[str, float]:
-    text = httpx.get(f"{serve.api}/metrics", timeout=10).text
+    text = httpx.get(f"{serve.api}/metrics", headers={"authorization": f"Bearer {serve.api_token}"}, timeout=10).text
     values = {}
     for line in text.splitlines():
         if line.startswith(name):

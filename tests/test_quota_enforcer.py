@@ -127,3 +127,35 @@ def test_one_hundred_concurrent_checks_at_a_budget_with_room_for_ten() -> None:
     assert len(allowed) == 10  # 10 x 100 tokens fill the budget; overshoot bounded by one estimate (here 0)
     assert all(r.reservation_id for r in allowed)
     assert {r.decision.budget for r in results if r.decision.action == "deny"} == {"tight"}
+
+
+def test_the_enforcer_uses_the_ledger_it_is_given_even_when_empty() -> None:
+    # Regression: an empty ledger is falsy (it has a length); `ledger or default` dropped its settings.
+    now = [0.0]
+    ledger = ReservationLedger(settle_seconds=5, timeout_seconds=600, clock=lambda: now[0])
+    enforcer = Enforcer(parse_policy("budgets: [{name: b, scope: user, limit: {tokens: 1000}}]\n"), ledger,
+                        clock=lambda: now[0])  # fmt: skip
+    result = enforcer.check(CheckRequest(user="u", department="", app="", model="m", input_tokens=10,
+                                         max_output_tokens=0))  # fmt: skip
+    assert len(ledger) == 1 and result.reservation_id is not None
+    assert enforcer.release(result.reservation_id)
+    now[0] = 10.0
+    enforcer.update_snapshot(enforcer.snapshot, started_at=6.0)  # 0 + 5 s settle <= 6: the store has it
+    assert enforcer.budget_states() == [] and len(ledger) == 0
+
+
+def test_ledger_totals_stay_exact_over_many_reservations() -> None:
+    now = [0.0]
+    ledger = ReservationLedger(settle_seconds=1, timeout_seconds=100, clock=lambda: now[0])
+    ids = []
+    for index in range(1000):
+        now[0] = index / 100
+        ids.append(ledger.reserve({("b", "u"): Usage(tokens=3, cost={"CNY": Decimal("0.001")})}))
+    assert ledger.totals(0.0) == {("b", "u"): Usage(tokens=3000, cost={"CNY": Decimal("1.000")})}
+    now[0] = 20.0  # released at t = 20: settled for snapshots started from 21 on
+    for reservation_id in ids[:400]:
+        assert reservation_id is not None and ledger.release(reservation_id)
+    assert ledger.totals(20.5)[("b", "u")].tokens == 3000
+    assert ledger.totals(21.0) == {("b", "u"): Usage(tokens=1800, cost={"CNY": Decimal("0.600")})}
+    now[0] = 200.0  # everything else times out
+    assert ledger.totals(21.0) == {} and len(ledger) == 0

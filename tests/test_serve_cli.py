@@ -48,11 +48,13 @@ def test_usage_api_needs_the_token_serve_wrote(tmp_path: Path) -> None:
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert serve.info["api_token"] == str(token_file)  # the ready line names the file, not the token
         assert serve.api_token not in "".join(serve.stderr_lines)
-        assert httpx.get(f"{serve.api}/v1/usage", timeout=10).status_code == 401
-        wrong = httpx.get(f"{serve.api}/v1/usage", headers={"authorization": "Bearer nope"}, timeout=10)
+        assert httpx.get(f"{serve.api}/v1/report", timeout=10).status_code == 401
+        wrong = httpx.get(f"{serve.api}/v1/report", headers={"authorization": "Bearer nope"}, timeout=10)
         assert wrong.status_code == 401
         assert httpx.get(f"{serve.api}/healthz", timeout=10).json()["status"] == "ok"
-        assert "tokenmeter_receiver_queue_bytes" in httpx.get(f"{serve.api}/metrics", timeout=10).text
+        assert httpx.get(f"{serve.api}/metrics", timeout=10).status_code == 401  # quota use per user is in it
+        bearer = {"authorization": f"Bearer {serve.api_token}"}
+        assert "tokenmeter_receiver_queue_bytes" in httpx.get(f"{serve.api}/metrics", headers=bearer, timeout=10).text
     token = serve.api_token
     with running_serve(tmp_path / "serve"):  # a restart keeps the token
         assert serve.api_token == token

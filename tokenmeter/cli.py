@@ -7,6 +7,8 @@
     tokenmeter db migrate [--clickhouse-url URL] [--cluster NAME] [--ttl-days N] [--dry-run]
     tokenmeter serve [--host 127.0.0.1] [--otlp-grpc-port 4317] [--otlp-http-port 4318] [--api-port 9400]
     tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
+    tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
+    tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
 a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
@@ -34,6 +36,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_WRITERS,
 )
 from tokenmeter.pricing import PER_1K, Price
+from tokenmeter.quota_commands import add_enforcer_options, add_quota_parsers, enforcer_options
 from tokenmeter.settings import get_settings
 from tokenmeter.store.client import StoreConfigError, StoreError
 from tokenmeter.store.migrations import DEFAULT_RAW_TTL_DAYS, MigrationError, RenderOptions
@@ -174,6 +177,10 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
     settings = get_settings()
     if args.ttl_days < 0:
         raise InputError(f"--ttl-days must be 0 (keep raw data forever) or a number of days, got {args.ttl_days}")
+    try:
+        quotas = enforcer_options(args, args.policy or settings.policy)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     config = ServeConfig(
         clickhouse_url=args.clickhouse_url if args.clickhouse_url is not None else settings.clickhouse_url,
         host=args.host,
@@ -187,6 +194,8 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
         max_pending_bytes=args.max_queue_bytes,
         flush_interval=args.flush_interval,
         writers=args.writers,
+        enforcer=quotas,
+        enforcer_token=settings.enforcer_token.get_secret_value() if settings.enforcer_token else None,
     )
     logging.getLogger("tokenmeter").setLevel(logging.INFO)
 
@@ -241,6 +250,9 @@ def _add_serve_parser(commands: Any) -> None:
         "--writers", type=int, default=DEFAULT_WRITERS, metavar="N",
         help=f"concurrent inserts, one store client each (default {DEFAULT_WRITERS})",
     )
+    serve.add_argument("--policy", type=Path, metavar="PATH",
+                       help="quota policy YAML (default: TOKENMETER_POLICY; none: every check is allowed)")  # fmt: skip
+    add_enforcer_options(serve)
     serve.set_defaults(run=_run_serve)
 
 
@@ -300,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_run_db_migrate)
     _add_serve_parser(commands)
     _add_report_parser(commands)
+    add_quota_parsers(commands)
     return parser
 
 

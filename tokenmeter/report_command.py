@@ -183,7 +183,7 @@ def _from_api(base: str, args: argparse.Namespace, at: date | None, held: str | 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     timeout = httpx.Timeout(API_TIMEOUT_SECONDS, connect=API_CONNECT_TIMEOUT_SECONDS)
     try:
-        response = httpx.get(f"{base.rstrip('/')}/v1/usage", params=params, headers=headers, timeout=timeout)
+        response = httpx.get(f"{base.rstrip('/')}/v1/report", params=params, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
         held_by = f"{held} is held by another process, and " if held else ""

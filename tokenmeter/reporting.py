@@ -1,7 +1,7 @@
 """Usage reports: one period, grouped by department, user, model or app.
 
 Pure parts (periods, the report document, its three renderings) are used both by
-`tokenmeter report` and by `tokenmeter serve`'s ``GET /v1/usage``; the numbers come from
+`tokenmeter report` and by `tokenmeter serve`'s ``GET /v1/report``; the numbers come from
 :func:`tokenmeter.store.usage_queries.period_usage` (the exact counter rule).
 """
 
@@ -103,7 +103,7 @@ class UsageReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document (`--format json`, ``GET /v1/usage``); amounts are decimal strings."""
+        """The JSON document (`--format json`, ``GET /v1/report``); amounts are decimal strings."""
         return {
             "by": self.by,
             "period": self.period,

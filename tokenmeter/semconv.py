@@ -76,6 +76,11 @@ TM_REQUESTED_MODEL: Final = "tokenmeter.model.requested"
 TM_EFFECTIVE_MODEL: Final = "tokenmeter.model.effective"
 TM_QUOTA_DECISION: Final = "tokenmeter.quota.decision"
 TM_QUOTA_BUDGET: Final = "tokenmeter.quota.budget"
+TM_QUOTA_RATIO: Final = "tokenmeter.quota.ratio"
+# True when the enforcer could not answer and the call went ahead (TOKENMETER_FAIL_MODE=open).
+TM_QUOTA_FAIL_OPEN: Final = "tokenmeter.quota.fail_open"
+# quota decision values besides allow / warn / downgrade / degrade / deny
+QUOTA_UNAVAILABLE: Final = "unavailable"
 
 # usage source values
 SOURCE_SERVER: Final = "server"
@@ -89,6 +94,8 @@ METRIC_USAGE_TOKENS: Final = "tokenmeter.usage.tokens"
 METRIC_USAGE_COST: Final = "tokenmeter.usage.cost"
 METRIC_USAGE_CALLS: Final = "tokenmeter.usage.calls"
 COST_UNITS_PER_CURRENCY_UNIT: Final = 1_000_000_000
+# Quota decisions the app received, by tokenmeter.quota.decision (and fail_open).
+METRIC_QUOTA_DECISIONS: Final = "tokenmeter.quota.decisions"
 
 # --- W3C baggage keys carrying attribution across process hops -----------------
 BAGGAGE_USER: Final = ENDUSER_ID

@@ -34,10 +34,26 @@ class Settings(BaseSettings):
 
     # Store and services (used by later components; named here so the table is whole).
     clickhouse_url: str = Field(default_factory=lambda: f"chdb://{default_data_dir() / 'chdb'}")
+    # Quotas (docs/quotas.md). The policy file, for `serve` and `enforcer`.
     policy: Path | None = None
+    # The app side: check each call with the enforcer at this URL (e.g. http://127.0.0.1:9400).
     enforcer_url: str | None = None
+    # Bearer token of the enforcer's API, for apps and `tokenmeter check`; serve and
+    # enforcer accept it. Unset on the app side: the api-token file serve wrote, if readable.
     enforcer_token: SecretStr | None = None
+    # When the enforcer cannot answer in time: "open" lets the call through (counted),
+    # "closed" refuses it with QuotaUnavailable.
     fail_mode: Literal["open", "closed"] = "open"
+    enforcer_timeout: float = Field(default=0.05, gt=0, le=30)  # seconds per check
+    # How long the client reuses a deny/degrade answer, and waits before trying an
+    # unreachable enforcer again (calls meanwhile follow fail_mode).
+    enforcer_cache_seconds: float = Field(default=1.0, ge=0, le=300)
+    # Sidecar: how often usage is read from the store; how long a finished call's
+    # reservation is kept (its usage must be in the store by then: export interval + ingest).
+    enforcer_refresh_seconds: float = Field(default=5.0, gt=0, le=3600)
+    enforcer_settle_seconds: float = Field(default=90.0, ge=0, le=86400)
+    # Shift the enforcer's calendar by this many seconds: rollover drills and tests only.
+    enforcer_clock_offset: float = 0.0
 
     # `tokenmeter serve`: bearer token for its usage API (read endpoints reveal usage).
     # Unset: serve makes one and writes it to <data dir>/api-token (mode 0600), where
@@ -105,6 +121,21 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("TOKENMETER_METRICS_CARDINALITY_LIMIT must be a positive integer")
         return value
+
+
+def enforcer_client_token(settings: Settings) -> str | None:
+    """The token apps and `tokenmeter check` send to the enforcer.
+
+    TOKENMETER_ENFORCER_TOKEN, else TOKENMETER_API_TOKEN, else the api-token file a local
+    `tokenmeter serve` wrote (the embedded default on one machine); None when none is there.
+    """
+    for secret in (settings.enforcer_token, settings.api_token):
+        if secret is not None:
+            return secret.get_secret_value()
+    try:
+        return default_api_token_file().read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def capture_message_content() -> bool:

@@ -22,9 +22,10 @@ Rules (docs/quotas.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
@@ -47,6 +48,19 @@ class Usage:
         for currency, amount in other.cost.items():
             costs[currency] = costs.get(currency, Decimal(0)) + amount
         return Usage(self.tokens + other.tokens, costs)
+
+    def minus(self, other: Usage) -> Usage:
+        costs = dict(self.cost)
+        for currency, amount in other.cost.items():
+            left = costs.get(currency, Decimal(0)) - amount
+            if left:
+                costs[currency] = left
+            else:
+                costs.pop(currency, None)
+        return Usage(self.tokens - other.tokens, costs)
+
+    def is_zero(self) -> bool:
+        return self.tokens == 0 and not any(self.cost.values())
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,9 @@ class Decision:
     requested_model: str
     effective_model: str
     budget: str | None = None
+    scope: str | None = None
     subject: str | None = None
+    period: str | None = None
     used_tokens: int = 0
     limit_tokens: int | None = None
     used_cost: Decimal | None = None
@@ -88,6 +104,7 @@ class Decision:
     currency: str | None = None
     ratio: float = 0.0
     threshold: float | None = None  # the warning threshold crossed
+    period_start: datetime | None = None
     resets_at: datetime | None = None
     reason: str = ""
 
@@ -99,6 +116,7 @@ class _BudgetState:
     limit: Limit
     used: Usage
     ratio: float
+    period_start: datetime
     period_end: datetime
 
     @property
@@ -108,7 +126,13 @@ class _BudgetState:
 
 def period_bounds(period: Period, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """``[start, end)`` of the day, ISO week or month holding ``now``, in ``zone``, returned in UTC."""
-    first, last = calendar_period(period, now.astimezone(zone).date())
+    return _bounds_of_day(period, now.astimezone(zone).date(), zone)
+
+
+@functools.lru_cache(maxsize=256)
+def _bounds_of_day(period: Period, day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    # Cached: every check needs the bounds of each budget, and they change once a day.
+    first, last = calendar_period(period, day)
     return midnight(first, zone).astimezone(UTC), midnight(last, zone).astimezone(UTC)
 
 
@@ -126,7 +150,8 @@ def subject_of(budget: Budget, request: CheckRequest) -> str | None:
     return subject
 
 
-def _ratio(limit: Limit, used: Usage) -> float:
+def ratio_of(limit: Limit, used: Usage) -> float:
+    """How much of ``limit`` is used: the larger of the token and the cost ratio."""
     ratios = []
     if limit.tokens is not None:
         ratios.append(used.tokens / limit.tokens)
@@ -151,7 +176,7 @@ def _states(
         current = snapshot.period_starts.get(budget.name) == start
         used = (snapshot.used.get(key, Usage()) if current else Usage()).plus(reservations.get(key, Usage()))
         limit = budget.overrides.get(subject, budget.limit)
-        states.append(_BudgetState(budget, subject, limit, used, _ratio(limit, used), end))
+        states.append(_BudgetState(budget, subject, limit, used, ratio_of(limit, used), start, end))
     return states
 
 
@@ -165,7 +190,9 @@ def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _B
         requested_model=request.model,
         effective_model=model,
         budget=state.budget.name,
+        scope=state.budget.scope,
         subject=state.subject,
+        period=state.budget.period,
         used_tokens=state.used.tokens,
         limit_tokens=limit.tokens,
         used_cost=state.used.cost.get(limit.currency, Decimal(0)) if limit.currency else None,
@@ -173,6 +200,7 @@ def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _B
         currency=limit.currency,
         ratio=state.ratio,
         threshold=threshold,
+        period_start=state.period_start,
         resets_at=state.period_end,
         reason=reason,
     )
@@ -241,3 +269,36 @@ def reservation_for(policy: Policy, request: CheckRequest, decision: Decision, n
         (state.budget.name, state.subject): usage
         for state in _states(policy, UsageSnapshot(), {}, request, model=decision.effective_model, now=now)
     }
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    """One (budget, subject) in its current period: what ``GET /v1/usage`` and /metrics show."""
+
+    budget: Budget
+    subject: str
+    limit: Limit
+    used: Usage  # what the store showed in the last snapshot
+    reserved: Usage  # in-flight calls not yet in the store
+    ratio: float  # of used + reserved
+    period_start: datetime
+    resets_at: datetime
+
+
+def budget_usages(
+    policy: Policy, snapshot: UsageSnapshot, reservations: Mapping[UsageKey, Usage], now: datetime
+) -> list[BudgetUsage]:
+    """Every (budget, subject) with usage or reservations in its current period."""
+    budgets = {budget.name: budget for budget in policy.budgets}
+    rows = []
+    for key in sorted({*snapshot.used, *reservations}):
+        budget = budgets.get(key[0])
+        if budget is None:
+            continue
+        start, end = period_bounds(budget.period, now, policy.zone)
+        used = snapshot.used.get(key, Usage()) if snapshot.period_starts.get(budget.name) == start else Usage()
+        reserved = reservations.get(key, Usage())
+        limit = budget.overrides.get(key[1], budget.limit)
+        ratio = ratio_of(limit, used.plus(reserved))
+        rows.append(BudgetUsage(budget, key[1], limit, used, reserved, ratio, start, end))
+    return rows

@@ -6,6 +6,9 @@ released (it finished) plus ``settle_seconds`` (one metric export interval and t
 behind it), judged by the start time of the snapshot that is used; or, for a call never
 released (a crashed client), after ``timeout_seconds``. So usage is counted once, from
 the ledger or from the store, never from neither.
+
+Totals are kept as running sums and expired from two time-ordered queues, so a check
+costs the same with 10 or 500,000 reservations in flight (5,000 checks/s x 90 s settle).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -42,6 +46,10 @@ class ReservationLedger:
         self._clock = clock
         self._lock = threading.Lock()
         self._reservations: dict[str, _Reservation] = {}
+        self._held: dict[UsageKey, Usage] = {}
+        # Both queues are in clock order because entries are appended as the clock advances.
+        self._by_creation: deque[tuple[float, str]] = deque()
+        self._by_release: deque[tuple[float, str]] = deque()
 
     def reserve(self, amounts: Mapping[UsageKey, Usage]) -> str | None:
         """Hold ``amounts``; returns the reservation id (None when there is nothing to hold)."""
@@ -49,7 +57,11 @@ class ReservationLedger:
             return None
         reservation_id = uuid.uuid4().hex
         with self._lock:
-            self._reservations[reservation_id] = _Reservation(dict(amounts), self._clock())
+            now = self._clock()
+            self._reservations[reservation_id] = _Reservation(dict(amounts), now)
+            self._by_creation.append((now, reservation_id))
+            for key, usage in amounts.items():
+                self._held[key] = self._held[key].plus(usage) if key in self._held else usage
         return reservation_id
 
     def release(self, reservation_id: str) -> bool:
@@ -59,24 +71,33 @@ class ReservationLedger:
             if reservation is None or reservation.released_at is not None:
                 return False
             reservation.released_at = self._clock()
+            self._by_release.append((reservation.released_at, reservation_id))
             return True
 
-    def totals(self, snapshot_started_at: float) -> dict[UsageKey, Usage]:
-        """What is still held, for a decision made with a snapshot whose query started then."""
-        now = self._clock()
-        held: dict[UsageKey, Usage] = {}
+    def totals(self, snapshot_started_at: float) -> Mapping[UsageKey, Usage]:
+        """What is still held, for a decision made with a snapshot whose query started then.
+
+        The mapping is the ledger's own; read it before the next reserve or totals call.
+        """
         with self._lock:
-            for reservation_id, reservation in list(self._reservations.items()):
-                settled = (
-                    reservation.released_at is not None
-                    and reservation.released_at + self._settle <= snapshot_started_at
-                )
-                if settled or reservation.created_at + self._timeout <= now:
-                    del self._reservations[reservation_id]
-                    continue
-                for key, usage in reservation.amounts.items():
-                    held[key] = held.get(key, Usage()).plus(usage)
-        return held
+            settled_before = snapshot_started_at - self._settle
+            while self._by_release and self._by_release[0][0] <= settled_before:
+                self._drop(self._by_release.popleft()[1])
+            expired_before = self._clock() - self._timeout
+            while self._by_creation and self._by_creation[0][0] <= expired_before:
+                self._drop(self._by_creation.popleft()[1])
+            return self._held
+
+    def _drop(self, reservation_id: str) -> None:
+        reservation = self._reservations.pop(reservation_id, None)
+        if reservation is None:  # already dropped through the other queue
+            return
+        for key, usage in reservation.amounts.items():
+            remaining = self._held[key].minus(usage)
+            if remaining.is_zero():
+                del self._held[key]
+            else:
+                self._held[key] = remaining
 
     def __len__(self) -> int:
         with self._lock:

@@ -25,6 +25,7 @@ Period = Literal["day", "week", "month"]
 Action = Literal["downgrade", "degrade", "deny"]
 DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
 DEFAULT_WARN_AT: Final = (0.8,)
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
 
 
 class PolicyError(ValueError):
@@ -84,6 +85,18 @@ class Budget(_Strict):
 
 class Defaults(_Strict):
     warn_at: tuple[float, ...] = DEFAULT_WARN_AT
+    # The output a check reserves when the call gives no max_tokens: per model (glob
+    # patterns, first match wins), else max_output_tokens.
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, gt=0)
+    max_output_tokens_by_model: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("max_output_tokens_by_model")
+    @classmethod
+    def _positive_outputs(cls, value: dict[str, int]) -> dict[str, int]:
+        for pattern, tokens in value.items():
+            if tokens <= 0:
+                raise ValueError(f"{pattern}: an output estimate is a positive number of tokens")
+        return value
 
 
 class Policy(_Strict):
@@ -109,6 +122,15 @@ class Policy(_Strict):
 
     def warn_thresholds(self, budget: Budget) -> tuple[float, ...]:
         return budget.warn_at if budget.warn_at is not None else self.defaults.warn_at
+
+    def output_estimate(self, model: str, max_output_tokens: int | None) -> int:
+        """The output tokens a check reserves: the call's own limit, else the policy's default."""
+        if max_output_tokens is not None:
+            return max_output_tokens
+        for pattern, tokens in self.defaults.max_output_tokens_by_model.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return tokens
+        return self.defaults.max_output_tokens
 
     def in_group(self, model: str, group: str | None) -> bool:
         if group is None:

@@ -28,6 +28,8 @@ from tokenmeter.instrumentation.identity import (
     is_trusted_peer,
     resolve_identity,
 )
+from tokenmeter.instrumentation.quota_gate import collecting_notices, notice_header
+from tokenmeter.quota_errors import QuotaVerdict
 from tokenmeter.settings import Settings, get_settings
 
 __all__ = ["ASGIApp", "IdentityMiddleware"]
@@ -41,6 +43,7 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _IDENTIFIED_SCOPES: Final = frozenset({"http", "websocket"})
+QUOTA_HEADER: Final = b"x-tokenmeter-quota"
 
 
 class IdentityMiddleware:
@@ -61,13 +64,14 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         request_context = contextlib.ExitStack()
+        notices: list[QuotaVerdict] | None = None
         try:
-            request_context.enter_context(self._request_context(scope, self._settings))
+            notices = request_context.enter_context(self._request_context(scope, self._settings))
         except Exception as error:
             request_context = contextlib.ExitStack()
             self._log_once(error, "requests are served without attribution while it lasts")
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send if notices is None else _with_quota_header(send, notices))
         finally:
             try:
                 request_context.close()
@@ -75,7 +79,7 @@ class IdentityMiddleware:
                 self._log_once(error, "leaving the request's attribution failed")
 
     @contextlib.contextmanager
-    def _request_context(self, scope: Scope, settings: Settings) -> Iterator[None]:
+    def _request_context(self, scope: Scope, settings: Settings) -> Iterator[list[QuotaVerdict]]:
         headers = scope.get("headers") or ()
         client = scope.get("client")
         client_host = str(client[0]) if client else None
@@ -93,7 +97,7 @@ class IdentityMiddleware:
                     authoritative=True,
                 )
             )
-            yield
+            yield stack.enter_context(collecting_notices())
 
     def _remote_context(
         self, headers: HeaderSource, client_host: str | None, settings: Settings
@@ -125,6 +129,23 @@ class IdentityMiddleware:
             consequence,
             exc_info=error,
         )
+
+
+def _with_quota_header(send: Send, notices: list[QuotaVerdict]) -> Send:
+    """``send`` that adds ``X-Tokenmeter-Quota`` when a call of this request was warned or downgraded.
+
+    Only calls made before the response starts can be told about (a streamed answer's
+    headers are gone before its LLM call returns).
+    """
+
+    async def send_with_notice(message: Message) -> None:
+        if message.get("type") == "http.response.start" and notices:
+            header = notice_header(notices)
+            if header is not None:
+                message = {**message, "headers": [*message.get("headers", ()), (QUOTA_HEADER, header)]}
+        await send(message)
+
+    return send_with_notice
 
 
 @contextlib.contextmanager

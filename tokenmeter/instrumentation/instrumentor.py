@@ -23,9 +23,11 @@ from tokenmeter.content_hash import ContentHasher
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.metering import Metering, MeteringOptions
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target, patch, unpatch
-from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, create_instruments, meter_from
+from tokenmeter.instrumentation.quota_client import QuotaClient
+from tokenmeter.instrumentation.quota_gate import QuotaGate
+from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, Instruments, create_instruments, meter_from
 from tokenmeter.safety import logger, report_internal_error
-from tokenmeter.settings import Settings, capture_message_content, get_settings
+from tokenmeter.settings import Settings, capture_message_content, enforcer_client_token, get_settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
 VERSION = "0.1.0"
@@ -45,6 +47,21 @@ def _load_catalog(settings: Settings) -> ModelCatalog:
         return ModelCatalog.load(None)
 
 
+def _quota_gate(settings: Settings, instruments: Instruments) -> QuotaGate | None:
+    """The enforcer client when TOKENMETER_ENFORCER_URL is set; no quota checks otherwise."""
+    if not settings.enforcer_url:
+        return None
+    client = QuotaClient(
+        settings.enforcer_url,
+        enforcer_client_token(settings),
+        timeout=settings.enforcer_timeout,
+        fail_mode=settings.fail_mode,
+        cache_seconds=settings.enforcer_cache_seconds,
+    )
+    logger.debug("tokenmeter: quota checks with %s (fail mode %s)", settings.enforcer_url, settings.fail_mode)
+    return QuotaGate(client, instruments)
+
+
 class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Meters every OpenAI-SDK call: one span, the GenAI metrics and tokenmeter's usage counters.
 
@@ -61,6 +78,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _finalizer = BackgroundFinalizer()
     _targets: list[Target] = []  # noqa: RUF012 - replaced, never mutated in place
     _accounting: AccountingPipeline | None = None
+    _quota: QuotaGate | None = None
     # The host's providers tokenmeter emits to, flushed with it (on SIGTERM above all).
     _host_providers: tuple[Any, ...] = ()
     _exit_hooks_installed = False
@@ -88,9 +106,10 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if settings.preload_models:
             registry.preload(settings.preload_models)
         key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
+        instruments = create_instruments(spec_meter, accounting_meter)
         metering = Metering(
             tracer=tracer,
-            instruments=create_instruments(spec_meter, accounting_meter),
+            instruments=instruments,
             catalog=catalog,
             registry=registry,
             hasher=ContentHasher(key),
@@ -101,7 +120,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 drift_sample_rate=settings.drift_sample_rate,
             ),
         )
-        options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate)
+        self._quota = _quota_gate(settings, instruments)
+        options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota)
         self._targets = patch(metering, options)
         self._install_exit_hooks()
         logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
@@ -109,7 +129,10 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch(self._targets)
         self._targets = []
-        self.flush()
+        self.flush()  # first: the finisher releases reservations through the quota client
+        if self._quota is not None:
+            self._quota.client.close()
+            self._quota = None
         if self._accounting is not None:
             self._accounting.shutdown()
             self._accounting = None

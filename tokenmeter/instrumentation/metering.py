@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,6 +66,8 @@ class LLMCall:
     error_type: str | None = None
     # True when the call produced (part of) a response that the server processed.
     reached_server: bool = False
+    # Run on the background thread once the call is recorded (the quota reservation's release).
+    on_finished: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,11 @@ class Metering:
             self._record(call)
         finally:
             span.end(end_time=call.end_ns)
+            if call.on_finished is not None:
+                try:
+                    call.on_finished()
+                except Exception as exc:
+                    report_internal_error("call finished hook", exc)
 
     def _record(self, call: LLMCall) -> None:
         span = call.span

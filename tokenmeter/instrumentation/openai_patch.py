@@ -22,6 +22,7 @@ from tokenmeter.instrumentation.metering import LLMCall, Metering
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_asked_for_usage
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredRawResponse, MeteredStream
 from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
+from tokenmeter.instrumentation.quota_gate import QuotaGate
 from tokenmeter.safety import report_internal_error
 
 
@@ -47,6 +48,7 @@ TARGETS = (
 class RequestOptions:
     stream_usage: str  # "off" | "inject"
     propagate: str  # "loopback" | "always" | "never"
+    quota: QuotaGate | None = None  # checks each call with the enforcer (TOKENMETER_ENFORCER_URL)
 
 
 def _server_of(instance: Any) -> tuple[str | None, int | None]:
@@ -170,6 +172,8 @@ def make_sync_wrapper(metering: Metering, target: Target, options: RequestOption
         if call is None:
             return wrapped(*args, **kwargs)
         try:
+            if options.quota is not None:
+                kwargs = options.quota.check(call, kwargs)
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             _on_error(metering, call, error)
@@ -191,6 +195,8 @@ def make_async_wrapper(metering: Metering, target: Target, options: RequestOptio
         if call is None:
             return await wrapped(*args, **kwargs)
         try:
+            if options.quota is not None:
+                kwargs = await options.quota.check_async(call, kwargs)
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
             _on_error(metering, call, error)

@@ -37,6 +37,7 @@ class Instruments:
     usage_tokens: Counter
     usage_cost: Counter
     usage_calls: Counter
+    quota_decisions: Counter
 
 
 def create_instruments(spec_meter: Meter, accounting_meter: Meter) -> Instruments:
@@ -70,6 +71,11 @@ def create_instruments(spec_meter: Meter, accounting_meter: Meter) -> Instrument
             semconv.METRIC_USAGE_CALLS,
             unit="{call}",
             description="LLM calls per user, department, app and model, failed ones with error.type.",
+        ),
+        quota_decisions=accounting_meter.create_counter(
+            semconv.METRIC_QUOTA_DECISIONS,
+            unit="{call}",
+            description="Quota decisions for calls, by decision; fail_open=true when the enforcer did not answer.",
         ),
     )
 

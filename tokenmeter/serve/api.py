@@ -2,10 +2,12 @@
 
 - ``GET /healthz``: liveness and the store it writes to (no token: it reveals nothing
   about usage).
-- ``GET /metrics``: the receiver's own counters in the Prometheus text format (no
-  token, for scrapers; no user data in it).
-- ``GET /v1/usage?by=&period=&at=&subject=``: a usage report, the document
+- ``GET /metrics``: the receiver's and the enforcer's metrics in the Prometheus text
+  format. Bearer token required: quota utilisation is per user and department.
+- ``GET /v1/report?by=&period=&at=&subject=``: a usage report, the document
   ``tokenmeter report --format json`` prints. Bearer token required.
+- The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``
+  (:mod:`tokenmeter.enforcer.http_api`): the API token or ``TOKENMETER_ENFORCER_TOKEN``.
 """
 
 from __future__ import annotations
@@ -20,29 +22,39 @@ from starlette.routing import Route
 
 from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue
+from tokenmeter.enforcer.http_api import enforcer_routes, guarded
+from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.serve.store_reader import StoreReader
 
 logger = logging.getLogger(__name__)
 
 
-def api_app(*, queue: IngestQueue, reader: StoreReader, api_token: str, store_display: str) -> Starlette:
+def api_app(
+    *,
+    queue: IngestQueue,
+    reader: StoreReader,
+    api_token: str,
+    store_display: str,
+    enforcer: EnforcerService,
+    enforcer_token: str | None = None,
+) -> Starlette:
     if not api_token:
         raise ValueError("the usage API needs a token")  # usage is never served without one
-    bearer = BearerToken(api_token)
+    api_bearer = BearerToken(api_token)
+    any_bearer = BearerToken(api_token, enforcer_token)
+    api_token_hint = "TOKENMETER_API_TOKEN, or the api-token file serve wrote"  # noqa: S105 - a hint, not a token
+    enforcer_token_hint = f"TOKENMETER_ENFORCER_TOKEN or {api_token_hint}"
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", "store": store_display, "queue_bytes": queue.pending_bytes})
+        return JSONResponse(
+            {"status": "ok", "store": store_display, "queue_bytes": queue.pending_bytes, "quotas": enforcer.health()}
+        )
 
     async def metrics(_request: Request) -> Response:
-        return PlainTextResponse(queue.stats.render(), media_type="text/plain; version=0.0.4")
+        text = queue.stats.render() + enforcer.render_metrics()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    async def usage(request: Request) -> Response:
-        if not bearer.allows(request.headers.get("authorization")):
-            return JSONResponse(
-                {"error": "missing or wrong bearer token (TOKENMETER_API_TOKEN, or the api-token file serve wrote)"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    async def report(request: Request) -> Response:
         from tokenmeter.reporting import build_usage_report, parse_day
 
         params = request.query_params
@@ -67,7 +79,8 @@ def api_app(*, queue: IngestQueue, reader: StoreReader, api_token: str, store_di
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/v1/usage", usage, methods=["GET"]),
+            Route("/metrics", guarded(any_bearer, enforcer_token_hint, metrics), methods=["GET"]),
+            Route("/v1/report", guarded(api_bearer, api_token_hint, report), methods=["GET"]),
+            *enforcer_routes(enforcer, any_bearer, enforcer_token_hint),
         ]
     )

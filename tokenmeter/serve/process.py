@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
+from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
 from tokenmeter.settings import default_api_token_file
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from tokenmeter.serve.store_reader import StoreReader
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class ServeConfig:
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     writers: int = DEFAULT_WRITERS
     token_dir: Path | None = None  # where the generated API token is written; default: the data dir
+    # Quotas: /v1/check etc. on the API port. Without a policy file every check is allowed.
+    enforcer: EnforcerOptions = field(default_factory=EnforcerOptions)
+    # Accepted on the enforcer's endpoints besides the API token (the apps' token).
+    enforcer_token: str | None = None
 
 
 class ServeError(Exception):
@@ -68,9 +72,9 @@ def api_token_path(token_dir: Path | None = None) -> Path:
     return token_dir / default_api_token_file().name if token_dir is not None else default_api_token_file()
 
 
-def load_or_create_api_token(token_dir: Path | None = None) -> tuple[str, Path]:
+def load_or_create_api_token(token_dir: Path | None = None, path: Path | None = None) -> tuple[str, Path]:
     """The API token serve writes for local tools (mode 0600); reused across restarts."""
-    path = api_token_path(token_dir)
+    path = path or api_token_path(token_dir)
     if path.exists():
         if path.stat().st_mode & 0o077:  # readable by others: tighten, and say so
             logger.warning("%s was readable by other users; setting its mode to 0600", path)
@@ -102,12 +106,12 @@ def bind_socket(host: str, port: int, what: str, flag: str) -> socket.socket:
     return sock
 
 
-def _address(sock: socket.socket) -> str:
+def socket_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _quiet_uvicorn_server(app: object) -> uvicorn.Server:
+def quiet_uvicorn_server(app: object) -> uvicorn.Server:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -116,8 +120,9 @@ def _quiet_uvicorn_server(app: object) -> uvicorn.Server:
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="httptools",
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", http="httptools", timeout_graceful_shutdown=10
+    )
     server = _Server(config)
     return server
 
@@ -148,6 +153,7 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     reader = StoreReader(open_client)
     _migrate(reader, config, location.display, progress)
     api_token, token_source = _api_token(config)
+    enforcer = _start_enforcer(config, open_client, progress)
     queue = IngestQueue(
         open_client,
         IngestSchema.for_store(embedded=location.kind == "chdb"),
@@ -160,11 +166,18 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
 
     grpc_server = otlp_grpc_server(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
     grpc_address = await _start_grpc(grpc_server, sockets.pop("grpc"))
-    http_server = _quiet_uvicorn_server(
+    http_server = quiet_uvicorn_server(
         otlp_http_app(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
     )
-    api_server = _quiet_uvicorn_server(
-        api_app(queue=queue, reader=reader, api_token=api_token, store_display=location.display)
+    api_server = quiet_uvicorn_server(
+        api_app(
+            queue=queue,
+            reader=reader,
+            api_token=api_token,
+            store_display=location.display,
+            enforcer=enforcer,
+            enforcer_token=config.enforcer_token,
+        )
     )
     tasks = [
         asyncio.create_task(http_server.serve(sockets=[sockets["http"]])),
@@ -174,13 +187,14 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, enforcer.request_reload)
     while not (http_server.started and api_server.started) and not any(task.done() for task in tasks):
         await asyncio.sleep(0.01)
 
     addresses = {
         "otlp_grpc": grpc_address,
-        "otlp_http": f"http://{_address(sockets['http'])}",
-        "api": f"http://{_address(sockets['api'])}",
+        "otlp_http": f"http://{socket_address(sockets['http'])}",
+        "api": f"http://{socket_address(sockets['api'])}",
     }
     ready.write(json.dumps({"event": "ready", **addresses, "store": location.display, "api_token": token_source}))
     ready.write("\n")
@@ -200,6 +214,7 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     api_server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await loop.run_in_executor(None, queue.close)
+    await loop.run_in_executor(None, enforcer.close)
     reader.close()
     stopper.cancel()
     progress("tokenmeter serve: stopped")
@@ -215,6 +230,27 @@ def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: C
     progress(f"store ready ({len(result.applied)} migrations applied, {len(result.already_applied)} already there)")
 
 
+def _start_enforcer(
+    config: ServeConfig, open_client: Callable[[], Client], progress: Callable[[str], None]
+) -> EnforcerService:
+    from tokenmeter.catalog import CatalogError, ModelCatalog
+    from tokenmeter.enforcer.policy import PolicyError
+    from tokenmeter.settings import get_settings
+
+    try:
+        catalog = ModelCatalog.load(get_settings().models)
+        service = EnforcerService(open_client, config.enforcer, catalog)
+    except (PolicyError, CatalogError) as exc:
+        raise ServeError(str(exc)) from None
+    service.start()
+    policy = config.enforcer.policy_path
+    if policy is None:
+        progress("quotas: no policy (--policy or TOKENMETER_POLICY): every check is allowed")
+    else:
+        progress(f"quotas: {len(service.enforcer.policy.budgets)} budgets from {policy}")
+    return service
+
+
 def _api_token(config: ServeConfig) -> tuple[str, str]:
     """The API token and where it came from (for the ready line; never the token itself)."""
     if config.api_token is not None:
@@ -225,7 +261,7 @@ def _api_token(config: ServeConfig) -> tuple[str, str]:
 
 async def _start_grpc(server: grpc.aio.Server, probe: socket.socket) -> str:
     # grpc binds by address; the probe socket proved the port free (and picked one for port 0).
-    address = _address(probe)
+    address = socket_address(probe)
     probe.close()
     port = server.add_insecure_port(address)
     if port == 0:

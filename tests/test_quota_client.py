@@ -1,0 +1,177 @@
+"""The in-app quota client when the enforcer is down, hung or refusing: fail open (counted) or closed.
+
+Real openai SDK through tokenmeter's instrumentation against the local OpenAI-compatible
+server; the "enforcer" is a closed port or a socket that accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from enforcer_process import TOKEN, EnforcerProcess, migrate
+from openai_server import OpenAICompatibleServer
+from telemetry_fixtures import Telemetry, make_telemetry
+
+import tokenmeter
+from tokenmeter import semconv
+from tokenmeter.catalog import ModelCatalog
+from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
+from tokenmeter.instrumentation.quota_client import QuotaClient
+from tokenmeter.quota_errors import QuotaDegraded, QuotaExceeded, QuotaUnavailable, QuotaVerdict
+from tokenmeter.settings import Settings
+from tokenmeter.tokenizers import TokenizerRegistry
+
+MESSAGES = [{"role": "user", "content": "人工智能是什么？"}]
+# Far more than a check may take: a hung enforcer would hold a call this long without the timeout.
+HUNG_FOR_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def hung_enforcer() -> Iterator[str]:
+    """A port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def registry() -> TokenizerRegistry:
+    return TokenizerRegistry(ModelCatalog.load(None))
+
+
+def instrumented(registry: TokenizerRegistry, **settings: Any) -> tuple[TokenmeterInstrumentor, Telemetry]:
+    telemetry = make_telemetry()
+    instrumentor = TokenmeterInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
+        settings=Settings(local_count="fallback", **settings), registry=registry, skip_dep_check=True,
+    )  # fmt: skip
+    return instrumentor, telemetry
+
+
+def spans_by_decision(telemetry: Telemetry) -> list[tuple[Any, Any]]:
+    assert tokenmeter.flush(timeout_s=30)
+    return [(s.attributes.get(semconv.TM_QUOTA_DECISION), s.attributes.get(semconv.TM_QUOTA_FAIL_OPEN))
+            for s in telemetry.spans()]  # fmt: skip
+
+
+def test_enforcer_down_fails_open_and_counts_it(registry: TokenizerRegistry, openai_server: OpenAICompatibleServer
+                                                ) -> None:  # fmt: skip
+    instrumentor, telemetry = instrumented(registry, enforcer_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        client = openai.OpenAI(base_url=openai_server.base_url, api_key="sk-test", max_retries=0)
+        for _ in range(3):
+            reply = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+            assert reply.model == "gpt-4o"
+        assert spans_by_decision(telemetry) == [("unavailable", True)] * 3
+        points = telemetry.points(semconv.METRIC_QUOTA_DECISIONS)
+        assert points == [({semconv.TM_QUOTA_DECISION: "unavailable", semconv.TM_QUOTA_FAIL_OPEN: True}, 3)]
+        assert len(openai_server.requests) == 3
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_hung_enforcer_fails_open_within_the_timeout(registry: TokenizerRegistry, hung_enforcer: str,
+                                                     openai_server: OpenAICompatibleServer) -> None:  # fmt: skip
+    instrumentor, telemetry = instrumented(registry, enforcer_url=hung_enforcer, enforcer_timeout=0.05)
+    try:
+        client = openai.OpenAI(base_url=openai_server.base_url, api_key="sk-test", max_retries=0)
+        async_client = openai.AsyncOpenAI(base_url=openai_server.base_url, api_key="sk-test", max_retries=0)
+        started = time.monotonic()
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+        asyncio.run(async_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5))
+        elapsed = time.monotonic() - started
+        assert elapsed < HUNG_FOR_SECONDS / 10, elapsed  # bounded by the timeout, not by the enforcer
+        assert spans_by_decision(telemetry) == [("unavailable", True)] * 2
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_fail_closed_refuses_the_call_with_a_clear_message(registry: TokenizerRegistry, hung_enforcer: str,
+                                                           openai_server: OpenAICompatibleServer) -> None:  # fmt: skip
+    instrumentor, telemetry = instrumented(registry, enforcer_url=hung_enforcer, fail_mode="closed")
+    try:
+        client = openai.OpenAI(base_url=openai_server.base_url, api_key="sk-test", max_retries=0)
+        with pytest.raises(QuotaUnavailable) as refused:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert isinstance(refused.value, QuotaExceeded)  # handlers of QuotaExceeded cover it
+        assert "TOKENMETER_FAIL_MODE=closed" in str(refused.value)
+        assert "额度服务不可用" in str(refused.value)
+        assert openai_server.requests == []
+        assert spans_by_decision(telemetry) == [("unavailable", False)]
+        assert telemetry.spans()[0].attributes[semconv.ERROR_TYPE] == "QuotaUnavailable"
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_fail_opens_are_reported_to_the_enforcer_once_it_answers(tmp_path: Path) -> None:
+    pytest.importorskip("chdb", reason="the enforcer needs the store extra (absent in the openai 1.x venv)")
+    port = free_port()
+    client = QuotaClient(f"http://127.0.0.1:{port}", TOKEN, timeout=0.5, cache_seconds=0)
+    key = ("alice", "ops", "kb", "gpt-4o")
+    assert [client.check(key, 10, 10).fail_open for _ in range(3)] == [True, True, True]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("budgets: []\n", encoding="utf-8")
+    migrate(tmp_path / "chdb")
+    with EnforcerProcess(tmp_path / "chdb", policy, "--port", str(port)) as enforcer:
+        verdict = client.check(key, 10, 10)
+        assert (verdict.action, verdict.fail_open) == ("allow", False)
+        assert 'tokenmeter_enforcer_fail_open_total{where="client"} 3' in enforcer.get("/metrics").text
+        client.check(key, 10, 10)  # reported once, not again
+        assert 'tokenmeter_enforcer_fail_open_total{where="client"} 3' in enforcer.get("/metrics").text
+    client.close()
+
+
+def _verdict(**fields: Any) -> QuotaVerdict:
+    base: dict[str, Any] = {
+        "action": "deny", "requested_model": "gpt-4o", "effective_model": "gpt-4o", "budget": "rd-paid",
+        "scope": "department", "subject": "研发部", "period": "month", "ratio": 1.02,
+        "resets_at": datetime(2026, 11, 30, 16, 0, tzinfo=UTC), "timezone": "Asia/Shanghai",
+    }  # fmt: skip
+    return QuotaVerdict(**{**base, **fields})
+
+
+def test_messages_name_the_budget_the_usage_and_the_reset_in_both_languages() -> None:
+    denied = QuotaExceeded(_verdict(used_cost="20400.5", limit_cost="20000", currency="CNY"))
+    assert denied.message("en") == (
+        "Quota exceeded: budget 'rd-paid' (department 研发部, per month) has used 20400.5 / 20000 CNY; "
+        "it resets at 2026-12-01 00:00 (Asia/Shanghai)."
+    )
+    assert denied.message("zh") == (
+        "额度已用尽：预算“rd-paid”（部门 研发部，每月）已使用 20400.5 / 20000 CNY，"
+        "将于 2026-12-01 00:00 (Asia/Shanghai) 重置。"
+    )
+    assert str(denied) == f"{denied.message('zh')}\n{denied.message('en')}"
+    degraded = QuotaDegraded(_verdict(action="degrade", used_tokens=1_200_000, limit_tokens=1_000_000,
+                                      scope="user", subject="alice", period="day"))  # fmt: skip
+    assert "retrieval only" in degraded.message("en") and "1,200,000 / 1,000,000 tokens" in degraded.message("en")
+    assert "仅提供知识库检索结果" in degraded.message("zh")
+
+
+def test_the_client_module_stays_light() -> None:
+    # Apps import tokenmeter at start-up; the quota client must not pull in the server side.
+    server_side = ("chdb", "starlette", "tokenmeter.enforcer")
+    code = ("import sys, tokenmeter.instrumentation.quota_gate; "
+            f"print(sorted(m for m in sys.modules if m.startswith({server_side!r})))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,107 @@
+"""The enforcer's own metrics in the Prometheus text format (``/metrics``).
+
+Counters and the latency histogram are kept here; quota utilisation per (budget, subject)
+is read from the enforcer when scraped, so it is never older than the last snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Final
+
+CHECK_SECONDS_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+
+
+def label_value(text: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class EnforcerStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decisions: dict[str, int] = defaultdict(int)
+        self._fail_open: dict[str, int] = defaultdict(int)  # where: enforcer | client
+        self._policy_loads: dict[str, int] = defaultdict(int)  # outcome: loaded | rejected
+        self._refresh_errors = 0
+        self._buckets = [0] * (len(CHECK_SECONDS_BUCKETS) + 1)
+        self._seconds_sum = 0.0
+        self._seconds_count = 0
+
+    def count_check(self, action: str, seconds: float) -> None:
+        with self._lock:
+            self._decisions[action] += 1
+            self._seconds_sum += seconds
+            self._seconds_count += 1
+            for index, bound in enumerate(CHECK_SECONDS_BUCKETS):
+                if seconds <= bound:
+                    self._buckets[index] += 1
+                    break
+            else:
+                self._buckets[-1] += 1
+
+    def count_fail_open(self, where: str, calls: int = 1) -> None:
+        if calls:
+            with self._lock:
+                self._fail_open[where] += calls
+
+    def count_policy_load(self, outcome: str) -> None:
+        with self._lock:
+            self._policy_loads[outcome] += 1
+
+    def count_refresh_error(self) -> None:
+        with self._lock:
+            self._refresh_errors += 1
+
+    def render(
+        self,
+        utilisation: Iterable[tuple[str, str, str, float]],
+        gauges: dict[str, tuple[str, float]],
+    ) -> str:
+        """``utilisation``: (budget, scope, subject, ratio); ``gauges``: name -> (help, value)."""
+        with self._lock:
+            decisions = sorted(self._decisions.items())
+            fail_open = sorted(self._fail_open.items())
+            loads = sorted(self._policy_loads.items())
+            refresh_errors = self._refresh_errors
+            buckets, seconds_sum, seconds_count = list(self._buckets), self._seconds_sum, self._seconds_count
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> None:
+            lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples))
+
+        family("tokenmeter_enforcer_checks_total", "counter", "Checks answered, by decision.",
+               (f'tokenmeter_enforcer_checks_total{{decision="{action}"}} {n}' for action, n in decisions))  # fmt: skip
+        family(
+            "tokenmeter_enforcer_fail_open_total", "counter",
+            "Calls let through without a usable answer: where=enforcer (no recent usage from the store), "
+            "where=client (the app could not reach the enforcer; reported with its next check).",
+            (f'tokenmeter_enforcer_fail_open_total{{where="{where}"}} {n}' for where, n in fail_open),
+        )  # fmt: skip
+        family("tokenmeter_enforcer_policy_loads_total", "counter", "Policy file loads, by outcome.",
+               (f'tokenmeter_enforcer_policy_loads_total{{outcome="{o}"}} {n}' for o, n in loads))  # fmt: skip
+        family("tokenmeter_enforcer_refresh_errors_total", "counter", "Usage refreshes that failed.",
+               (f"tokenmeter_enforcer_refresh_errors_total {refresh_errors}",))  # fmt: skip
+        histogram = []
+        cumulative = 0
+        for bound, count in zip((*CHECK_SECONDS_BUCKETS, float("inf")), buckets, strict=True):
+            cumulative += count
+            label = "+Inf" if bound == float("inf") else repr(bound)
+            histogram.append(f'tokenmeter_enforcer_check_seconds_bucket{{le="{label}"}} {cumulative}')
+        histogram += [f"tokenmeter_enforcer_check_seconds_sum {seconds_sum}",
+                      f"tokenmeter_enforcer_check_seconds_count {seconds_count}"]  # fmt: skip
+        family("tokenmeter_enforcer_check_seconds", "histogram", "Time to answer one check.", histogram)
+        family(
+            "tokenmeter_quota_utilisation_ratio", "gauge",
+            "Used plus reserved, as a ratio of the limit, per budget and subject in the current period.",
+            (
+                f'tokenmeter_quota_utilisation_ratio{{budget="{label_value(budget)}",scope="{scope}",'
+                f'subject="{label_value(subject)}"}} {ratio:.6g}'
+                for budget, scope, subject, ratio in utilisation
+            ),
+        )  # fmt: skip
+        for name, (help_text, value) in sorted(gauges.items()):
+            family(name, "gauge", help_text, (f"{name} {value:.6g}",))
+        return "\n".join(lines) + "\n"

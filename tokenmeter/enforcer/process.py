@@ -1,0 +1,134 @@
+"""Run `tokenmeter enforcer`: the quota sidecar on its own, against a shared store.
+
+For production, where `tokenmeter serve` is replaced by otelcol-contrib and a ClickHouse
+server: stateless replicas reading the aggregates. The schema is not changed here
+(`tokenmeter db migrate` does that); start-up checks the tables it needs are there.
+Prints one JSON "ready" line; SIGHUP reloads the policy; SIGTERM / SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tokenmeter.collector.bearer import BearerToken
+from tokenmeter.enforcer.http_api import enforcer_routes, guarded
+from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from tokenmeter.catalog import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_TABLES = ("usage_counter_minutely", "quota_events")
+
+
+@dataclass(frozen=True)
+class EnforcerConfig:
+    clickhouse_url: str
+    options: EnforcerOptions
+    host: str = "127.0.0.1"
+    port: int = 9400
+    token: str | None = None  # TOKENMETER_ENFORCER_TOKEN; None: generated into token_file
+    token_file: Path | None = None
+
+
+def enforcer_app(service: EnforcerService, token: str) -> Starlette:
+    if not token:
+        raise ValueError("the enforcer API needs a token")
+    bearer = BearerToken(token)
+    hint = "TOKENMETER_ENFORCER_TOKEN, or the token file the enforcer wrote"
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", **service.health()})
+
+    async def metrics(_request: Request) -> Response:
+        return PlainTextResponse(service.render_metrics(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", guarded(bearer, hint, metrics), methods=["GET"]),
+            *enforcer_routes(service, bearer, hint),
+        ]
+    )
+
+
+def missing_tables(client: Client) -> list[str]:
+    return [table for table in REQUIRED_TABLES if not client.command(f"EXISTS TABLE {table}")]
+
+
+def run_enforcer(
+    config: EnforcerConfig, catalog: ModelCatalog, ready: IO[str] = sys.stdout,
+    progress: Callable[[str], None] = print,
+) -> int:  # fmt: skip
+    from tokenmeter.serve.process import (
+        ServeError,
+        bind_socket,
+        load_or_create_api_token,
+        quiet_uvicorn_server,
+        socket_address,
+    )
+    from tokenmeter.store import open_store, parse_store_url
+
+    location = parse_store_url(config.clickhouse_url)
+    sock = bind_socket(config.host, config.port, "the enforcer API", "--port")
+
+    def open_client() -> Client:
+        return open_store(config.clickhouse_url)
+
+    probe = open_client()
+    try:
+        missing = missing_tables(probe)
+    finally:
+        probe.close()
+    if missing:
+        raise ServeError(
+            f"store {location.display} has no {', '.join(missing)}: run `tokenmeter db migrate "
+            f"--clickhouse-url {location.display}` first"
+        )
+    if config.token:
+        token, token_source = config.token, "TOKENMETER_ENFORCER_TOKEN"
+    else:
+        token, path = load_or_create_api_token(path=config.token_file)
+        token_source = str(path)
+    service = EnforcerService(open_client, config.options, catalog)
+    service.start()
+    server = quiet_uvicorn_server(enforcer_app(service, token))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        address = f"http://{socket_address(sock)}"
+        ready.write(json.dumps({"event": "ready", "api": address, "store": location.display, "token": token_source}))
+        ready.write("\n")
+        ready.flush()
+        budgets = len(service.enforcer.policy.budgets)
+        progress(f"tokenmeter enforcer: {address}, {budgets} budgets, store {location.display} (token: {token_source})")
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+    progress("tokenmeter enforcer: stopped")
+    return 0

@@ -1,0 +1,361 @@
+"""The enforcer as a running service: policy file, refresh loop, events and metrics.
+
+Around one :class:`~tokenmeter.enforcer.enforcer.Enforcer` it keeps
+
+- the policy file: reloaded when it changes (checked every refresh) or on request
+  (SIGHUP); a broken new file keeps the old policy, and the error is logged, counted
+  and shown by ``GET /v1/policy``. The usage for a new policy is read before it is
+  used, so no check sees a budget without its usage;
+- the refresh loop, on its own thread with its own store client: usage snapshot every
+  ``refresh_seconds``, threshold crossings and decision changes written to
+  ``quota_events``;
+- the numbers for ``/metrics``, ``GET /v1/usage`` and ``GET /v1/policy``.
+
+Checks never wait for the store: they use the last snapshot plus the reservation ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from tokenmeter.enforcer.decision import BudgetUsage, CheckRequest, Decision, Usage
+from tokenmeter.enforcer.enforcer import Enforcer
+from tokenmeter.enforcer.enforcer_stats import EnforcerStats
+from tokenmeter.enforcer.ledger import DEFAULT_SETTLE_SECONDS, DEFAULT_TIMEOUT_SECONDS, ReservationLedger
+from tokenmeter.enforcer.policy import Policy, PolicyError, load_policy
+from tokenmeter.enforcer.quota_events import QuotaEventLog
+from tokenmeter.enforcer.wire import CheckBody, decimal_text
+from tokenmeter.pricing import Price, cost_of
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from tokenmeter.catalog import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REFRESH_SECONDS: Final = 5.0
+_FIRST_REFRESH_WAIT_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True)
+class EnforcerOptions:
+    policy_path: Path | None = None  # None: no budgets, every check is allowed
+    refresh_seconds: float = DEFAULT_REFRESH_SECONDS
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    reservation_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    # Shifts the enforcer's calendar (periods, resets) by this many seconds: for rollover
+    # drills and tests. Logged at start; 0 in production.
+    clock_offset_seconds: float = 0.0
+    # A snapshot older than this no longer counts as knowing the usage: checks answered
+    # with it are counted as fail-open. Default: three refreshes, at least 30 s.
+    stale_after_seconds: float | None = None
+
+    @property
+    def stale_after(self) -> float:
+        if self.stale_after_seconds is not None:
+            return self.stale_after_seconds
+        return max(30.0, 3 * self.refresh_seconds)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    source: str | None
+    checksum: str | None
+    loaded_at: datetime
+    file_state: tuple[int, int, int] | None  # (inode, size, mtime_ns) when read
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def read_policy_file(path: Path | None) -> LoadedPolicy:
+    """Load the policy (PolicyError when it cannot be used); no path: the empty policy."""
+    if path is None:
+        return LoadedPolicy(Policy(), None, None, datetime.now(UTC), None)
+    state = _file_state(path)
+    policy = load_policy(path)
+    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LoadedPolicy(policy, str(path), checksum, datetime.now(UTC), state)
+
+
+def default_replica_name() -> str:
+    # Stable across restarts, so a restarted enforcer finds the crossings it already wrote.
+    return socket.gethostname()
+
+
+class EnforcerService:
+    def __init__(
+        self,
+        open_client: Callable[[], Client],
+        options: EnforcerOptions,
+        catalog: ModelCatalog | None = None,
+        *,
+        replica: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self._open_client = open_client
+        self._catalog = catalog
+        self._clock = clock
+        offset = timedelta(seconds=options.clock_offset_seconds)
+        self._loaded = read_policy_file(options.policy_path)  # raises PolicyError: nothing to fall back to
+        self.enforcer = Enforcer(
+            self._loaded.policy,
+            ReservationLedger(options.settle_seconds, options.reservation_timeout_seconds, clock=clock),
+            now=lambda: datetime.now(UTC) + offset,
+            clock=clock,
+        )
+        self.stats = EnforcerStats()
+        self.stats.count_policy_load("loaded")
+        self.events = QuotaEventLog(replica or default_replica_name())
+        self.last_policy_error: str | None = None
+        self.last_refresh_error: str | None = None
+        self._prices: dict[str, Price | None] = {}
+        self._reload_requested = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._first_refresh = threading.Event()
+        self._thread: threading.Thread | None = None
+        if options.clock_offset_seconds:
+            logger.warning("enforcer clock shifted by %+.0f s (clock offset): for drills and tests only",
+                           options.clock_offset_seconds)  # fmt: skip
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the refresh loop; returns after the first refresh (or its failure, or 30 s)."""
+        self._thread = threading.Thread(target=self._run, name="tokenmeter-enforcer-refresh", daemon=True)
+        self._thread.start()
+        self._first_refresh.wait(_FIRST_REFRESH_WAIT_SECONDS)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def request_reload(self) -> None:
+        """Reload the policy file on the refresh thread soon (SIGHUP)."""
+        self._reload_requested = True
+        self._wake.set()
+
+    def refresh_now(self) -> None:
+        """Run one refresh on the refresh thread soon (tests, and after a reload)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        client: Client | None = None
+        first = True
+        while not self._stopping.is_set():
+            try:
+                if client is None:
+                    client = self._open_client()
+                    self.events.load_levels(client, self.enforcer.now())
+                self._tick(client)
+            except Exception as exc:
+                self._refresh_failed(exc)
+            if first:
+                first = False
+                self._first_refresh.set()
+            self._wake.wait(self.options.refresh_seconds)
+            self._wake.clear()
+        if client is not None:
+            try:
+                self.events.flush(client)
+            except Exception as exc:
+                logger.warning("quota events not written at stop (%d dropped): %s", self.events.pending(), exc)
+
+    def _tick(self, client: Client) -> None:
+        loaded = self._loaded
+        if self._reload_requested or (
+            loaded.source is not None and _file_state(Path(loaded.source)) != loaded.file_state
+        ):
+            self._reload_requested = False
+            self._reload(client)
+        snapshot = self.enforcer.refresh(client)
+        if self.last_refresh_error is not None:
+            logger.warning("enforcer: reading usage from the store works again")
+            self.last_refresh_error = None
+        self.events.on_snapshot(self.enforcer.policy, snapshot, self.enforcer.now())
+        self.events.flush(client)
+
+    def _refresh_failed(self, exc: Exception) -> None:
+        self.stats.count_refresh_error()
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self.last_refresh_error is None:  # once per outage, not every few seconds
+            logger.warning("enforcer: cannot read usage from the store (%s); deciding on the last "
+                           "snapshot and the reservations until it works again", message)  # fmt: skip
+        self.last_refresh_error = message
+
+    def _reload(self, client: Client) -> None:
+        path = self.options.policy_path
+        try:
+            loaded = read_policy_file(path)
+        except PolicyError as exc:
+            self.stats.count_policy_load("rejected")
+            self.last_policy_error = str(exc)
+            # The same broken file is not re-read until it changes again.
+            if path is not None:
+                self._loaded = dataclasses.replace(self._loaded, file_state=_file_state(path))
+            logger.error("policy not reloaded, the previous one stays in force: %s", exc)
+            return
+        try:
+            snapshot, started_at = self.enforcer.read_snapshot(client, loaded.policy)
+        except Exception as exc:
+            self.enforcer.set_policy(loaded.policy)
+            self._refresh_failed(exc)
+        else:
+            self.enforcer.set_policy(loaded.policy, snapshot, started_at)
+        self._loaded = loaded
+        self.last_policy_error = None
+        self.stats.count_policy_load("loaded")
+        logger.warning("policy reloaded from %s (%d budgets)", loaded.source, len(loaded.policy.budgets))
+
+    # --- requests ----------------------------------------------------------------
+
+    def check(self, body: CheckBody, started: float | None = None) -> tuple[Decision, str | None, bool]:
+        """(decision, reservation id, stale) for one call; never touches the store."""
+        started = time.perf_counter() if started is None else started
+        policy = self.enforcer.policy
+        output = policy.output_estimate(body.model, body.max_output_tokens)
+        request = CheckRequest(
+            user=body.user,
+            department=body.department,
+            app=body.app,
+            model=body.model,
+            input_tokens=body.input_tokens,
+            max_output_tokens=output,
+            estimated_costs=self._estimated_costs(policy, body.model, body.input_tokens, output),
+        )
+        result = self.enforcer.check(request, reserve=not body.dry_run)
+        stale = self.enforcer.snapshot_age() > self.options.stale_after
+        if stale and policy.budgets:
+            self.stats.count_fail_open("enforcer")
+        self.stats.count_fail_open("client", body.client_fail_open)
+        if not body.dry_run:
+            self.events.on_decision(request, result.decision, self.enforcer.now())
+        self.stats.count_check(result.decision.action, time.perf_counter() - started)
+        return result.decision, result.reservation_id, stale
+
+    def release(self, reservation_id: str) -> bool:
+        return self.enforcer.release(reservation_id)
+
+    def _estimated_costs(self, policy: Policy, model: str, input_tokens: int, output_tokens: int
+                         ) -> dict[str, tuple[Decimal, str]]:  # fmt: skip
+        """The call's cost on the requested model and on each model a downgrade may route it to."""
+        costs: dict[str, tuple[Decimal, str]] = {}
+        while model not in costs:
+            cost = cost_of(self._price(model), input_tokens, output_tokens)
+            if cost.amount is None or cost.currency is None:
+                break
+            costs[model] = (cost.amount, cost.currency)
+            if model not in policy.routes:
+                break
+            model = policy.routes[model]
+        for target in policy.routes.values():  # a chain may skip an unpriced model
+            if target not in costs:
+                cost = cost_of(self._price(target), input_tokens, output_tokens)
+                if cost.amount is not None and cost.currency is not None:
+                    costs[target] = (cost.amount, cost.currency)
+        return costs
+
+    def _price(self, model: str) -> Price | None:
+        if model not in self._prices:
+            self._prices[model] = self._catalog.price_for(model) if self._catalog is not None else None
+        return self._prices[model]
+
+    # --- reading -----------------------------------------------------------------
+
+    def usage_document(self, budget: str | None = None, subject: str | None = None) -> dict[str, Any]:
+        rows = [
+            _usage_row(state)
+            for state in self.enforcer.budget_states()
+            if (budget is None or state.budget.name == budget) and (subject is None or state.subject == subject)
+        ]
+        return {
+            "at": self.enforcer.now().isoformat(),
+            "snapshot_age_seconds": _seconds(self.enforcer.snapshot_age()),
+            "stale": self.enforcer.snapshot_age() > self.options.stale_after,
+            "budgets": rows,
+        }
+
+    def policy_document(self) -> dict[str, Any]:
+        loaded = self._loaded
+        return {
+            "source": loaded.source,
+            "checksum": loaded.checksum,
+            "loaded_at": loaded.loaded_at.isoformat(),
+            "last_error": self.last_policy_error,
+            "policy": loaded.policy.model_dump(mode="json"),
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "policy_loaded_at": self._loaded.loaded_at.isoformat(),
+            "policy_error": self.last_policy_error,
+            "store_error": self.last_refresh_error,
+            "snapshot_age_seconds": _seconds(self.enforcer.snapshot_age()),
+        }
+
+    def render_metrics(self) -> str:
+        utilisation = [
+            (state.budget.name, state.budget.scope, state.subject, state.ratio)
+            for state in self.enforcer.budget_states()
+        ]
+        age = self.enforcer.snapshot_age()
+        gauges = {
+            "tokenmeter_enforcer_reservations": ("Reservations in flight.", float(self.enforcer.reservations())),
+            "tokenmeter_enforcer_snapshot_age_seconds": (
+                "Age of the usage snapshot checks use (-1: none yet).", age if age != float("inf") else -1.0),
+            "tokenmeter_enforcer_events_pending": ("Quota events not yet written.", float(self.events.pending())),
+            "tokenmeter_enforcer_events_dropped": ("Quota events dropped (store down, buffer full).",
+                                                   float(self.events.dropped)),
+        }  # fmt: skip
+        return self.stats.render(utilisation, gauges)
+
+
+def _seconds(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 3)
+
+
+def _usage_row(state: BudgetUsage) -> dict[str, Any]:
+    limit, currency = state.limit, state.limit.currency
+    return {
+        "budget": state.budget.name,
+        "scope": state.budget.scope,
+        "subject": state.subject,
+        "period": state.budget.period,
+        "period_start": state.period_start.isoformat(),
+        "resets_at": state.resets_at.isoformat(),
+        "used_tokens": state.used.tokens,
+        "reserved_tokens": state.reserved.tokens,
+        "limit_tokens": limit.tokens,
+        "used_cost": decimal_text(_cost(state.used, currency)),
+        "reserved_cost": decimal_text(_cost(state.reserved, currency)),
+        "limit_cost": decimal_text(limit.cost),
+        "currency": currency,
+        "ratio": round(state.ratio, 6),
+        "action": state.budget.action,
+    }
+
+
+def _cost(usage: Usage, currency: str | None) -> Decimal | None:
+    return usage.cost.get(currency, Decimal(0)) if currency else None

@@ -1,0 +1,144 @@
+"""Acting on quota decisions before an LLM call (active when TOKENMETER_ENFORCER_URL is set).
+
+After the call's span has started and before the SDK sends the request:
+
+- ``allow``: the call goes ahead; ``warn``: it goes ahead, the span says so and the
+  identity middleware adds an ``X-Tokenmeter-Quota`` response header (when the response
+  has not started yet);
+- ``downgrade``: the request's model is replaced by the cheaper one; the span records
+  requested and effective model (``gen_ai.request.model`` is what was sent);
+- ``degrade`` / ``deny``: :class:`~tokenmeter.quota_errors.QuotaDegraded` /
+  :class:`~tokenmeter.quota_errors.QuotaExceeded` are raised instead of calling;
+- the enforcer did not answer: ``open`` goes ahead (span: ``fail_open``), ``closed``
+  raises :class:`~tokenmeter.quota_errors.QuotaUnavailable`.
+
+Every decision is on the span and counted in ``tokenmeter.quota.decisions``. The
+reservation is released when the call has finished (from the background finisher).
+A failure of tokenmeter's own here lets the call go ahead unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from tokenmeter import semconv
+from tokenmeter.instrumentation.metering import LLMCall
+from tokenmeter.instrumentation.quota_client import CheckKey, QuotaClient
+from tokenmeter.instrumentation.usage_metrics import Instruments
+from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable, QuotaVerdict
+from tokenmeter.safety import report_internal_error
+from tokenmeter.tokenizers.estimate import estimate_tokens
+
+# The decisions worth telling the end user about, for the request being served (ASGI).
+_notices: ContextVar[list[QuotaVerdict] | None] = ContextVar("tokenmeter_quota_notices", default=None)
+NOTICE_ACTIONS = frozenset({"warn", "downgrade"})
+
+
+@contextlib.contextmanager
+def collecting_notices() -> Iterator[list[QuotaVerdict]]:
+    """Collect warn / downgrade verdicts of the calls made inside (one request)."""
+    notices: list[QuotaVerdict] = []
+    token = _notices.set(notices)
+    try:
+        yield notices
+    finally:
+        _notices.reset(token)
+
+
+def notice_header(notices: list[QuotaVerdict]) -> bytes | None:
+    """``X-Tokenmeter-Quota`` value for the most severe notice, e.g. ``warn; budget="b"; ratio=0.85``."""
+    if not notices:
+        return None
+    verdict = max(notices, key=lambda v: (v.action == "downgrade", v.ratio))
+    parts = [verdict.action, f'budget="{_quoted(verdict.budget or "")}"', f"ratio={verdict.ratio:.3f}"]
+    if verdict.action == "downgrade":
+        parts.append(f'model="{_quoted(verdict.effective_model)}"')
+    return "; ".join(parts).encode("latin-1", errors="replace")
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+
+
+class QuotaGate:
+    def __init__(self, client: QuotaClient, instruments: Instruments) -> None:
+        self.client = client
+        self._instruments = instruments
+
+    def check(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The kwargs to send (model rewritten on downgrade); raises QuotaError to stop the call."""
+        try:
+            key, input_tokens, max_output = self._request(call, kwargs)
+            verdict = self.client.check(key, input_tokens, max_output)
+        except Exception as exc:
+            report_internal_error("quota check", exc)
+            return kwargs
+        return self._apply(call, kwargs, verdict)
+
+    async def check_async(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            key, input_tokens, max_output = self._request(call, kwargs)
+            verdict = await self.client.check_async(key, input_tokens, max_output)
+        except Exception as exc:
+            report_internal_error("quota check", exc)
+            return kwargs
+        return self._apply(call, kwargs, verdict)
+
+    @staticmethod
+    def _request(call: LLMCall, kwargs: dict[str, Any]) -> tuple[CheckKey, int, int | None]:
+        who = call.attribution
+        key = (who.user or "", who.department or "", who.app or "", call.request_model)
+        # An estimate is enough to reserve; the bill uses the real count.
+        text = json.dumps(call.request_input, ensure_ascii=False, default=str)
+        if call.operation == semconv.OPERATION_EMBEDDINGS:
+            max_output: int | None = 0
+        else:
+            limit = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+            max_output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
+        return key, estimate_tokens(text), max_output
+
+    def _apply(self, call: LLMCall, kwargs: dict[str, Any], verdict: QuotaVerdict) -> dict[str, Any]:
+        span = call.span
+        attributes: dict[str, Any] = {
+            semconv.TM_QUOTA_DECISION: verdict.action,
+            semconv.TM_REQUESTED_MODEL: verdict.requested_model,
+            semconv.TM_EFFECTIVE_MODEL: verdict.effective_model,
+        }
+        if verdict.budget:
+            attributes[semconv.TM_QUOTA_BUDGET] = verdict.budget
+            attributes[semconv.TM_QUOTA_RATIO] = verdict.ratio
+        if verdict.action == semconv.QUOTA_UNAVAILABLE:
+            attributes[semconv.TM_QUOTA_FAIL_OPEN] = verdict.fail_open
+        span.set_attributes(attributes)
+        self._instruments.quota_decisions.add(
+            1, {semconv.TM_QUOTA_DECISION: verdict.action, semconv.TM_QUOTA_FAIL_OPEN: verdict.fail_open}
+        )
+        if verdict.reservation_id:
+            call.on_finished = functools.partial(self.client.release, verdict.reservation_id)
+        error = _error_for(verdict)
+        if error is not None:
+            raise error
+        notices = _notices.get()
+        if notices is not None and verdict.action in NOTICE_ACTIONS:
+            notices.append(verdict)
+        if verdict.action == "downgrade" and verdict.effective_model != call.request_model:
+            call.request_model = verdict.effective_model
+            span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, verdict.effective_model)
+            span.update_name(f"{call.operation} {verdict.effective_model}")
+            return {**kwargs, "model": verdict.effective_model}
+        return kwargs
+
+
+def _error_for(verdict: QuotaVerdict) -> QuotaError | None:
+    if verdict.action == "deny":
+        return QuotaExceeded(verdict)
+    if verdict.action == "degrade":
+        return QuotaDegraded(verdict)
+    if verdict.action == semconv.QUOTA_UNAVAILABLE and not verdict.fail_open:
+        return QuotaUnavailable(verdict)
+    return None
