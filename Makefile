@@ -43,6 +43,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/counting_throughput.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/usage_query_latency.py
+	$(BIN)/python bench/quota_decision_latency.py
+	$(BIN)/python bench/quota_check_http.py
 
 demo:
 	@echo "make demo arrives with the Chatchat integration and demo issue; it is not built yet." >&2

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from tokenmeter.calendar_periods import calendar_period, midnight
@@ -44,6 +44,10 @@ class Usage:
     cost: Mapping[str, Decimal] = field(default_factory=dict)  # currency -> amount
 
     def plus(self, other: Usage) -> Usage:
+        if not other.cost:  # the common case: share the (never mutated) cost mapping
+            return self if not other.tokens else Usage(self.tokens + other.tokens, self.cost)
+        if not self.cost:
+            return Usage(self.tokens + other.tokens, other.cost)
         costs = dict(self.cost)
         for currency, amount in other.cost.items():
             costs[currency] = costs.get(currency, Decimal(0)) + amount
@@ -61,6 +65,9 @@ class Usage:
 
     def is_zero(self) -> bool:
         return self.tokens == 0 and not any(self.cost.values())
+
+
+_ZERO: Final = Usage()
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,7 @@ class Decision:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class _BudgetState:
+class _BudgetState(NamedTuple):  # a tuple: built for every budget of every check
     budget: Budget
     subject: str
     limit: Limit
@@ -140,24 +146,24 @@ def subject_of(budget: Budget, request: CheckRequest) -> str | None:
     """The subject this budget counts the call against, or None when it does not apply."""
     if request.user and request.user in budget.exempt:
         return None
-    subject = {"organisation": "", "department": request.department, "user": request.user, "app": request.app}[
-        budget.scope
-    ]
+    scope = budget.scope
+    subject = (
+        "" if scope == "organisation" else request.user if scope == "user"
+        else request.department if scope == "department" else request.app
+    )  # fmt: skip
     if budget.subject is not None and subject != budget.subject:
         return None
-    if budget.scope != "organisation" and not subject:
+    if scope != "organisation" and not subject:
         return None  # an unattributed call is not any department's (the organisation budget still sees it)
     return subject
 
 
 def ratio_of(limit: Limit, used: Usage) -> float:
     """How much of ``limit`` is used: the larger of the token and the cost ratio."""
-    ratios = []
-    if limit.tokens is not None:
-        ratios.append(used.tokens / limit.tokens)
-    if limit.cost is not None and limit.currency is not None:
-        ratios.append(float(used.cost.get(limit.currency, Decimal(0)) / limit.cost))
-    return max(ratios, default=0.0)
+    ratio = used.tokens / limit.tokens if limit.tokens is not None else 0.0
+    if limit.cost is not None and limit.currency is not None and used.cost:
+        ratio = max(ratio, float(used.cost.get(limit.currency, 0) / limit.cost))
+    return ratio
 
 
 def _states(
@@ -165,17 +171,22 @@ def _states(
     *, model: str, now: datetime,
 ) -> list[_BudgetState]:  # fmt: skip
     states = []
+    zone = policy.zone
+    local_day = now.astimezone(zone).date()  # once per decision, not per budget
+    period_starts, snapshot_used = snapshot.period_starts, snapshot.used
     for budget in policy.budgets:
-        if not policy.in_group(model, budget.models):
+        if budget.models is not None and not policy.in_group(model, budget.models):
             continue
         subject = subject_of(budget, request)
         if subject is None:
             continue
-        start, end = period_bounds(budget.period, now, policy.zone)
+        start, end = _bounds_of_day(budget.period, local_day, zone)
         key = (budget.name, subject)
-        current = snapshot.period_starts.get(budget.name) == start
-        used = (snapshot.used.get(key, Usage()) if current else Usage()).plus(reservations.get(key, Usage()))
-        limit = budget.overrides.get(subject, budget.limit)
+        used = snapshot_used.get(key, _ZERO) if period_starts.get(budget.name) == start else _ZERO
+        held = reservations.get(key)
+        if held is not None:
+            used = used.plus(held)
+        limit = budget.overrides.get(subject, budget.limit) if budget.overrides else budget.limit
         states.append(_BudgetState(budget, subject, limit, used, ratio_of(limit, used), start, end))
     return states
 
@@ -219,6 +230,37 @@ def decide(
     now: datetime,
 ) -> Decision:
     """The decision for one call. ``now`` is timezone-aware."""
+    return _decide(policy, snapshot, reservations, request, now)[0]
+
+
+def decide_and_hold(
+    policy: Policy,
+    snapshot: UsageSnapshot,
+    reservations: Mapping[UsageKey, Usage],
+    request: CheckRequest,
+    now: datetime,
+) -> tuple[Decision, dict[UsageKey, Usage]]:
+    """The decision, and what to reserve for it (:func:`reservation_for`) from the same pass."""
+    decision, states = _decide(policy, snapshot, reservations, request, now)
+    if decision.action in {"degrade", "deny"}:
+        return decision, {}
+    estimate = _estimate(request, decision)
+    return decision, {(state.budget.name, state.subject): estimate for state in states}
+
+
+def _estimate(request: CheckRequest, decision: Decision) -> Usage:
+    cost = request.estimated_costs.get(decision.effective_model)
+    return Usage(request.estimated_tokens, {cost[1]: cost[0]} if cost is not None else {})
+
+
+def _decide(
+    policy: Policy,
+    snapshot: UsageSnapshot,
+    reservations: Mapping[UsageKey, Usage],
+    request: CheckRequest,
+    now: datetime,
+) -> tuple[Decision, list[_BudgetState]]:
+    """The decision and the budget states of the effective model."""
     model = request.model
     visited = {model}
     downgraded_by: _BudgetState | None = None
@@ -230,18 +272,18 @@ def decide(
         strictest = max(exceeded, key=lambda s: (_SEVERITY[s.budget.action], s.ratio))
         if strictest.budget.action != "downgrade":
             return _decision(strictest.budget.action, request, model, strictest,
-                             f"{_describe(strictest)}: {strictest.budget.action}")  # fmt: skip
+                             f"{_describe(strictest)}: {strictest.budget.action}"), states  # fmt: skip
         cheaper = policy.routes.get(model)
         if cheaper is None or cheaper in visited:
             fallback = strictest.budget.fallback
-            return _decision(fallback, request, model, strictest,
-                             f"{_describe(strictest)}; no cheaper model to route {model!r} to: {fallback}")  # fmt: skip
+            reason = f"{_describe(strictest)}; no cheaper model to route {model!r} to: {fallback}"
+            return _decision(fallback, request, model, strictest, reason), states
         downgraded_by = downgraded_by or strictest
         visited.add(cheaper)
         model = cheaper
     if downgraded_by is not None:
         return _decision("downgrade", request, model, downgraded_by,
-                         f"{_describe(downgraded_by)}: {request.model!r} downgraded to {model!r}")  # fmt: skip
+                         f"{_describe(downgraded_by)}: {request.model!r} downgraded to {model!r}"), states  # fmt: skip
     crossed = [
         (max(t for t in policy.warn_thresholds(s.budget) if t <= s.ratio), s)
         for s in states
@@ -250,8 +292,8 @@ def decide(
     if crossed:
         threshold, state = max(crossed, key=lambda pair: (pair[1].ratio, pair[0]))
         return _decision("warn", request, model, state, f"{_describe(state)} (warning at {threshold:.0%})",
-                         threshold=threshold)  # fmt: skip
-    return _decision("allow", request, model, None, "within every applicable budget")
+                         threshold=threshold), states  # fmt: skip
+    return _decision("allow", request, model, None, "within every applicable budget"), states
 
 
 def reservation_for(policy: Policy, request: CheckRequest, decision: Decision, now: datetime) -> dict[UsageKey, Usage]:
@@ -263,8 +305,7 @@ def reservation_for(policy: Policy, request: CheckRequest, decision: Decision, n
     """
     if decision.action in {"degrade", "deny"}:
         return {}
-    cost = request.estimated_costs.get(decision.effective_model)
-    usage = Usage(request.estimated_tokens, {cost[1]: cost[0]} if cost is not None else {})
+    usage = _estimate(request, decision)
     return {
         (state.budget.name, state.subject): usage
         for state in _states(policy, UsageSnapshot(), {}, request, model=decision.effective_model, now=now)

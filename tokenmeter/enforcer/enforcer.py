@@ -21,8 +21,7 @@ from tokenmeter.enforcer.decision import (
     Decision,
     UsageSnapshot,
     budget_usages,
-    decide,
-    reservation_for,
+    decide_and_hold,
 )
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import Policy
@@ -110,10 +109,8 @@ class Enforcer:
         with self._lock:
             now = self._now()
             held = self._ledger.totals(self._snapshot_started_at)
-            decision = decide(self._policy, self._snapshot, held, request, now)
-            reservation_id = (
-                self._ledger.reserve(reservation_for(self._policy, request, decision, now)) if reserve else None
-            )
+            decision, hold = decide_and_hold(self._policy, self._snapshot, held, request, now)
+            reservation_id = self._ledger.reserve(hold) if reserve else None
         return CheckResult(decision, reservation_id)
 
     def budget_states(self) -> list[BudgetUsage]:

@@ -13,12 +13,13 @@ costs the same with 10 or 500,000 reservations in flight (5,000 checks/s x 90 s 
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from decimal import Decimal
 from typing import Final
 
 from tokenmeter.enforcer.decision import Usage, UsageKey
@@ -27,11 +28,10 @@ DEFAULT_SETTLE_SECONDS: Final = 90.0  # the SDK's 60 s metric export interval, p
 DEFAULT_TIMEOUT_SECONDS: Final = 600.0
 
 
-@dataclass
-class _Reservation:
-    amounts: Mapping[UsageKey, Usage]
-    created_at: float
-    released_at: float | None = None
+# (budget keys, tokens, (currency, amount) pairs, created at): only strings and numbers, so
+# the garbage collector stops tracking it; with 500,000 in flight a full collection would
+# otherwise walk millions of objects in the middle of a check.
+_Reservation = tuple[tuple[UsageKey, ...], int, tuple[tuple[str, Decimal], ...], float]
 
 
 class ReservationLedger:
@@ -46,6 +46,10 @@ class ReservationLedger:
         self._clock = clock
         self._lock = threading.Lock()
         self._reservations: dict[str, _Reservation] = {}
+        self._released: set[str] = set()
+        # Ids: a random prefix per ledger and a counter; uuid4 per check cost a syscall.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
         self._held: dict[UsageKey, Usage] = {}
         # Both queues are in clock order because entries are appended as the clock advances.
         self._by_creation: deque[tuple[float, str]] = deque()
@@ -55,23 +59,26 @@ class ReservationLedger:
         """Hold ``amounts``; returns the reservation id (None when there is nothing to hold)."""
         if not amounts:
             return None
-        reservation_id = uuid.uuid4().hex
         with self._lock:
+            reservation_id = f"{self._id_prefix}{next(self._ids):x}"
             now = self._clock()
-            self._reservations[reservation_id] = _Reservation(dict(amounts), now)
-            self._by_creation.append((now, reservation_id))
             for key, usage in amounts.items():
                 self._held[key] = self._held[key].plus(usage) if key in self._held else usage
+            # One call's estimate is the same for every budget it is held against.
+            usage = next(iter(amounts.values()))
+            if any(other is not usage and other != usage for other in amounts.values()):
+                raise ValueError("a reservation holds one estimate against each of its budgets")
+            self._reservations[reservation_id] = (tuple(amounts), usage.tokens, tuple(usage.cost.items()), now)
+            self._by_creation.append((now, reservation_id))
         return reservation_id
 
     def release(self, reservation_id: str) -> bool:
         """The call finished; its usage is on its way to the store. False for an unknown id."""
         with self._lock:
-            reservation = self._reservations.get(reservation_id)
-            if reservation is None or reservation.released_at is not None:
+            if reservation_id not in self._reservations or reservation_id in self._released:
                 return False
-            reservation.released_at = self._clock()
-            self._by_release.append((reservation.released_at, reservation_id))
+            self._released.add(reservation_id)
+            self._by_release.append((self._clock(), reservation_id))
             return True
 
     def totals(self, snapshot_started_at: float) -> Mapping[UsageKey, Usage]:
@@ -92,7 +99,10 @@ class ReservationLedger:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is None:  # already dropped through the other queue
             return
-        for key, usage in reservation.amounts.items():
+        self._released.discard(reservation_id)
+        keys, tokens, costs, _created_at = reservation
+        usage = Usage(tokens, dict(costs))
+        for key in keys:
             remaining = self._held[key].minus(usage)
             if remaining.is_zero():
                 del self._held[key]

@@ -11,6 +11,7 @@ See docs/quotas.md for the format. Loading is pure apart from reading the file.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +27,7 @@ Action = Literal["downgrade", "degrade", "deny"]
 DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
 DEFAULT_WARN_AT: Final = (0.8,)
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
+_GROUP_MEMO_LIMIT: Final = 10_000
 
 
 class PolicyError(ValueError):
@@ -116,7 +118,13 @@ class Policy(_Strict):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
         return value
 
-    @property
+    @functools.cached_property
+    def has_cost_limits(self) -> bool:
+        return any(
+            limit.cost is not None for budget in self.budgets for limit in (budget.limit, *budget.overrides.values())
+        )
+
+    @functools.cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
@@ -135,7 +143,19 @@ class Policy(_Strict):
     def in_group(self, model: str, group: str | None) -> bool:
         if group is None:
             return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.model_groups.get(group, ()))
+        memo = self._group_memo
+        answer = memo.get((model, group))
+        if answer is None:
+            if len(memo) >= _GROUP_MEMO_LIMIT:  # model names come from requests: stay bounded
+                memo.clear()
+            answer = any(fnmatch.fnmatchcase(model, pattern) for pattern in self.model_groups.get(group, ()))
+            memo[(model, group)] = answer
+        return answer
+
+    @functools.cached_property
+    def _group_memo(self) -> dict[tuple[str, str], bool]:
+        # Checked on every budget of every check; fnmatch per pattern costs more than the rest.
+        return {}
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -262,19 +262,16 @@ class EnforcerService:
                          ) -> dict[str, tuple[Decimal, str]]:  # fmt: skip
         """The call's cost on the requested model and on each model a downgrade may route it to."""
         costs: dict[str, tuple[Decimal, str]] = {}
-        while model not in costs:
-            cost = cost_of(self._price(model), input_tokens, output_tokens)
-            if cost.amount is None or cost.currency is None:
-                break
-            costs[model] = (cost.amount, cost.currency)
-            if model not in policy.routes:
-                break
-            model = policy.routes[model]
-        for target in policy.routes.values():  # a chain may skip an unpriced model
-            if target not in costs:
-                cost = cost_of(self._price(target), input_tokens, output_tokens)
-                if cost.amount is not None and cost.currency is not None:
-                    costs[target] = (cost.amount, cost.currency)
+        if not policy.has_cost_limits:  # token limits only: the price does not matter
+            return costs
+        seen = set()
+        current: str | None = model
+        while current is not None and current not in seen:
+            seen.add(current)
+            cost = cost_of(self._price(current), input_tokens, output_tokens)
+            if cost.amount is not None and cost.currency is not None:
+                costs[current] = (cost.amount, cost.currency)
+            current = policy.routes.get(current)
         return costs
 
     def _price(self, model: str) -> Price | None:

@@ -92,7 +92,10 @@ def load_or_create_api_token(token_dir: Path | None = None, path: Path | None = 
 
 def bind_socket(host: str, port: int, what: str, flag: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections
+    # whose socket says TCP; with proto 0 every keep-alive response waited ~40 ms for a
+    # delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -1,0 +1,174 @@
+"""`POST /v1/check` over loopback: latency at a steady 1,000 checks/s, and peak checks/s.
+
+A real `tokenmeter serve --policy` (the three-department policy of docs/quotas.md, embedded
+chDB) answers checks for 5,000 users across the three departments and four models; every
+check reserves, as an app's would. The load generator is this process: keep-alive
+connections, prebuilt requests, asyncio streams (httpx per request would cost more CPU
+than the server on these 2 cores).
+
+Side by side in one run:
+- paced: 1,000 checks/s for ``--seconds`` on 16 connections; latency from the moment each
+  request was written, and from its scheduled time (a stalled server cannot hide its
+  queue; this one also includes the generator's own timer slack of up to 1 ms);
+- peak: ``--connections`` connections sending back-to-back, for ``GET /healthz`` (the
+  HTTP floor: uvicorn + Starlette with no work) and for ``POST /v1/check``.
+
+    .venv/bin/python bench/quota_check_http.py [--seconds 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DOCS_POLICY = Path(__file__).resolve().parents[1] / "docs" / "quotas.md"
+DEPARTMENTS = ("研发部", "销售部", "客服部")
+MODELS = ("gpt-4o", "gpt-4o-mini", "deepseek-chat", "qwen2.5-7b-instruct")
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def start_serve(work: Path) -> tuple[subprocess.Popen[str], str, str]:
+    block = re.search(r"```yaml\n(.*?)```", DOCS_POLICY.read_text(encoding="utf-8"), re.DOTALL)
+    assert block is not None
+    policy = work / "policy.yaml"
+    policy.write_text(block.group(1), encoding="utf-8")
+    env = {**os.environ, "XDG_DATA_HOME": str(work / "xdg")}
+    args = [sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", f"chdb://{work / 'chdb'}",
+            "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", "0"]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert process.stdout is not None
+    info = json.loads(process.stdout.readline())
+    token = (work / "xdg" / "tokenmeter" / "api-token").read_text(encoding="utf-8").strip()
+    host, port = info["api"].removeprefix("http://").rsplit(":", 1)
+    return process, f"{host}:{port}", token
+
+
+def check_requests(token: str, count: int) -> list[bytes]:
+    rng = random.Random(11)
+    requests = []
+    for _ in range(count):
+        body = json.dumps({
+            "user": f"user-{rng.randrange(5000)}", "department": rng.choice(DEPARTMENTS), "app": "chatchat",
+            "model": rng.choice(MODELS), "input_tokens": rng.randrange(50, 4000), "max_output_tokens": 512,
+        }, ensure_ascii=False).encode()  # fmt: skip
+        requests.append(
+            b"POST /v1/check HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+    return requests
+
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    return status
+
+
+async def paced(address: str, requests: list[bytes], rate: float, seconds: float) -> tuple[list[float], list[float]]:
+    """(latency from each request's due time, latency from when it was written), sorted."""
+    host, port = address.rsplit(":", 1)
+    total = int(rate * seconds)
+    schedule: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    from_due: list[float] = []
+    from_send: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while (item := await schedule.get()) is not None:
+            due, request = item
+            sent = time.perf_counter()
+            if await exchange(reader, writer, request) != 200:
+                errors += 1
+            done = time.perf_counter()
+            from_due.append(done - due)
+            from_send.append(done - sent)
+        writer.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(16)]
+    await asyncio.sleep(0.2)
+    start = time.perf_counter()
+    for index in range(total):
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        schedule.put_nowait((due, requests[index % len(requests)]))
+    for _ in workers:
+        schedule.put_nowait(None)
+    await asyncio.gather(*workers)
+    assert errors == 0, f"{errors} checks failed"
+    return sorted(from_due), sorted(from_send)
+
+
+async def peak(address: str, requests: list[bytes], connections: int, seconds: float) -> float:
+    host, port = address.rsplit(":", 1)
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection(host, int(port))
+        index = offset
+        while time.perf_counter() < stop_at:
+            assert await exchange(reader, writer, requests[index % len(requests)]) == 200
+            index += connections
+            done += 1
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(offset) for offset in range(connections)))
+    return done / (time.perf_counter() - started)
+
+
+def percentile(samples: list[float], share: float) -> float:
+    return samples[min(len(samples) - 1, int(len(samples) * share))] * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tokenmeter-bench-") as tmp:
+        process, address, token = start_serve(Path(tmp))
+        try:
+            requests = check_requests(token, 50_000)
+            _log(f"serve {address}: policy from docs/quotas.md; warming up")
+            asyncio.run(peak(address, requests, 8, 2.0))
+            from_due, from_send = asyncio.run(paced(address, requests, 1000.0, args.seconds))
+            for label, latencies in (("sent -> answered", from_send), ("due -> answered", from_due)):
+                _log(f"paced 1,000 checks/s for {args.seconds:.0f} s ({len(latencies):,} checks), {label}: "
+                     f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
+                     f"max {latencies[-1] * 1000:.2f} ms  (target p99 < 2 ms)")  # fmt: skip
+            health = asyncio.run(peak(address, [HEALTH], args.connections, args.seconds))
+            checks = asyncio.run(peak(address, requests, args.connections, args.seconds))
+            _log(f"peak, {args.connections} connections: GET /healthz {health:,.0f}/s, POST /v1/check {checks:,.0f}/s "
+                 f"({checks / health:.2f}x of the HTTP floor)  (target >= 5,000 checks/s)")  # fmt: skip
+        finally:
+            process.terminate()
+            process.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
