@@ -13,11 +13,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tokenmeter.attribution import Attribution, attribution, current_attribution
+from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable
 
 if TYPE_CHECKING:
     from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 
-__all__ = ["Attribution", "attribution", "current_attribution", "flush", "instrument", "uninstrument"]
+__all__ = [
+    "Attribution",
+    "QuotaDegraded",
+    "QuotaError",
+    "QuotaExceeded",
+    "QuotaUnavailable",
+    "attribution",
+    "current_attribution",
+    "flush",
+    "instrument",
+    "uninstrument",
+]
 __version__ = "0.1.0"
 
 
