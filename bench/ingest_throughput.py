@@ -220,7 +220,9 @@ def main() -> int:
             _log(f"receiver: {len(metrics) * 2000:,} usage counter points over OTLP/gRPC ...")
             seconds = send_all(metrics, grpc_sender(info["otlp_grpc"], METRICS_METHOD), args.senders)
             results["receiver_points"] = len(metrics) * 2000 / seconds
-            stats = httpx.get(f"{info['api']}/metrics", timeout=10).text.splitlines()
+            token = (work / "serve" / "xdg" / "tokenmeter" / "api-token").read_text(encoding="utf-8").strip()
+            stats = httpx.get(f"{info['api']}/metrics", headers={"authorization": f"Bearer {token}"},
+                              timeout=10).text.splitlines()  # fmt: skip
             write = {line.split()[0]: float(line.split()[1]) for line in stats if "write_seconds_" in line}
             writes = write["tokenmeter_receiver_write_seconds_count"]
             _log(f"receiver wrote in {writes:.0f} inserts, {write['tokenmeter_receiver_write_seconds_sum']:.1f} s "

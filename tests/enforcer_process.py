@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
+from ready_process import start_until_ready
 
-READY_TIMEOUT = 90.0
 TOKEN = "enforcer-test-token"
 
 
@@ -39,32 +36,7 @@ class EnforcerProcess:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> EnforcerProcess:
-        self._proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=self.env)  # fmt: skip
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump_stdout() -> None:
-            assert self._proc is not None and self._proc.stdout is not None
-            for line in self._proc.stdout:
-                lines.put(line)
-            lines.put("")
-
-        def pump_stderr() -> None:
-            assert self._proc is not None and self._proc.stderr is not None
-            for line in self._proc.stderr:
-                self.stderr_lines.append(line)
-
-        threading.Thread(target=pump_stdout, daemon=True).start()
-        threading.Thread(target=pump_stderr, daemon=True).start()
-        try:
-            line = lines.get(timeout=READY_TIMEOUT)
-        except queue.Empty:
-            self.stop()
-            raise RuntimeError(f"enforcer did not become ready: {''.join(self.stderr_lines)}") from None
-        if not line:
-            self._proc.wait(10)
-            raise RuntimeError(f"enforcer exited ({self._proc.returncode}): {''.join(self.stderr_lines)}")
-        self.info = json.loads(line)
+        self._proc, self.info = start_until_ready(self.args, self.env, self.stderr_lines)
         return self
 
     @property

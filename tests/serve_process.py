@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenmeter.store import open_store
+from ready_process import start_until_ready
 
-READY_TIMEOUT = 90.0
+from tokenmeter.store import open_store
 
 
 @dataclass
@@ -49,36 +46,13 @@ class ServeProcess:
             "--api-port", str(self.ports.get("api", 0)),
             *self.extra_args,
         ]  # fmt: skip
-        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump_stdout, args=(lines,), daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
-        try:
-            line = lines.get(timeout=READY_TIMEOUT)
-        except queue.Empty:
-            self.stop()
-            raise RuntimeError(f"serve did not become ready: {''.join(self.stderr_lines)}") from None
-        if not line:
-            self._proc.wait(10)
-            raise RuntimeError(f"serve exited ({self._proc.returncode}): {''.join(self.stderr_lines)}")
-        self.info = json.loads(line)
+        self._proc, self.info = start_until_ready(args, env, self.stderr_lines)
         self.ports = {
             "grpc": int(self.info["otlp_grpc"].rsplit(":", 1)[1]),
             "http": int(self.info["otlp_http"].rsplit(":", 1)[1]),
             "api": int(self.info["api"].rsplit(":", 1)[1]),
         }
         return self
-
-    def _pump_stdout(self, lines: queue.Queue[str]) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            lines.put(line)
-        lines.put("")
-
-    def _pump_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.stderr_lines.append(line)
 
     @property
     def otlp_grpc(self) -> str:

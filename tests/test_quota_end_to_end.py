@@ -19,6 +19,7 @@ import openai
 import pytest
 from openai_server import SERVER_PROMPT_TOKENS, OpenAICompatibleServer
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -71,6 +72,10 @@ class App:
         self.spans = InMemorySpanExporter()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        tracer_provider.add_span_processor(  # the audit trail: spans into serve's llm_usage
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{serve.otlp_http}/v1/traces"))
+        )
+        self.tracer_provider = tracer_provider
         exporter = OTLPMetricExporter(endpoint=f"{serve.otlp_http}/v1/metrics")
         self.meter_provider = MeterProvider(
             metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=10**9)]
@@ -102,6 +107,7 @@ class App:
     def close(self) -> None:
         self.instrumentor.uninstrument()
         self.meter_provider.shutdown()
+        self.tracer_provider.shutdown()
 
 
 def tokens(completion: int) -> int:
@@ -241,12 +247,18 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
             "SELECT budget, subject, threshold FROM quota_events WHERE event = 'threshold_crossed' "
             "ORDER BY budget, subject, threshold"
         ).result_rows
+        audit = store.query(
+            "SELECT user, request_model, effective_model, quota_decision, error_type FROM llm_usage FINAL "
+            "WHERE quota_decision IN ('downgrade', 'deny') ORDER BY time"
+        ).result_rows
         changes = store.query(
             "SELECT user, previous_action, action, budget FROM quota_events WHERE event = 'decision_changed' "
             "ORDER BY time"
         ).result_rows
     assert crossings == [("bob-paid", "bob", 0.8), ("bob-paid", "bob", 1.0),
                          ("premium-per-user", "alice", 0.8), ("premium-per-user", "alice", 1.0)]  # fmt: skip
+    assert audit == [("alice", "gpt-4o", "gpt-4o-mini", "downgrade", ""), ("bob", "gpt-4o-mini", "gpt-4o-mini",
+                                                                           "deny", "QuotaExceeded")]  # fmt: skip
     assert changes == [
         ("alice", "allow", "warn", "premium-per-user"),
         ("alice", "warn", "downgrade", "premium-per-user"),

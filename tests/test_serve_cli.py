@@ -58,3 +58,13 @@ def test_usage_api_needs_the_token_serve_wrote(tmp_path: Path) -> None:
     token = serve.api_token
     with running_serve(tmp_path / "serve"):  # a restart keeps the token
         assert serve.api_token == token
+
+
+def test_a_broken_policy_stops_serve_with_its_line_and_field(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("budgets:\n  - name: b\n    scope: user\n    limit: {tokens: 10}\n    action: explode\n",
+                      encoding="utf-8")  # fmt: skip
+    result = _serve(tmp_path, "--clickhouse-url", f"chdb://{tmp_path / 'chdb'}", "--policy", str(policy))
+    assert result.returncode == 2
+    assert f"{policy} line 5, budgets[0].action:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Final
 
+from tokenmeter.prometheus_text import Histogram
+
 WRITE_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -17,9 +19,7 @@ class ReceiverStats:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], int] = defaultdict(int)  # (signal, outcome) -> items
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (signal, transport, outcome)
-        self._write_buckets = [0] * (len(WRITE_SECONDS_BUCKETS) + 1)
-        self._write_sum = 0.0
-        self._write_count = 0
+        self._write_seconds = Histogram("tokenmeter_receiver_write_seconds", WRITE_SECONDS_BUCKETS)
         self._gauges: dict[str, Callable[[], float]] = {}
 
     def count_request(self, signal: str, transport: str, outcome: str, items: int) -> None:
@@ -29,15 +29,7 @@ class ReceiverStats:
             self._items[(signal, outcome)] += items
 
     def observe_write(self, seconds: float) -> None:
-        with self._lock:
-            self._write_sum += seconds
-            self._write_count += 1
-            for index, bound in enumerate(WRITE_SECONDS_BUCKETS):
-                if seconds <= bound:
-                    self._write_buckets[index] += 1
-                    break
-            else:
-                self._write_buckets[-1] += 1
+        self._write_seconds.observe(seconds)
 
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         self._gauges[name] = read
@@ -47,8 +39,6 @@ class ReceiverStats:
         with self._lock:
             items = sorted(self._items.items())
             requests = sorted(self._requests.items())
-            buckets = list(self._write_buckets)
-            write_sum, write_count = self._write_sum, self._write_count
         lines = [
             "# HELP tokenmeter_receiver_items_total Spans, data points and log records by outcome.",
             "# TYPE tokenmeter_receiver_items_total counter",
@@ -70,13 +60,7 @@ class ReceiverStats:
             "# HELP tokenmeter_receiver_write_seconds Time of one batch insert into the store.",
             "# TYPE tokenmeter_receiver_write_seconds histogram",
         ]
-        cumulative = 0
-        for bound, count in zip((*WRITE_SECONDS_BUCKETS, float("inf")), buckets, strict=True):
-            cumulative += count
-            label = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f'tokenmeter_receiver_write_seconds_bucket{{le="{label}"}} {cumulative}')
-        lines.append(f"tokenmeter_receiver_write_seconds_sum {write_sum}")
-        lines.append(f"tokenmeter_receiver_write_seconds_count {write_count}")
+        lines += self._write_seconds.lines()
         for name, read in sorted(self._gauges.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {read()}")

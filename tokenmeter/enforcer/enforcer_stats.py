@@ -11,12 +11,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Final
 
+from tokenmeter.prometheus_text import Histogram, label_value
+
 CHECK_SECONDS_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
-
-
-def label_value(text: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class EnforcerStats:
@@ -26,21 +23,12 @@ class EnforcerStats:
         self._fail_open: dict[str, int] = defaultdict(int)  # where: enforcer | client
         self._policy_loads: dict[str, int] = defaultdict(int)  # outcome: loaded | rejected
         self._refresh_errors = 0
-        self._buckets = [0] * (len(CHECK_SECONDS_BUCKETS) + 1)
-        self._seconds_sum = 0.0
-        self._seconds_count = 0
+        self._check_seconds = Histogram("tokenmeter_enforcer_check_seconds", CHECK_SECONDS_BUCKETS)
 
     def count_check(self, action: str, seconds: float) -> None:
         with self._lock:
             self._decisions[action] += 1
-            self._seconds_sum += seconds
-            self._seconds_count += 1
-            for index, bound in enumerate(CHECK_SECONDS_BUCKETS):
-                if seconds <= bound:
-                    self._buckets[index] += 1
-                    break
-            else:
-                self._buckets[-1] += 1
+        self._check_seconds.observe(seconds)
 
     def count_fail_open(self, where: str, calls: int = 1) -> None:
         if calls:
@@ -66,7 +54,6 @@ class EnforcerStats:
             fail_open = sorted(self._fail_open.items())
             loads = sorted(self._policy_loads.items())
             refresh_errors = self._refresh_errors
-            buckets, seconds_sum, seconds_count = list(self._buckets), self._seconds_sum, self._seconds_count
         lines: list[str] = []
 
         def family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> None:
@@ -84,15 +71,8 @@ class EnforcerStats:
                (f'tokenmeter_enforcer_policy_loads_total{{outcome="{o}"}} {n}' for o, n in loads))  # fmt: skip
         family("tokenmeter_enforcer_refresh_errors_total", "counter", "Usage refreshes that failed.",
                (f"tokenmeter_enforcer_refresh_errors_total {refresh_errors}",))  # fmt: skip
-        histogram = []
-        cumulative = 0
-        for bound, count in zip((*CHECK_SECONDS_BUCKETS, float("inf")), buckets, strict=True):
-            cumulative += count
-            label = "+Inf" if bound == float("inf") else repr(bound)
-            histogram.append(f'tokenmeter_enforcer_check_seconds_bucket{{le="{label}"}} {cumulative}')
-        histogram += [f"tokenmeter_enforcer_check_seconds_sum {seconds_sum}",
-                      f"tokenmeter_enforcer_check_seconds_count {seconds_count}"]  # fmt: skip
-        family("tokenmeter_enforcer_check_seconds", "histogram", "Time to answer one check.", histogram)
+        family("tokenmeter_enforcer_check_seconds", "histogram", "Time to answer one check.",
+               self._check_seconds.lines())  # fmt: skip
         family(
             "tokenmeter_quota_utilisation_ratio", "gauge",
             "Used plus reserved, as a ratio of the limit, per budget and subject in the current period.",
