@@ -9,6 +9,7 @@
     tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
+    tokenmeter demo [--dir .tokenmeter-demo]
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
 a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
@@ -256,6 +257,17 @@ def _add_serve_parser(commands: Any) -> None:
     serve.set_defaults(run=_run_serve)
 
 
+def _run_demo(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.demo.run import DemoError, run_demo
+
+    if not 0 < args.scale <= 1:
+        raise InputError(f"--scale must be above 0 and at most 1, got {args.scale}")
+    try:
+        return run_demo(args.dir, args.scale)
+    except DemoError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _add_report_parser(commands: Any) -> None:
     from tokenmeter.report_command import add_report_parser, run_report
 
@@ -313,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(commands)
     _add_report_parser(commands)
     add_quota_parsers(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded store with simulated users (make demo)",
+        description=(
+            "Start serve with a demo policy and a local LLM server, run three departments' simulated users "
+            "through the instrumented openai SDK, print the report and check it against the store."
+        ),
+    )
+    demo.add_argument("--dir", type=Path, default=Path(".tokenmeter-demo"), metavar="DIR",
+                      help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
+    demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
+    demo.set_defaults(run=_run_demo)
     return parser
 
 

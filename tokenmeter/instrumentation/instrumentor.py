@@ -130,6 +130,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         unpatch(self._targets)
         self._targets = []
         self.flush()  # first: the finisher releases reservations through the quota client
+        self._host_providers = ()  # the host may shut them down now; the exit hook must not flush them
         if self._quota is not None:
             self._quota.client.close()
             self._quota = None

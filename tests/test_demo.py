@@ -1,0 +1,55 @@
+"""`tokenmeter demo` (what `make demo` runs): it finishes, its report equals the store, and the data stays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _tokenmeter(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tokenmeter.cli", *args], capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    directory = tmp_path_factory.mktemp("demo") / "run"
+    return directory, _tokenmeter("demo", "--dir", str(directory), "--scale", "0.5")
+
+
+def test_the_demo_ends_with_a_report_equal_to_the_store(demo_run: tuple[Path, subprocess.CompletedProcess[str]]
+                                                       ) -> None:  # fmt: skip
+    _directory, result = demo_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for heading in ("Usage by department", "Usage by user", "Usage by model", "Budgets today", "Quota decisions"):
+        assert heading in out
+    assert "tokens per user in the report = the stored counters, per user" in out
+    assert "tokens per model in the report = what the LLM server counted and served" in out
+    assert "(virtual)" in out  # local models at virtual prices
+    assert "Traceback" not in result.stderr
+
+
+def test_the_data_stays_for_tokenmeter_report(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    directory, result = demo_run
+    assert result.returncode == 0
+    report = _tokenmeter("report", "--clickhouse-url", f"chdb://{directory / 'chdb'}", "--by", "user",
+                         "--period", "day", "--format", "json")  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    document = json.loads(report.stdout)
+    users = {row["subject"] for row in document["rows"]}
+    assert {"zhang.wei", "chen.jie", "zhao.lei"} <= users
+    total = sum(row["input_tokens"] + row["output_tokens"] for row in document["rows"])
+    assert f"({total:,} tokens in all)" in result.stdout  # the same total the demo printed
+
+
+def test_the_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me", encoding="utf-8")
+    result = _tokenmeter("demo", "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "is not a tokenmeter demo directory" in result.stderr
+    assert (tmp_path / "precious.txt").read_text(encoding="utf-8") == "keep me"

@@ -1,0 +1,148 @@
+"""A local OpenAI-compatible LLM server for the demo: deterministic answers, real token counts.
+
+It counts prompts and answers with each model's own tokenizer (tokenmeter's registry, the
+way a serving engine counts with the model's), reports ``usage`` like OpenAI — except for
+the models in ``silent_models`` (an old local server that never reports usage) and for
+streams that did not ask for it — and keeps its own per-model totals, which the demo
+compares with the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+
+from tokenmeter.tokenizers import TokenizerRegistry
+
+ANSWERS: Final = (
+    "根据知识库中的资料，报销需要在费用发生后三十天内提交，并附上发票原件和审批单。",
+    "According to the retrieved passages, the VPN client must be updated before Friday; "
+    "the old version stops working after the certificate rotation.",
+    "年假按入职年限计算：满一年五天，满十年十天，满二十年十五天，未休年假可顺延至次年第一季度。",
+    "The quarterly report shows revenue up 12 percent; the largest growth came from the East China region.",
+    "客户投诉应在二十四小时内首次响应，四十八小时内给出处理方案，并在系统中记录处理过程。",
+)
+
+
+class DemoLLMServer:
+    def __init__(self, registry: TokenizerRegistry, silent_models: frozenset[str] = frozenset()) -> None:
+        self.registry = registry
+        self.silent_models = silent_models
+        self.lock = threading.Lock()
+        self.tokens_by_model: dict[str, int] = defaultdict(int)  # input + output it served
+        self.calls_by_model: dict[str, int] = defaultdict(int)
+        handler = type("Handler", (_Handler,), {"app": self})
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="demo-llm", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> DemoLLMServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def served(self, model: str, tokens: int) -> None:
+        with self.lock:
+            self.tokens_by_model[model] += tokens
+            self.calls_by_model[model] += 1
+
+    def answer(self, messages: list[dict[str, Any]], max_tokens: int | None) -> str:
+        """The same question always gets the same answer, cut to ``max_tokens``."""
+        digest = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).digest()
+        text = ANSWERS[digest[0] % len(ANSWERS)] * (1 + digest[1] % 3)
+        return text[: max_tokens * 2] if max_tokens else text
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client closing its keep-alive connection is not an error worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: DemoLLMServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *_args: object) -> None:  # quiet: the demo prints its own progress
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        model = str(body.get("model", ""))
+        if self.path.endswith("/embeddings"):
+            self._embeddings(model, body)
+        elif self.path.endswith("/chat/completions"):
+            self._chat(model, body)
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+    def _embeddings(self, model: str, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        tokens = sum(self.app.registry.count_prompt(model, str(text)).tokens for text in texts)
+        self.app.served(model, tokens)
+        data = [{"object": "embedding", "index": i, "embedding": [0.01 * (i + 1)] * 8} for i in range(len(texts))]
+        self._json(200, {"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+    def _chat(self, model: str, body: dict[str, Any]) -> None:
+        messages = list(body.get("messages") or [])
+        text = self.app.answer(messages, body.get("max_tokens"))
+        prompt = self.app.registry.count_messages(model, messages).tokens
+        completion = self.app.registry.count_text(model, text).tokens
+        self.app.served(model, prompt + completion)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        reports = model not in self.app.silent_models
+        created = int(time.time())
+        if not body.get("stream"):
+            reply: dict[str, Any] = {
+                "id": "chatcmpl-demo", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            }  # fmt: skip
+            if reports:
+                reply["usage"] = usage
+            self._json(200, reply)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        chunk = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": created, "model": model}
+        pieces = [text[i : i + 16] for i in range(0, len(text), 16)]
+        for index, piece in enumerate(pieces):
+            finish = "stop" if index == len(pieces) - 1 else None
+            self._event({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": finish}]})
+        if reports and (body.get("stream_options") or {}).get("include_usage"):
+            self._event({**chunk, "choices": [], "usage": usage})
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._write_chunk(f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode())
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -1,0 +1,254 @@
+"""Run the demo: serve + a local LLM server + simulated users, then a report and an exactness check."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any, Final
+
+from tokenmeter import semconv
+from tokenmeter.demo.llm_server import DemoLLMServer
+from tokenmeter.demo.workload import EMBEDDING_MODEL, Call, plan
+
+MARKER: Final = ".tokenmeter-demo"
+WORKERS: Final = 6
+READY_TIMEOUT_SECONDS: Final = 120.0
+SILENT_MODELS: Final = frozenset({"qwen2.5-14b-instruct"})  # "an old local server": never reports usage
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why."""
+
+
+def prepare_directory(directory: Path) -> None:
+    """An empty demo directory; a previous demo's data is replaced, anything else is refused."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).exists():
+            raise DemoError(f"{directory} exists and is not a tokenmeter demo directory; choose another with --dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by `tokenmeter demo`; removed and made again by the next run\n")
+
+
+class ServeProcess:
+    """`tokenmeter serve` on the demo's chDB directory, ports picked by the OS."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        policy = directory / "policy.yaml"
+        policy.write_text(resources.files("tokenmeter.demo").joinpath("policy.yaml").read_text(encoding="utf-8"))
+        self.store_url = f"chdb://{directory / 'chdb'}"
+        self.env = {**os.environ, "XDG_DATA_HOME": str(directory / "xdg")}
+        self.args = [
+            sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", self.store_url,
+            "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", "0",
+            "--refresh-interval", "0.5", "--settle-seconds", "2",
+        ]  # fmt: skip
+        self.log: IO[str] | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.log = (self.directory / "serve.log").open("w", encoding="utf-8")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            self.args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=self.env
+        )
+        assert self.process.stdout is not None
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(READY_TIMEOUT_SECONDS)
+        if not line or not line[0]:
+            self.stop()
+            raise DemoError(f"tokenmeter serve did not start; see {self.directory / 'serve.log'}")
+        self.info = json.loads(line[0])
+
+    @property
+    def token(self) -> str:
+        return (self.directory / "xdg" / "tokenmeter" / "api-token").read_text(encoding="utf-8").strip()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        if self.log is not None:
+            self.log.close()
+
+
+@contextmanager
+def instrumented(serve: ServeProcess, hash_key: str) -> Iterator[Any]:
+    """tokenmeter's instrumentation in this process, exporting to serve and asking its enforcer."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tokenmeter.catalog import ModelCatalog
+    from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
+    from tokenmeter.settings import Settings
+    from tokenmeter.tokenizers import TokenizerRegistry
+
+    endpoint = serve.info["otlp_http"]
+    resource = Resource.create({"service.name": "chatchat-demo", "service.instance.id": f"demo-{os.getpid()}"})
+    spans = InMemorySpanExporter()  # for the decisions table at the end
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
+                                           export_interval_millis=1000)  # fmt: skip
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    instrumentor = TokenmeterInstrumentor()
+    settings = Settings(enforcer_url=serve.info["api"], enforcer_token=serve.token, hash_key=hash_key)
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
+                            registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
+    try:
+        yield spans
+    finally:
+        instrumentor.uninstrument()  # flushes the finisher, spans and counters
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+
+
+def make_call(client: Any, call: Call) -> str:
+    """One user's turn; returns what happened from the user's side."""
+    import tokenmeter
+
+    person = call.person
+    with tokenmeter.attribution(user=person.user, department=person.department, app=person.app):
+        try:
+            if call.embed_first:
+                client.embeddings.create(model=EMBEDDING_MODEL, input=call.messages[-1]["content"])
+            if call.stream:
+                for _chunk in client.chat.completions.create(
+                    model=person.model, messages=call.messages, max_tokens=person.max_tokens, stream=True
+                ):
+                    pass
+            else:
+                client.chat.completions.create(model=person.model, messages=call.messages, max_tokens=person.max_tokens)
+        except tokenmeter.QuotaDegraded:
+            return "degraded"  # Chatchat would answer from the retrieved passages only
+        except tokenmeter.QuotaExceeded:
+            return "denied"
+    return "answered"
+
+
+def run_workload(base_url: str, calls: list[Call], progress: Any) -> Counter[str]:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-demo", max_retries=0)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    task = progress.add_task("simulated users", total=len(calls))
+
+    def one(index_and_call: tuple[int, Call]) -> None:
+        index, call = index_and_call
+        time.sleep(random.Random(index).uniform(0.1, 0.5))  # noqa: S311 - think time, not a secret
+        outcome = make_call(client, call)
+        with lock:
+            outcomes[outcome] += 1
+        progress.advance(task)
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="demo-user") as pool:
+        list(pool.map(one, enumerate(calls)))
+    return outcomes
+
+
+def run_demo(directory: Path, scale: float = 1.0) -> int:
+    """The whole demo; returns the exit code (1 when a check of the totals fails)."""
+    from rich.console import Console
+
+    from tokenmeter.catalog import ModelCatalog
+    from tokenmeter.tokenizers import TokenizerRegistry
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    started = time.monotonic()
+    directory = directory.resolve()
+    prepare_directory(directory)
+    console.print(f"[bold]1/4[/] tokenmeter serve on an embedded ClickHouse store in {directory} ...")
+    serve = ServeProcess(directory)
+    serve.start()
+    llm = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None)), SILENT_MODELS).start()
+    try:
+        reports = _run_and_report(serve, llm, scale, console)
+    finally:
+        serve.stop()
+        llm.stop()
+    if not _check(serve, reports, llm, console):
+        return 1
+    console.print(f"\nDone in {time.monotonic() - started:.0f} s. The data stays in {directory}:")
+    console.print(f"  tokenmeter report --clickhouse-url {serve.store_url} --by user --period day")
+    console.print(f"  tokenmeter serve --clickhouse-url {serve.store_url} --policy {directory / 'policy.yaml'}"
+                  "   # then: tokenmeter check --model qwen-max --user zhang.wei --department 研发部")  # fmt: skip
+    console.print("  The web dashboard and Grafana boards are not built yet (issues 6 and 7).")
+    return 0
+
+
+def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float, console: Any) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tokenmeter.demo import summary
+    from tokenmeter.reporting import render_table
+
+    console.print(f"     OTLP {serve.info['otlp_http']}, API and enforcer {serve.info['api']}, "
+                  f"policy {serve.directory / 'policy.yaml'}; local LLM server {llm.base_url}")  # fmt: skip
+    calls = plan(scale=scale)
+    console.print(f"[bold]2/4[/] {len(calls)} questions from {len({c.person.user for c in calls})} users in "
+                  "3 departments, through the instrumented openai SDK ...")  # fmt: skip
+    columns = (TextColumn("     {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with instrumented(serve, hash_key=f"demo-{os.getpid()}") as spans, Progress(*columns, console=console) as bar:
+        outcomes = run_workload(llm.base_url, calls, bar)
+    token = serve.token
+    summary.wait_until_settled(serve.info["api"], token)
+    console.print("[bold]3/4[/] report (from serve's API: the numbers `tokenmeter report` prints)")
+    reports = {by: summary.fetch_report(serve.info["api"], token, by) for by in ("department", "user", "model")}
+    for report in reports.values():
+        render_table(report, console)
+    summary.render_budgets(console, summary.fetch_budgets(serve.info["api"], token))
+    summary.render_decisions(console, summary.decisions(spans), outcomes)
+    return reports
+
+
+def _check(serve: ServeProcess, reports: dict[str, Any], llm: DemoLLMServer, console: Any) -> bool:
+    from tokenmeter.demo import summary
+    from tokenmeter.store import open_store
+
+    console.print("[bold]4/4[/] checking the report against a direct query of the stored OTLP rows ...")
+    client = open_store(serve.store_url)
+    try:
+        stored = summary.raw_tokens_by(client, semconv.ENDUSER_ID)
+        events = client.query("SELECT event, count() FROM quota_events GROUP BY event ORDER BY event").result_rows
+    finally:
+        client.close()
+    problems = summary.compare("user", summary.tokens_by_subject(reports["user"]), stored)
+    problems += summary.compare("model", summary.tokens_by_subject(reports["model"]), dict(llm.tokens_by_model))
+    if problems:
+        console.print("[red]the totals differ:[/]")
+        for line in problems:
+            console.print(f"  {line}")
+        return False
+    total = reports["user"].totals.tokens
+    console.print(f"     tokens per user in the report = the stored counters, per user ({total:,} tokens in all)")
+    console.print("     tokens per model in the report = what the LLM server counted and served, per model")
+    console.print(f"     quota_events: {', '.join(f'{count} {event}' for event, count in events) or 'none'}")
+    return True
