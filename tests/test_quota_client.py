@@ -7,6 +7,7 @@ server; the "enforcer" is a closed port or a socket that accepts and never answe
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -175,3 +176,53 @@ def test_the_client_module_stays_light() -> None:
             f"print(sorted(m for m in sys.modules if m.startswith({server_side!r})))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_middleware_answers_429_with_the_message_when_a_call_is_denied(registry: TokenizerRegistry,
+                                                                            hung_enforcer: str) -> None:  # fmt: skip
+    """A handler whose LLM call is refused (fail mode closed here) gets a 429 the user can read."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tokenmeter.instrumentation.asgi import IdentityMiddleware
+
+    instrumentor, _telemetry = instrumented(registry, enforcer_url=hung_enforcer, fail_mode="closed")
+    try:
+        async_client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+
+        async def ask(_request: Any) -> JSONResponse:
+            await async_client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            return JSONResponse({"unreachable": True})
+
+        # Added with the framework's middleware list (FastAPI: app.add_middleware), so it runs inside the
+        # framework's error middleware and sees the exception before it becomes a 500.
+        app = Starlette(routes=[Route("/ask", ask)], middleware=[Middleware(IdentityMiddleware, settings=Settings())])
+
+        async def request() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://chatchat") as client:
+                return await client.get("/ask", headers={"X-Forwarded-User": "alice"})
+
+        response = asyncio.run(request())
+    finally:
+        instrumentor.uninstrument()
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["type"] == error["code"] == "quota_unavailable"
+    assert "额度服务不可用" in error["message"] and "TOKENMETER_FAIL_MODE=closed" in error["message"]
+    assert "retry-after" not in response.headers  # no reset time when the enforcer could not be asked
+
+
+def test_the_429_for_a_denial_says_when_to_retry() -> None:
+    from tokenmeter.instrumentation.quota_response import quota_error_response
+
+    error = QuotaExceeded(_verdict(used_tokens=1000, limit_tokens=1000))
+    headers, body = quota_error_response(error, now=datetime(2026, 11, 30, 15, 0, tzinfo=UTC))
+    assert dict(headers)[b"retry-after"] == b"3600"  # resets 16:00 UTC = midnight in Shanghai
+    document = json.loads(body)["error"]
+    assert (document["type"], document["budget"]) == ("quota_exceeded", "rd-paid")
+    assert document["resets_at"] == "2026-11-30T16:00:00+00:00"
+    assert document["message"] == str(error)

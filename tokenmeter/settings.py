@@ -8,14 +8,33 @@ docs/instrumentation.md. Code receives a ``Settings`` instance; only
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-CommaList = Annotated[list[str], NoDecode]
+CommaList = list[str]  # from the environment: "a,b" (or a JSON list)
+_COMMA_FIELDS: Final = frozenset({
+    "preload_models", "user_header", "department_header", "app_header", "session_header", "trusted_proxies",
+    "jwt_algorithms",
+})  # fmt: skip
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """Comma lists reach the validator as written.
+
+    pydantic-settings decodes list fields from the environment as JSON; its ``NoDecode``
+    marker for that is 2.7+, and Langchain-Chatchat 0.3.1.3 pins pydantic-settings 2.3.4.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name in _COMMA_FIELDS and isinstance(value, str):
+            return value
+        return super().decode_complex_value(field_name, field, value)
 
 
 def default_data_dir() -> Path:
@@ -105,13 +124,23 @@ class Settings(BaseSettings):
     # limit (2000 series) would fold extra users into one overflow series.
     metrics_cardinality_limit: int = 100_000
 
-    @field_validator(
-        "preload_models", "user_header", "department_header", "app_header", "session_header",
-        "trusted_proxies", "jwt_algorithms", mode="before",
-    )
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvironmentSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator(*sorted(_COMMA_FIELDS), mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 

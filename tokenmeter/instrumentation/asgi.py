@@ -5,9 +5,12 @@ framework imported. Identity comes from :func:`~tokenmeter.instrumentation.ident
 everything the request runs, including tasks it starts, then sees it through
 :func:`tokenmeter.attribution.current_attribution`.
 
-The middleware never changes what the host app does: the request is neither
-rejected nor modified, and a failure inside the middleware is logged once and
-the app called as if the middleware were not there.
+The middleware never changes what the host app does, with one exception on purpose:
+a quota error (:class:`~tokenmeter.quota_errors.QuotaExceeded`, ``QuotaDegraded``,
+``QuotaUnavailable``) that escapes the app before its response started becomes a 429
+with the message for the user (:mod:`tokenmeter.instrumentation.quota_response`); warn
+and downgrade decisions add an ``X-Tokenmeter-Quota`` header. A failure inside the
+middleware is logged once and the app called as if the middleware were not there.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from tokenmeter.instrumentation.identity import (
     resolve_identity,
 )
 from tokenmeter.instrumentation.quota_gate import collecting_notices, notice_header
-from tokenmeter.quota_errors import QuotaVerdict
+from tokenmeter.instrumentation.quota_response import STATUS as QUOTA_STATUS
+from tokenmeter.instrumentation.quota_response import quota_error_response
+from tokenmeter.quota_errors import QuotaError, QuotaVerdict
 from tokenmeter.settings import Settings, get_settings
 
 __all__ = ["ASGIApp", "IdentityMiddleware"]
@@ -51,7 +56,9 @@ class IdentityMiddleware:
 
     ``settings`` defaults to the process's :func:`~tokenmeter.settings.get_settings`.
     Place it inside (after) OpenTelemetry's own ASGI middleware, if that is used,
-    so the server span is already current when the request's identity is set.
+    so the server span is already current when the request's identity is set. Add it
+    with the framework (``app.add_middleware(IdentityMiddleware)``): inside the
+    framework's error middleware it sees a quota error before that becomes a 500.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
@@ -70,8 +77,22 @@ class IdentityMiddleware:
         except Exception as error:
             request_context = contextlib.ExitStack()
             self._log_once(error, "requests are served without attribution while it lasts")
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        app_send = tracked_send if notices is None else _with_quota_header(tracked_send, notices)
         try:
-            await self.app(scope, receive, send if notices is None else _with_quota_header(send, notices))
+            await self.app(scope, receive, app_send)
+        except QuotaError as error:
+            if started or scope.get("type") != "http":
+                raise  # too late for a status code: the app's own error handling applies
+            headers, body = quota_error_response(error)
+            await send({"type": "http.response.start", "status": QUOTA_STATUS, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         finally:
             try:
                 request_context.close()
