@@ -72,6 +72,8 @@ TM_COMPLETION_HASH: Final = "tokenmeter.completion.hash"
 # "hmac-sha256" when TOKENMETER_HASH_KEY is set, "sha256" otherwise.
 TM_HASH_ALGORITHM: Final = "tokenmeter.hash.algorithm"
 TM_STREAM: Final = "tokenmeter.stream"
+# A call to one of your own services that forwards it (TOKENMETER_HOP_SERVERS): not billed here.
+TM_HOP: Final = "tokenmeter.hop"
 TM_REQUESTED_MODEL: Final = "tokenmeter.model.requested"
 TM_EFFECTIVE_MODEL: Final = "tokenmeter.model.effective"
 TM_QUOTA_DECISION: Final = "tokenmeter.quota.decision"

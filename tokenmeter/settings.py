@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 CommaList = list[str]  # from the environment: "a,b" (or a JSON list)
 _COMMA_FIELDS: Final = frozenset({
     "preload_models", "user_header", "department_header", "app_header", "session_header", "trusted_proxies",
-    "jwt_algorithms",
+    "jwt_algorithms", "hop_servers",
 })  # fmt: skip
 
 
@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # only to loopback servers (Chatchat's own /v1 hop) by default, so user ids are
     # not sent to third-party APIs.
     propagate: Literal["loopback", "always", "never"] = "loopback"
+    # Your own services that forward LLM calls (host:port): calls to them are hops, not
+    # billed or checked here; the forwarded call is (e.g. Chatchat's API, 127.0.0.1:7861).
+    hop_servers: CommaList = Field(default_factory=list)
     # The usage counters carry a user dimension; the OTel SDK's default per-metric
     # limit (2000 series) would fold extra users into one overflow series.
     metrics_cardinality_limit: int = 100_000
@@ -142,6 +145,15 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("hop_servers")
+    @classmethod
+    def _hop_servers(cls, value: list[str]) -> list[str]:
+        from tokenmeter.instrumentation.hop_servers import parse_server
+
+        for server in value:
+            parse_server(server)  # a clear error at start, not a silent non-match later
         return value
 
     @field_validator("metrics_cardinality_limit")

@@ -21,6 +21,7 @@ from tokenmeter import semconv
 from tokenmeter.catalog import CatalogError, ModelCatalog
 from tokenmeter.content_hash import ContentHasher
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
+from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
 from tokenmeter.instrumentation.metering import Metering, MeteringOptions
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target, patch, unpatch
 from tokenmeter.instrumentation.quota_client import QuotaClient
@@ -118,6 +119,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 capture_content=capture_message_content(),
                 count_locally=settings.local_count,
                 drift_sample_rate=settings.drift_sample_rate,
+                hop_servers=PROCESS_HOP_SERVERS.add_all(settings.hop_servers),
             ),
         )
         self._quota = _quota_gate(settings, instruments)

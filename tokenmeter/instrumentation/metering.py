@@ -23,6 +23,7 @@ from tokenmeter.attribution import Attribution, current_attribution
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.content_hash import ContentHasher, canonical_json
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
+from tokenmeter.instrumentation.hop_servers import HopServers
 from tokenmeter.instrumentation.openai_payload import (
     ServerUsage,
     StreamAccumulator,
@@ -68,6 +69,8 @@ class LLMCall:
     reached_server: bool = False
     # Run on the background thread once the call is recorded (the quota reservation's release).
     on_finished: Callable[[], None] | None = None
+    # A call to one of your own forwarding services: the forwarded call is billed instead.
+    hop: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class MeteringOptions:
     # "fallback" (never). Without server usage the local count is always made.
     count_locally: Literal["always", "sample", "fallback"]
     drift_sample_rate: float
+    hop_servers: HopServers = field(default_factory=HopServers)
 
 
 class Metering:
@@ -132,6 +136,9 @@ class Metering:
         _put(attributes, semconv.GEN_AI_REQUEST_TEMPERATURE, _number(kwargs, "temperature"))
         _put(attributes, semconv.GEN_AI_REQUEST_TOP_P, _number(kwargs, "top_p"))
         attributes.update(_attribution_attributes(who))
+        hop = (server_address, server_port) in self._options.hop_servers
+        if hop:
+            attributes[semconv.TM_HOP] = True
         span = self._tracer.start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes)
         if operation == semconv.OPERATION_CHAT:
             request_input: Any = request_messages(kwargs)
@@ -150,6 +157,7 @@ class Metering:
             stream=bool(kwargs.get("stream")),
             server_address=server_address,
             server_port=server_port,
+            hop=hop,
         )
 
     def complete(self, call: LLMCall, response: Any) -> None:
@@ -312,6 +320,11 @@ class Metering:
             duration_s = max(0, call.end_ns - call.start_ns) / 1e9
             self._instruments.operation_duration.record(duration_s, duration_attributes)
 
+        if call.hop:  # billed where it is forwarded to; the conventions' client histogram stays
+            if call.reached_server and source is not None:
+                for token_type, count in _token_types(call, billed_in, billed_out):
+                    self._instruments.token_usage.record(count, {**spec, semconv.GEN_AI_TOKEN_TYPE: token_type})
+            return
         accounting: AttributeMap = {
             semconv.GEN_AI_OPERATION_NAME: call.operation,
             semconv.GEN_AI_PROVIDER_NAME: call.provider,
@@ -331,10 +344,7 @@ class Metering:
 
         token_attributes = dict(accounting)
         token_attributes[semconv.TM_USAGE_SOURCE] = source
-        token_types = [(semconv.TOKEN_TYPE_INPUT, billed_in)]
-        if call.operation != semconv.OPERATION_EMBEDDINGS:
-            token_types.append((semconv.TOKEN_TYPE_OUTPUT, billed_out))
-        for token_type, count in token_types:
+        for token_type, count in _token_types(call, billed_in, billed_out):
             self._instruments.token_usage.record(count, {**spec, semconv.GEN_AI_TOKEN_TYPE: token_type})
             self._instruments.usage_tokens.add(count, {**token_attributes, semconv.GEN_AI_TOKEN_TYPE: token_type})
 
@@ -378,6 +388,12 @@ def _cost_attributes(cost: Cost) -> AttributeMap:
         attributes[semconv.TM_COST_CURRENCY] = cost.currency
         attributes[semconv.TM_COST_VIRTUAL] = cost.virtual
     return attributes
+
+
+def _token_types(call: LLMCall, billed_in: int, billed_out: int) -> list[tuple[str, int]]:
+    if call.operation == semconv.OPERATION_EMBEDDINGS:
+        return [(semconv.TOKEN_TYPE_INPUT, billed_in)]
+    return [(semconv.TOKEN_TYPE_INPUT, billed_in), (semconv.TOKEN_TYPE_OUTPUT, billed_out)]
 
 
 def _put(attributes: AttributeMap, key: str, value: Any) -> None:

@@ -72,6 +72,8 @@ class QuotaGate:
 
     def check(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs to send (model rewritten on downgrade); raises QuotaError to stop the call."""
+        if call.hop:
+            return kwargs  # the forwarded call is checked
         try:
             key, input_tokens, max_output = self._request(call, kwargs)
             verdict = self.client.check(key, input_tokens, max_output)
@@ -81,6 +83,8 @@ class QuotaGate:
         return self._apply(call, kwargs, verdict)
 
     async def check_async(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if call.hop:
+            return kwargs
         try:
             key, input_tokens, max_output = self._request(call, kwargs)
             verdict = await self.client.check_async(key, input_tokens, max_output)
