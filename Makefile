@@ -10,8 +10,11 @@ BIN := $(VENV)/bin
 OPENAI1_VENV ?= .venv-openai1
 OPENAI1_SPEC ?= openai==1.109.1 httpx==0.27.2
 # (only what the instrumentation tests need: no store extra, no chDB)
+# Langchain-Chatchat itself, for the integration test (its pins conflict with ours).
+CHATCHAT_VENV ?= .venv-chatchat
+CHATCHAT_SPEC ?= langchain-chatchat==0.3.1.3 httpx==0.27.2
 
-.PHONY: test lint pytest test-openai1 bench demo clean
+.PHONY: test lint pytest test-openai1 test-chatchat bench demo clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +29,13 @@ $(OPENAI1_VENV)/.installed: pyproject.toml
 		pytest pytest-asyncio hypothesis $(OPENAI1_SPEC)
 	touch $@
 
+$(CHATCHAT_VENV)/.installed: pyproject.toml
+	test -x $(CHATCHAT_VENV)/bin/python || $(PYTHON) -m venv $(CHATCHAT_VENV)
+	$(CHATCHAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHATCHAT_VENV)/bin/python -m pip install --quiet $(CHATCHAT_SPEC)
+	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline]'
+	touch $@
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check tokenmeter tests bench
 
@@ -37,7 +47,10 @@ test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
 		tests/test_quota_client.py
 
-test: lint pytest test-openai1
+test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
+	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py
+
+test: lint pytest test-chatchat test-openai1
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/instrumentation_overhead.py
@@ -51,4 +64,4 @@ demo: $(BIN)/.installed
 	$(BIN)/tokenmeter demo
 
 clean:
-	rm -rf $(VENV) $(OPENAI1_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OPENAI1_VENV) $(CHATCHAT_VENV) .pytest_cache .ruff_cache .tokenmeter-demo

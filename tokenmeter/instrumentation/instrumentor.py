@@ -122,11 +122,16 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 hop_servers=PROCESS_HOP_SERVERS.add_all(settings.hop_servers),
             ),
         )
-        self._quota = _quota_gate(settings, instruments)
+        type(self)._quota = _quota_gate(settings, instruments)  # on the class: quota_client() reads it there
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota)
         self._targets = patch(metering, options)
         self._install_exit_hooks()
         logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
+
+    @classmethod
+    def quota_client(cls) -> QuotaClient | None:
+        """The enforcer client of the instrumented process (None without TOKENMETER_ENFORCER_URL)."""
+        return cls._quota.client if cls._quota is not None else None
 
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch(self._targets)
@@ -135,7 +140,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._host_providers = ()  # the host may shut them down now; the exit hook must not flush them
         if self._quota is not None:
             self._quota.client.close()
-            self._quota = None
+            type(self)._quota = None
         if self._accounting is not None:
             self._accounting.shutdown()
             self._accounting = None

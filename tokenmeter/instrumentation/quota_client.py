@@ -97,11 +97,13 @@ class QuotaClient:
 
     # --- checks ------------------------------------------------------------------
 
-    def check(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None) -> QuotaVerdict:
+    def check(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *, dry_run: bool = False
+              ) -> QuotaVerdict:  # fmt: skip
+        """The decision for one call; ``dry_run`` decides without reserving (a route's pre-check)."""
         ready = self._before_request(key)
         if isinstance(ready, QuotaVerdict):
             return ready
-        body = self._body(key, input_tokens, max_output_tokens, ready)
+        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
         try:
             with suppress_instrumentation():
                 response = self._sync.post(f"{self._base}/v1/check", json=body)
@@ -109,12 +111,13 @@ class QuotaClient:
             return self._unanswered(key, exc)
         return self._answered(key, response, ready)
 
-    async def check_async(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None) -> QuotaVerdict:
+    async def check_async(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *,
+                          dry_run: bool = False) -> QuotaVerdict:  # fmt: skip
         ready = self._before_request(key)
         if isinstance(ready, QuotaVerdict):
             return ready
         client = self._async_client()
-        body = self._body(key, input_tokens, max_output_tokens, ready)
+        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
         try:
             with suppress_instrumentation():
                 response = await asyncio.wait_for(
@@ -136,11 +139,12 @@ class QuotaClient:
             return self._unreported_fail_open  # subtracted once the enforcer has counted them
 
     @staticmethod
-    def _body(key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int) -> dict[str, Any]:
+    def _body(key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
+              ) -> dict[str, Any]:  # fmt: skip
         user, department, app, model = key
         return {
             "user": user, "department": department, "app": app, "model": model, "input_tokens": input_tokens,
-            "max_output_tokens": max_output_tokens, "client_fail_open": fail_open,
+            "max_output_tokens": max_output_tokens, "client_fail_open": fail_open, "dry_run": dry_run,
         }  # fmt: skip
 
     def _answered(self, key: CheckKey, response: httpx.Response, reported: int) -> QuotaVerdict:

@@ -8,7 +8,8 @@ After the call's span has started and before the SDK sends the request:
 - ``downgrade``: the request's model is replaced by the cheaper one; the span records
   requested and effective model (``gen_ai.request.model`` is what was sent);
 - ``degrade`` / ``deny``: :class:`~tokenmeter.quota_errors.QuotaDegraded` /
-  :class:`~tokenmeter.quota_errors.QuotaExceeded` are raised instead of calling;
+  :class:`~tokenmeter.quota_errors.QuotaExceeded` are raised instead of calling (an
+  embeddings call goes ahead on ``degrade``: retrieval-only answers need it);
 - the enforcer did not answer: ``open`` goes ahead (span: ``fail_open``), ``closed``
   raises :class:`~tokenmeter.quota_errors.QuotaUnavailable`.
 
@@ -124,7 +125,7 @@ class QuotaGate:
         )
         if verdict.reservation_id:
             call.on_finished = functools.partial(self.client.release, verdict.reservation_id)
-        error = _error_for(verdict)
+        error = _error_for(verdict, call.operation)
         if error is not None:
             raise error
         notices = _notices.get()
@@ -138,10 +139,11 @@ class QuotaGate:
         return kwargs
 
 
-def _error_for(verdict: QuotaVerdict) -> QuotaError | None:
+def _error_for(verdict: QuotaVerdict, operation: str) -> QuotaError | None:
     if verdict.action == "deny":
         return QuotaExceeded(verdict)
-    if verdict.action == "degrade":
+    if verdict.action == "degrade" and operation != semconv.OPERATION_EMBEDDINGS:
+        # Degraded means answers from retrieval only: retrieval's own embeddings still run.
         return QuotaDegraded(verdict)
     if verdict.action == semconv.QUOTA_UNAVAILABLE and not verdict.fail_open:
         return QuotaUnavailable(verdict)

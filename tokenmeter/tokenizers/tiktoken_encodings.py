@@ -129,3 +129,30 @@ def load_tiktoken_encoding(name: str) -> TiktokenTokenizer:
         f"unknown tiktoken encoding {name!r}",
         fix=f"set tokenizer.encoding to one of: {', '.join(sorted(registered))}",
     )
+
+
+def seed_tiktoken_cache(directory: Path) -> list[str]:
+    """Copy the encodings offline packages ship into ``directory`` as tiktoken's cache files.
+
+    For other libraries in the same process that call ``tiktoken`` themselves
+    (LangChain's ``OpenAIEmbeddings`` counts with cl100k_base and would download it):
+    with TIKTOKEN_CACHE_DIR set to ``directory`` they find the file. Only files whose
+    SHA-256 matches what tiktoken expects are written. Returns the encodings written.
+    """
+    import importlib.resources
+
+    written = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in OFFLINE_EQUIVALENTS:
+        for url, sha256 in OPENAI_ENCODING_FILES[name]:
+            source = importlib.resources.files("tiktoken_ext").joinpath(f"data/{url.rsplit('/', 1)[1]}")
+            try:
+                data = source.read_bytes()
+            except (FileNotFoundError, OSError):
+                continue
+            if hashlib.sha256(data).hexdigest() != sha256:
+                continue
+            (directory / tiktoken_cache_key(url)).write_bytes(data)
+            written.append(name)
+    return written
+

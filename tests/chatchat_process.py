@@ -1,0 +1,112 @@
+"""A real Langchain-Chatchat 0.3.1.3 API server for tests, in its own virtual environment.
+
+The venv (``make .venv-chatchat``; its pins conflict with ours) is named by
+``TOKENMETER_CHATCHAT_VENV``. Chatchat is initialised in a temporary ``CHATCHAT_ROOT``,
+its one model platform pointed at a local OpenAI-compatible server, and started with
+environment variables only: ``opentelemetry-instrument chatchat start --api``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+STARTUP_TIMEOUT = 180.0
+
+
+def chatchat_venv() -> Path | None:
+    value = os.environ.get("TOKENMETER_CHATCHAT_VENV")
+    return Path(value) if value else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def configure(root: Path, venv: Path, upstream: str, llms: list[str], embeddings: list[str]) -> int:
+    """``chatchat init`` in ``root``, one OpenAI-compatible platform at ``upstream``; returns the API port."""
+    env = {**os.environ, "CHATCHAT_ROOT": str(root)}
+    result = subprocess.run([str(venv / "bin" / "chatchat"), "init"], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # Document loaders need NLTK data; Chatchat ships it but `init` does not copy it (offline host).
+    bundled = next((venv / "lib").glob("python3*/site-packages/chatchat/data/nltk_data"))
+    shutil.copytree(bundled, root / "data" / "nltk_data", dirs_exist_ok=True)
+    models_file = root / "model_settings.yaml"
+    models = yaml.safe_load(models_file.read_text(encoding="utf-8"))
+    models["DEFAULT_LLM_MODEL"] = llms[0]
+    models["DEFAULT_EMBEDDING_MODEL"] = embeddings[0]
+    models["MODEL_PLATFORMS"] = [{
+        "platform_name": "local", "platform_type": "openai", "api_base_url": upstream, "api_key": "EMPTY",
+        "api_proxy": "", "api_concurrencies": 5, "auto_detect_model": False, "llm_models": llms,
+        "embed_models": embeddings, "text2image_models": [], "image2text_models": [], "rerank_models": [],
+        "speech2text_models": [], "text2speech_models": [],
+    }]  # fmt: skip
+    models_file.write_text(yaml.safe_dump(models, allow_unicode=True), encoding="utf-8")
+    basic_file = root / "basic_settings.yaml"
+    basic = yaml.safe_load(basic_file.read_text(encoding="utf-8"))
+    port = free_port()
+    basic["API_SERVER"] = {"host": "127.0.0.1", "port": port, "public_host": "127.0.0.1", "public_port": port}
+    basic["WEBUI_SERVER"] = {"host": "127.0.0.1", "port": free_port()}
+    basic_file.write_text(yaml.safe_dump(basic, allow_unicode=True), encoding="utf-8")
+    return port
+
+
+class ChatchatProcess:
+    def __init__(self, root: Path, venv: Path, port: int, env: dict[str, str]) -> None:
+        self.root = root
+        self.venv = venv
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "CHATCHAT_ROOT": str(root), **env}
+        self.log = root / "chatchat.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ChatchatProcess:
+        command = [str(self.venv / "bin" / "opentelemetry-instrument"), str(self.venv / "bin" / "chatchat"), "start",
+                   "--api"]  # fmt: skip
+        with self.log.open("wb") as log:
+            self._proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"chatchat exited ({self._proc.returncode}): {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/docs", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"chatchat did not start: {self.log_tail()}")
+
+    def log_tail(self, characters: int = 4000) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-characters:]
+
+    def post(self, path: str, body: dict[str, Any], user: str, department: str, **kwargs: Any) -> httpx.Response:
+        headers = {"X-Forwarded-User": user, "X-Department": department.encode()}
+        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        # `chatchat start` runs the API in a child process: stop the whole session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, 15)
+        try:
+            self._proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, 9)
+            self._proc.wait(30)
+        self._proc = None

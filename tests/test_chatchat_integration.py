@@ -1,0 +1,210 @@
+"""Real Langchain-Chatchat 0.3.1.3, metered with environment variables only, against a local model server.
+
+Runs when ``TOKENMETER_CHATCHAT_VENV`` names a venv with Chatchat and tokenmeter installed
+(``make test`` makes ``.venv-chatchat`` and sets it). Chatchat runs under
+``opentelemetry-instrument`` and exports to a real ``tokenmeter serve``, which also holds
+the quota policy; its model platform is a local OpenAI-compatible server that counts
+with each model's tokenizer and records whose call it served (from the baggage).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from chatchat_process import ChatchatProcess, chatchat_venv, configure
+from serve_process import ServeProcess
+
+from tokenmeter.catalog import ModelCatalog
+from tokenmeter.demo.llm_server import DemoLLMServer
+from tokenmeter.tokenizers import TokenizerRegistry
+
+VENV = chatchat_venv()
+pytestmark = pytest.mark.skipif(VENV is None, reason="TOKENMETER_CHATCHAT_VENV is not set (make test sets it)")
+
+LLMS = ["qwen2.5-7b-instruct", "qwen-max", "qwen-plus"]
+EMBEDDINGS = ["text-embedding-3-small"]
+POLICY = """
+model_groups:
+  premium: ["qwen-max"]
+  chat-models: ["qwen*"]
+routes:
+  qwen-max: qwen-plus
+budgets:
+  - {name: dave-cap, scope: user, subject: dave, period: day, limit: {tokens: 1}, action: deny}
+  - {name: erin-premium, scope: user, subject: erin, period: day, models: premium, limit: {tokens: 1},
+     action: downgrade}
+  - {name: gina-cap, scope: user, subject: gina, period: day, models: chat-models, limit: {tokens: 1},
+     action: degrade}
+"""
+HANDBOOK = "报销制度：员工出差回来后三十天内提交报销，附发票原件和审批单。年假：满一年五天，满十年十天。\n" * 20
+QUESTION = "公司的报销制度是怎样的？请简要说明。"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatProcess, ServeProcess, DemoLLMServer]]:
+    assert VENV is not None
+    work = tmp_path_factory.mktemp("chatchat")
+    upstream = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None))).start()
+    policy = work / "policy.yaml"
+    policy.write_text(POLICY, encoding="utf-8")
+    serve = ServeProcess(work / "serve", ["--policy", str(policy), "--refresh-interval", "0.5",
+                                          "--settle-seconds", "3"]).start()  # fmt: skip
+    root = work / "chatchat"
+    root.mkdir()
+    # LangChain's OpenAIEmbeddings counts with tiktoken's cl100k_base and would download it.
+    tiktoken_cache = work / "tiktoken-cache"
+    seeded = subprocess.run([str(VENV / "bin" / "tokenmeter"), "tiktoken-cache", str(tiktoken_cache)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr
+    port = configure(root, VENV, upstream.base_url, LLMS, EMBEDDINGS)
+    chatchat = ChatchatProcess(root, VENV, port, {
+        "OTEL_SERVICE_NAME": "chatchat", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": serve.otlp_http, "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
+        "TOKENMETER_ENFORCER_URL": serve.api, "TOKENMETER_ENFORCER_TOKEN": serve.api_token,
+        "TOKENMETER_HASH_KEY": "chatchat-test", "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
+    })  # fmt: skip
+    try:
+        chatchat.start()
+        yield chatchat, serve, upstream
+    finally:
+        chatchat.stop()
+        serve.stop()
+        upstream.stop()
+
+
+def chat(chatchat: ChatchatProcess, user: str, department: str, model: str = LLMS[0], *, stream: bool = False,
+         **extra: Any) -> httpx.Response:  # fmt: skip
+    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "stream": stream, **extra}
+    return chatchat.post("/chat/chat/completions", body, user, department)
+
+
+def stored_tokens_by_user(serve: ServeProcess) -> dict[str, int]:
+    response = httpx.get(f"{serve.api}/v1/report", params={"by": "user", "period": "day"},
+                         headers={"authorization": f"Bearer {serve.api_token}"}, timeout=30)  # fmt: skip
+    response.raise_for_status()
+    return {row["subject"]: row["input_tokens"] + row["output_tokens"] for row in response.json()["rows"]}
+
+
+def test_knowledge_base_upload_and_chat_and_a_degraded_user_gets_retrieval_only(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer], tmp_path: Path,
+) -> None:
+    chatchat, _serve, upstream = stack
+    created = chatchat.post("/knowledge_base/create_knowledge_base",
+                            {"knowledge_base_name": "hr", "embed_model": EMBEDDINGS[0]}, "admin", "IT部")  # fmt: skip
+    assert created.status_code == 200 and created.json()["code"] == 200, created.text
+    handbook = tmp_path / "handbook.txt"
+    handbook.write_text(HANDBOOK, encoding="utf-8")
+    with handbook.open("rb") as file:
+        uploaded = httpx.post(f"{chatchat.url}/knowledge_base/upload_docs", files={"files": file},
+                              data={"knowledge_base_name": "hr"}, timeout=120,
+                              headers={"X-Forwarded-User": "admin", "X-Department": "IT部".encode()})  # fmt: skip
+    assert uploaded.status_code == 200 and uploaded.json()["code"] == 200, uploaded.text
+    assert not uploaded.json()["data"]["failed_files"], uploaded.text
+    # The documents were embedded in Chatchat's thread pool, on behalf of the uploader.
+    assert upstream.tokens_by_user.get("admin", 0) > 0
+
+    body = {"query": "报销要在多久内提交？", "kb_name": "hr", "stream": False, "model": LLMS[0]}
+    first = chatchat.post("/chat/kb_chat", body, "gina", "研发部")
+    assert first.status_code == 200 and "error" not in first.text, first.text
+    chat_calls = sum(upstream.calls_by_model[model] for model in LLMS)
+    assert chat_calls == 1  # the answer came from the model
+    degraded = chatchat.post("/chat/kb_chat", {**body, "stream": True}, "gina", "研发部")
+    assert degraded.status_code == 200 and "error" not in degraded.text, degraded.text
+    assert "三十天内提交报销" in degraded.text  # the retrieved passage ...
+    assert sum(upstream.calls_by_model[model] for model in LLMS) == chat_calls  # ... and no model call
+    plain = chat(chatchat, "gina", "研发部")
+    assert plain.status_code == 429 and plain.json()["error"]["type"] == "quota_degraded"
+
+
+def test_every_users_tokens_in_the_store_equal_what_the_model_server_served(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    chatchat, serve, upstream = stack
+    assert chat(chatchat, "alice", "研发部").status_code == 200
+    streamed = chat(chatchat, "bob", "销售部", stream=True)
+    assert streamed.status_code == 200 and "data:" in streamed.text
+    v1 = chatchat.post("/v1/chat/completions", {"model": LLMS[0], "messages": [{"role": "user", "content": QUESTION}]},
+                       "carol", "销售部")  # fmt: skip
+    assert v1.status_code == 200, v1.text
+    # Agent chat: Chatchat's agent calls Chatchat's own /v1 (a hop), which calls the model server.
+    agent = chat(chatchat, "frank", "研发部", tools=["calculate"], stream=True)
+    assert agent.status_code == 200, agent.text
+    served = dict(upstream.tokens_by_user)
+    assert served.get("", 0) == 0, "a call reached the model server without its user"
+    assert {"alice", "bob", "carol", "frank"} <= set(served)
+    deadline = time.monotonic() + 90
+    stored: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        stored = stored_tokens_by_user(serve)
+        if all(stored.get(user) == tokens for user, tokens in served.items()):
+            break
+        time.sleep(0.5)
+    assert {user: stored.get(user) for user in served} == served, chatchat.log_tail()
+
+
+def test_a_denied_user_gets_429_with_the_quota_message(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    chatchat, _serve, upstream = stack
+    assert chat(chatchat, "dave", "研发部").status_code == 200  # room for one call
+    calls_before = sum(upstream.calls_by_model.values())
+    streamed = chat(chatchat, "dave", "研发部", stream=True)  # Chatchat streams after answering 200 ...
+    assert streamed.status_code == 429, streamed.text  # ... so the pre-check refuses first
+    denied = chat(chatchat, "dave", "研发部")
+    assert denied.status_code == 429, denied.text
+    error = denied.json()["error"]
+    assert error["type"] == "quota_exceeded" and error["budget"] == "dave-cap"
+    assert "额度已用尽" in error["message"] and "Quota exceeded" in error["message"]
+    assert int(denied.headers["retry-after"]) > 0
+    assert sum(upstream.calls_by_model.values()) == calls_before  # the model was never called
+
+
+def test_a_downgraded_users_calls_reach_the_cheaper_model(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    chatchat, _serve, upstream = stack
+    before = dict(upstream.calls_by_model)
+    assert chat(chatchat, "erin", "研发部", "qwen-max").status_code == 200
+    downgraded = chat(chatchat, "erin", "研发部", "qwen-max")
+    assert downgraded.status_code == 200, downgraded.text
+    assert upstream.calls_by_model["qwen-max"] == before.get("qwen-max", 0) + 1
+    assert upstream.calls_by_model["qwen-plus"] == before.get("qwen-plus", 0) + 1
+    assert downgraded.headers.get("x-tokenmeter-quota", "").startswith("downgrade;")
+
+
+def test_chatchat_started_with_the_integration(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer]) -> None:
+    chatchat, _serve, _upstream = stack
+    log = chatchat.log_tail(200_000)
+    assert "Traceback" not in log, log[-3000:]
+    assert Path(chatchat.root / "chatchat.log").exists()
+
+
+def test_the_agents_loopback_call_is_a_hop_billed_once(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer]
+                                                       ) -> None:  # fmt: skip
+    """Runs last: stops Chatchat and serve to read serve's chDB store."""
+    chatchat, serve, _upstream = stack
+    time.sleep(2)  # the last spans' batch export
+    chatchat.stop()
+    serve.stop()
+    with serve.store() as store:
+        hops = store.query(
+            "SELECT count() FROM otel_traces WHERE SpanAttributes['tokenmeter.hop'] = 'true' "
+            "AND SpanAttributes['enduser.id'] = 'frank'"
+        ).result_rows[0][0]
+        forwarded = store.query(
+            "SELECT count() FROM llm_usage FINAL WHERE user = 'frank'"
+        ).result_rows[0][0]
+        hop_rows = store.query(
+            "SELECT count() FROM llm_usage FINAL WHERE span_id IN "
+            "(SELECT SpanId FROM otel_traces WHERE SpanAttributes['tokenmeter.hop'] = 'true')"
+        ).result_rows[0][0]
+    assert hops >= 1, "the agent did not call Chatchat's own /v1"
+    assert forwarded >= hops  # each hop's forwarded call is in the audit trail ...
+    assert hop_rows == 0  # ... and the hop itself is not

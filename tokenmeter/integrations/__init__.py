@@ -1,0 +1,1 @@
+"""Integrations with specific LLM applications, loaded by `opentelemetry-instrument` like any instrumentor."""

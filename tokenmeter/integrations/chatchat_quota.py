@@ -1,0 +1,130 @@
+"""Quota decisions for Chatchat's chat routes, taken before the route runs.
+
+Chatchat streams most answers: its routes start the response (200, server-sent events)
+before the LLM call, so a denial at the call could only be an error event inside the
+stream. This middleware asks the enforcer first, without reserving (``dry_run``; the call
+itself is checked and reserved as usual):
+
+- ``deny``: 429 with the quota message, for streamed and plain requests alike;
+- ``degrade`` on ``/chat/kb_chat``: the request goes on with ``return_direct: true``, so
+  Chatchat answers with the retrieved passages and calls no model (retrieval-only);
+  ``degrade`` on a route without retrieval: 429 with the message saying so;
+- anything else: the request goes on unchanged.
+
+Only ``POST`` requests to the routes below with a JSON body (at most 1 MiB) are read; the
+enforcer unreachable means no pre-check (the call's own check applies its fail mode).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from tokenmeter.instrumentation.asgi import ASGIApp, Message, Receive, Scope, Send
+from tokenmeter.instrumentation.quota_client import QuotaClient
+from tokenmeter.instrumentation.quota_response import STATUS as QUOTA_STATUS
+from tokenmeter.instrumentation.quota_response import quota_error_response
+from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded
+from tokenmeter.safety import report_internal_error
+from tokenmeter.tokenizers.estimate import estimate_tokens
+
+# route -> (field with the model, fields with the input text)
+CHAT_ROUTES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    "/chat/chat/completions": ("model", ("messages",)),
+    "/v1/chat/completions": ("model", ("messages",)),
+    "/chat/kb_chat": ("model", ("query", "history")),
+    "/chat/file_chat": ("model_name", ("query", "history")),
+}
+RETRIEVAL_ROUTES: Final = frozenset({"/chat/kb_chat"})
+MAX_BODY_BYTES: Final = 1 << 20
+
+
+class ChatchatQuotaPrecheck:
+    """ASGI middleware; place it inside the identity middleware (it needs the request's user)."""
+
+    def __init__(self, app: ASGIApp, client: Callable[[], QuotaClient | None], default_model: Callable[[], str]
+                 ) -> None:  # fmt: skip
+        self.app = app
+        self._client = client
+        self._default_model = default_model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = CHAT_ROUTES.get(scope.get("path", "")) if scope.get("type") == "http" else None
+        client = self._client() if route is not None and scope.get("method") == "POST" else None
+        if route is None or client is None:
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        replay = _replaying(body, more, receive)
+        try:
+            verdict_body = await self._decide(client, scope["path"], route, body) if not more else None
+        except QuotaError as error:
+            headers, payload = quota_error_response(error)
+            await send({"type": "http.response.start", "status": QUOTA_STATUS, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        if verdict_body is not None:
+            replay = _replaying(verdict_body, False, receive)
+        await self.app(scope, replay, send)
+
+    async def _decide(self, client: QuotaClient, path: str, route: tuple[str, tuple[str, ...]], body: bytes
+                      ) -> bytes | None:  # fmt: skip
+        """None: go on unchanged; bytes: go on with this body; raises QuotaError to refuse."""
+        try:
+            request = json.loads(body or b"{}")
+            if not isinstance(request, dict):
+                return None
+            model_field, text_fields = route
+            model = str(request.get(model_field) or self._default_model())
+            text = json.dumps([request.get(name) for name in text_fields], ensure_ascii=False, default=str)
+            max_tokens = request.get("max_tokens")
+            from tokenmeter.attribution import current_attribution
+
+            who = current_attribution()
+            key = (who.user or "", who.department or "", who.app or "", model)
+            verdict = await client.check_async(key, estimate_tokens(text),
+                                               max_tokens if isinstance(max_tokens, int) else None,
+                                               dry_run=True)  # fmt: skip
+        except Exception as exc:  # the call's own check still applies
+            report_internal_error("Chatchat quota pre-check", exc)
+            return None
+        if verdict.action == "deny":
+            raise QuotaExceeded(verdict)
+        if verdict.action == "degrade":
+            if path in RETRIEVAL_ROUTES:
+                return json.dumps({**request, "return_direct": True}, ensure_ascii=False).encode()
+            raise QuotaDegraded(verdict)
+        return None
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request body up to MAX_BODY_BYTES, and whether more is left unread."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return b"".join(chunks), False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+        if size > MAX_BODY_BYTES:
+            return b"".join(chunks), True
+
+
+def _replaying(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A receive that hands the app ``body`` first, then whatever the client still sends."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            message: dict[str, Any] = {"type": "http.request", "body": body, "more_body": more}
+            return message
+        return await receive()
+
+    return replay
