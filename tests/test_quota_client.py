@@ -226,3 +226,23 @@ def test_the_429_for_a_denial_says_when_to_retry() -> None:
     assert (document["type"], document["budget"]) == ("quota_exceeded", "rd-paid")
     assert document["resets_at"] == "2026-11-30T16:00:00+00:00"
     assert document["message"] == str(error)
+
+
+def test_the_hosts_httpx_log_does_not_get_a_line_per_check(caplog: pytest.LogCaptureFixture,
+                                                           hung_enforcer: str) -> None:  # fmt: skip
+    import logging
+
+    import httpx
+
+    client = QuotaClient(hung_enforcer, None, timeout=0.05, cache_seconds=0)
+    try:
+        with caplog.at_level(logging.INFO, logger="httpx"):
+            client.check(("u", "d", "a", "m"), 1, 1)
+            logging.getLogger("httpx").info('HTTP Request: %s %s "%s %d %s"', "GET",
+                                            httpx.URL("http://example.invalid/x"), "HTTP/1.1", 200, "OK")  # fmt: skip
+            logging.getLogger("httpx").info('HTTP Request: %s %s "%s %d %s"', "POST",
+                                            httpx.URL(f"{hung_enforcer}/v1/check"), "HTTP/1.1", 200, "OK")  # fmt: skip
+    finally:
+        client.close()
+    lines = [record.getMessage() for record in caplog.records if record.name == "httpx"]
+    assert lines == ['HTTP Request: GET http://example.invalid/x "HTTP/1.1 200 OK"']

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import atexit
 import signal
+import sys
 import threading
 from collections.abc import Collection
 from types import FrameType
 from typing import Any
 
+import wrapt
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
@@ -46,6 +48,15 @@ def _load_catalog(settings: Settings) -> ModelCatalog:
             "tokenmeter: %s. Using the built-in model catalog only until TOKENMETER_MODELS is fixed.", exc
         )
         return ModelCatalog.load(None)
+
+
+def _register_langchain(metering: Metering | None) -> None:
+    try:
+        from tokenmeter.integrations.langchain_callback import register
+
+        register(metering)
+    except Exception as exc:
+        report_internal_error("LangChain callback registration", exc)
 
 
 def _quota_gate(settings: Settings, instruments: Instruments) -> QuotaGate | None:
@@ -125,6 +136,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         type(self)._quota = _quota_gate(settings, instruments)  # on the class: quota_client() reads it there
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota)
         self._targets = patch(metering, options)
+        # LangChain LLM classes that do not call the openai SDK: metered from LangChain's callbacks.
+        wrapt.register_post_import_hook(lambda _module: _register_langchain(metering), "langchain_core.callbacks")
         self._install_exit_hooks()
         logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
 
@@ -136,6 +149,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch(self._targets)
         self._targets = []
+        if "langchain_core.callbacks" in sys.modules:
+            _register_langchain(None)
         self.flush()  # first: the finisher releases reservations through the quota client
         self._host_providers = ()  # the host may shut them down now; the exit hook must not flush them
         if self._quota is not None:

@@ -67,6 +67,19 @@ def verdict_from_document(document: Mapping[str, Any], fallback_model: str) -> Q
     )
 
 
+class _OwnRequestsFilter(logging.Filter):
+    """Drops httpx's INFO line for requests to the enforcer (hosts such as Chatchat log httpx at
+    INFO: two lines per LLM call would be tokenmeter's); other httpx records pass."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__()
+        self._base = base
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.levelno <= logging.INFO and len(args) > 1 and str(args[1]).startswith(self._base))
+
+
 class QuotaClient:
     def __init__(
         self,
@@ -91,6 +104,8 @@ class QuotaClient:
         self._unreported_fail_open = 0
         self._logged: set[str] = set()
         self._sync = httpx.Client(headers=self._headers, timeout=self._timeout)
+        self._log_filter = _OwnRequestsFilter(self._base)
+        logging.getLogger("httpx").addFilter(self._log_filter)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -213,3 +228,4 @@ class QuotaClient:
 
     def close(self) -> None:
         self._sync.close()
+        logging.getLogger("httpx").removeFilter(self._log_filter)
