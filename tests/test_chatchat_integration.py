@@ -193,6 +193,12 @@ def test_a_downgraded_users_calls_reach_the_cheaper_model(
     assert upstream.calls_by_model["qwen-max"] == before.get("qwen-max", 0) + 1
     assert upstream.calls_by_model["qwen-plus"] == before.get("qwen-plus", 0) + 1
     assert downgraded.headers.get("x-tokenmeter-quota", "").startswith("downgrade;")
+    # Every chat route: knowledge-base chat (LangChain's ChatOpenAI) is downgraded too.
+    kb_answer = chatchat.post("/chat/kb_chat", {"query": "年假有几天？", "kb_name": "hr", "stream": False,
+                                                "model": "qwen-max"}, "erin", "研发部")  # fmt: skip
+    assert kb_answer.status_code == 200 and "error" not in kb_answer.text, kb_answer.text
+    assert upstream.calls_by_model["qwen-max"] == before.get("qwen-max", 0) + 1
+    assert upstream.calls_by_model["qwen-plus"] == before.get("qwen-plus", 0) + 2
 
 
 def test_chatchat_started_with_the_integration(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer]) -> None:
