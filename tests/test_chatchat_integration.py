@@ -67,6 +67,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatPr
         "OTEL_SERVICE_NAME": "chatchat", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_EXPORTER_OTLP_ENDPOINT": serve.otlp_http, "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
+        # Spans leave within 0.2 s: the last test reads them from the store after stopping
+        # Chatchat, whose `start` ends the API child with SIGKILL (no flush at exit).
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
         "TOKENMETER_ENFORCER_URL": serve.api, "TOKENMETER_ENFORCER_TOKEN": serve.api_token,
         "TOKENMETER_HASH_KEY": "chatchat-test", "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
     })  # fmt: skip
@@ -212,7 +215,7 @@ def test_the_agents_loopback_call_is_a_hop_billed_once(stack: tuple[ChatchatProc
                                                        ) -> None:  # fmt: skip
     """Runs last: stops Chatchat and serve to read serve's chDB store."""
     chatchat, serve, _upstream = stack
-    time.sleep(2)  # the last spans' batch export
+    time.sleep(3)  # the last spans' batch export (OTEL_BSP_SCHEDULE_DELAY=200)
     chatchat.stop()
     serve.stop()
     with serve.store() as store:

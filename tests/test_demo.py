@@ -53,3 +53,31 @@ def test_the_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not a tokenmeter demo directory" in result.stderr
     assert (tmp_path / "precious.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_demo_traffic_sends_to_a_collector_and_asks_the_enforcer(tmp_path: Path) -> None:
+    """What docker-compose's traffic service runs, here against a real `tokenmeter serve`."""
+    import os
+
+    import httpx
+    from serve_process import ServeProcess
+
+    serve = ServeProcess(tmp_path / "serve", ["--refresh-interval", "0.5"],
+                         env={"TOKENMETER_OTLP_TOKEN": "otlp-secret"}).start()  # fmt: skip
+    try:
+        env = {**os.environ, "TOKENMETER_ENFORCER_TOKEN": serve.api_token, "TOKENMETER_OTLP_TOKEN": "otlp-secret"}
+        result = subprocess.run(
+            [sys.executable, "-m", "tokenmeter.cli", "demo-traffic", "--otlp-endpoint", serve.otlp_http,
+             "--enforcer-url", serve.api, "--rounds", "1", "--scale", "0.2"],
+            capture_output=True, text=True, timeout=600, check=False, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "round 1:" in result.stderr
+        report = httpx.get(f"{serve.api}/v1/report", params={"by": "user", "period": "day"},
+                           headers={"authorization": f"Bearer {serve.api_token}"}, timeout=30).json()  # fmt: skip
+        assert {"zhang.wei", "batch-bot"} <= {row["subject"] for row in report["rows"]}
+        checks = httpx.get(f"{serve.api}/metrics", headers={"authorization": f"Bearer {serve.api_token}"},
+                           timeout=30).text  # fmt: skip
+        assert 'tokenmeter_enforcer_checks_total{decision="allow"}' in checks
+    finally:
+        serve.stop()

