@@ -1,0 +1,166 @@
+# ruff: noqa: S608 - dashboard SQL is built from this file's own constants; Grafana fills in the values
+"""Build the Grafana dashboards (JSON for grafana-clickhouse-datasource) from this file.
+
+    .venv/bin/python dashboards/build.py        # rewrites dashboards/*.json
+
+The committed JSON is what Grafana loads (grafana/provisioning/dashboards); a test checks it
+equals what this script builds, and runs every panel's SQL on chDB with the plugin's macros
+expanded (tests/test_dashboards.py).
+
+Usage over time comes from the cumulative counters (exact, not affected by trace sampling):
+per series and minute the largest value (`usage_counter_minutely`), its increase over the
+previous minute of the same series, summed per interval. The window runs over each series'
+whole history up to the end of the range, so the first minute in range has its predecessor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE: Final = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
+FORMAT_TIME_SERIES: Final = 0
+FORMAT_TABLE: Final = 1
+DIMENSIONS: Final = ("department", "user", "model", "app")
+
+# The dashboard's filters, for any table with department/user/model/app columns.
+FILTERS: Final = " AND ".join(
+    f"$__conditionalAll({column} IN (${{{column}:singlequote}}), ${column})" for column in DIMENSIONS
+)
+
+
+def increments(metric: str, columns: str) -> str:
+    """Per (series, minute): the counter's increase; ``columns`` are carried from usage_counter_minutely."""
+    return f"""
+    SELECT minute, series_id, {columns},
+           value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
+                                                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+    FROM (
+        SELECT series_id, minute, {", ".join(f"any({c}) AS {c}" for c in columns.split(", "))},
+               max(value_max) AS value
+        FROM (SELECT * FROM usage_counter_minutely
+              WHERE metric = '{metric}' AND minute <= $__toTime AND {FILTERS})
+        GROUP BY series_id, minute
+    )"""
+
+
+def target(sql: str, fmt: int, ref: str = "A") -> dict[str, Any]:
+    return {"refId": ref, "datasource": DATASOURCE, "editorType": "sql", "rawSql": " ".join(sql.split()),
+            "format": fmt, "queryType": "timeseries" if fmt == FORMAT_TIME_SERIES else "table"}  # fmt: skip
+
+
+def panel(panel_id: int, title: str, kind: str, sql: str, *, fmt: int, grid: tuple[int, int, int, int],
+          unit: str = "short", description: str = "") -> dict[str, Any]:  # fmt: skip
+    x, y, w, h = grid
+    return {
+        "id": panel_id, "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h}, "targets": [target(sql, fmt)],
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": {},
+    }  # fmt: skip
+
+
+def variable(name: str, sql: str) -> dict[str, Any]:
+    return {
+        "name": name, "label": name, "type": "query", "datasource": DATASOURCE, "query": " ".join(sql.split()),
+        "definition": " ".join(sql.split()), "multi": True, "includeAll": True, "refresh": 2, "sort": 1,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+    }  # fmt: skip
+
+
+def variables() -> list[dict[str, Any]]:
+    datasource = {"name": "datasource", "label": "data source", "type": "datasource",
+                  "query": "grafana-clickhouse-datasource", "current": {}, "hide": 0}  # fmt: skip
+    return [datasource] + [
+        variable(column, f"SELECT DISTINCT {column} FROM usage_counter_series WHERE {column} != '' ORDER BY {column}")
+        for column in DIMENSIONS
+    ]
+
+
+def overview() -> dict[str, Any]:
+    tokens_by_model = f"""
+        SELECT $__timeInterval(minute) AS time, model, sum(increase) AS tokens
+        FROM ({increments("tokenmeter.usage.tokens", "model, department, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, model ORDER BY time"""
+    cost_by_currency = f"""
+        SELECT $__timeInterval(minute) AS time,
+               concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, model, department, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, currency_kind ORDER BY time"""
+    calls_by_department = f"""
+        SELECT $__timeInterval(minute) AS time, if(department = '', '(none)', department) AS department,
+               sum(increase) AS calls
+        FROM ({increments("tokenmeter.usage.calls", "department, model, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, department ORDER BY time"""
+    top_users = f"""
+        SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
+               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+               sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls
+        FROM (
+            SELECT minute, metric, user, department,
+                   value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
+                                                         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+            FROM (
+                SELECT series_id, minute, any(metric) AS metric, any(user) AS user,
+                       any(department) AS department, max(value_max) AS value
+                FROM (SELECT * FROM usage_counter_minutely
+                      WHERE metric IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.calls')
+                        AND minute <= $__toTime AND {FILTERS})
+                GROUP BY series_id, minute
+            )
+        )
+        WHERE $__timeFilter(minute)
+        GROUP BY user ORDER BY tokens DESC LIMIT 20"""
+    source_mix = f"""
+        SELECT if(s.usage_source = '', '(unknown)', s.usage_source) AS source, sum(i.increase) AS tokens
+        FROM ({increments("tokenmeter.usage.tokens", "department, user, model, app")}) AS i
+        INNER JOIN (SELECT series_id, any(usage_source) AS usage_source FROM usage_counter_series
+                    GROUP BY series_id) AS s ON i.series_id = s.series_id
+        WHERE $__timeFilter(i.minute)
+        GROUP BY source ORDER BY tokens DESC"""
+    virtual_share = f"""
+        SELECT if(virtual, 'virtual (local models)', 'real (invoiced)') AS kind, currency,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, department, user, model, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY kind, currency ORDER BY kind, currency"""
+    panels = [
+        panel(1, "Tokens by model", "timeseries", tokens_by_model, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 12, 8),
+              description="Billed input + output tokens, from the cumulative usage counters."),
+        panel(2, "Cost by currency", "timeseries", cost_by_currency, fmt=FORMAT_TIME_SERIES, grid=(12, 0, 12, 8),
+              unit="none", description="Exact costs per currency; local models at their virtual prices."),
+        panel(3, "Calls by department", "timeseries", calls_by_department, fmt=FORMAT_TIME_SERIES, grid=(0, 8, 12, 8)),
+        panel(4, "Top users", "table", top_users, fmt=FORMAT_TABLE, grid=(12, 8, 12, 8)),
+        panel(5, "Where token counts come from", "piechart", source_mix, fmt=FORMAT_TABLE, grid=(0, 16, 12, 8),
+              description="server: the model server's usage; tokenizer: the model's own tokenizer; "
+                          "estimate: no tokenizer available (labelled)."),
+        panel(6, "Real and virtual cost", "table", virtual_share, fmt=FORMAT_TABLE, grid=(12, 16, 12, 8), unit="none"),
+    ]  # fmt: skip
+    return dashboard("tokenmeter-overview", "tokenmeter / Overview", panels)
+
+
+def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "uid": uid, "title": title, "tags": ["tokenmeter"], "timezone": "browser", "schemaVersion": 39,
+        "version": 1, "editable": False, "time": {"from": "now-24h", "to": "now"}, "refresh": "1m",
+        "templating": {"list": variables()}, "annotations": {"list": []}, "panels": panels,
+    }  # fmt: skip
+
+
+DASHBOARDS: Final = {"tokenmeter-overview.json": overview}
+
+
+def build() -> dict[str, str]:
+    """File name -> JSON text, as committed."""
+    return {name: json.dumps(make(), ensure_ascii=False, indent=2) + "\n" for name, make in DASHBOARDS.items()}
+
+
+if __name__ == "__main__":
+    for name, text in build().items():
+        (HERE / name).write_text(text, encoding="utf-8")
+        print(f"wrote dashboards/{name}")
