@@ -38,7 +38,7 @@ $(CHATCHAT_VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check tokenmeter tests bench
+	$(BIN)/ruff check tokenmeter tests bench dashboards
 
 pytest: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
