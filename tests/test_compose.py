@@ -91,6 +91,9 @@ def test_grafana_provisioning_uses_variables_the_service_sets() -> None:
     mounted = {m.split(":")[1] for m in grafana["volumes"]}
     assert provider["providers"][0]["options"]["path"] in mounted
     assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    alerting = (ROOT / "alert_rules" / "grafana" / "tokenmeter-alerts.yaml").read_text(encoding="utf-8")
+    assert set(re.findall(r"\$\{([A-Z_]+)\}", alerting)) <= set(grafana["environment"])
+    assert "/etc/grafana/provisioning/alerting" in mounted
 
 
 def test_every_required_secret_is_documented() -> None:

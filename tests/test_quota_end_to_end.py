@@ -245,6 +245,7 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
     with serve.store() as store:
         crossings = store.query(
             "SELECT budget, subject, threshold FROM quota_events WHERE event = 'threshold_crossed' "
+            "AND resets_at > period_start "
             "ORDER BY budget, subject, threshold"
         ).result_rows
         audit = store.query(

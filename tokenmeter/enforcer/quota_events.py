@@ -15,7 +15,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from tokenmeter.enforcer.decision import CheckRequest, Decision, UsageSnapshot, ratio_of
+from tokenmeter.enforcer.decision import CheckRequest, Decision, UsageSnapshot, period_bounds, ratio_of
 from tokenmeter.enforcer.policy import Policy
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ class QuotaEventLog:
             self._levels[key] = crossed[-1]
             for threshold in crossed:
                 self._add_row((
-                    now, THRESHOLD_CROSSED, name, budget.scope, subject, start, _EPOCH, threshold, ratio,
+                    now, THRESHOLD_CROSSED, name, budget.scope, subject, start,
+                    period_bounds(budget.period, start, policy.zone)[1], threshold, ratio,
                     usage.tokens, limit.tokens, usage.cost.get(limit.currency) if limit.currency else None,
                     limit.cost, limit.currency or "", "", "", "", "", "", "", "",
                     f"usage of budget {name!r} reached {threshold:.0%} of its limit", self.replica,

@@ -1,0 +1,160 @@
+"""Grafana-managed alert rules, contact points and notification policy, checked and evaluated offline.
+
+The rules' queries run on chDB against the real schema, filled through tokenmeter's own
+code (the enforcer's quota event writer, the OTLP ingest path); Grafana's math condition is
+evaluated here the way Grafana does per row, so "which subjects fire" is tested exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from otlp_requests import attributes, usage_counter_request
+
+from tokenmeter import semconv
+from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
+from tokenmeter.collector.payloads import Signal, decode_protobuf
+from tokenmeter.enforcer.decision import Usage, UsageSnapshot, period_bounds
+from tokenmeter.enforcer.policy import parse_policy
+from tokenmeter.enforcer.quota_events import QuotaEventLog
+from tokenmeter.store import open_store
+from tokenmeter.store.migrations import RenderOptions, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = (ROOT / "alert_rules" / "grafana" / "tokenmeter-alerts.yaml").read_text(encoding="utf-8")
+ALERTING: dict[str, Any] = yaml.safe_load(TEXT)
+RULES = {rule["uid"]: rule for group in ALERTING["groups"] for rule in group["rules"]}
+DATASOURCE_UID = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml").read_text(
+    encoding="utf-8"))["datasources"][0]["uid"]  # fmt: skip
+
+
+def test_rules_contact_points_and_policy_are_consistent() -> None:
+    assert len(RULES) == sum(len(group["rules"]) for group in ALERTING["groups"])  # unique uids
+    for uid, rule in RULES.items():
+        refs = {query["refId"]: query for query in rule["data"]}
+        assert rule["condition"] in refs, uid
+        for query in refs.values():
+            if query["datasourceUid"] != "__expr__":
+                assert query["datasourceUid"] == DATASOURCE_UID
+                assert query["model"]["format"] == 1 and query["model"]["editorType"] == "sql"
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+    receivers = {point["name"] for point in ALERTING["contactPoints"]}
+    types = {receiver["type"] for point in ALERTING["contactPoints"] for receiver in point["receivers"]}
+    assert types == {"slack", "dingding", "wecom", "pagerduty", "email", "webhook"}
+    policy = ALERTING["policies"][0]
+    assert policy["receiver"] in receivers
+    assert {route["receiver"] for route in policy["routes"]} <= receivers
+    assert {"severity"} <= {matcher[0] for route in policy["routes"] for matcher in route["object_matchers"]}
+
+
+def test_dollars_are_escaped_and_secrets_come_from_documented_variables() -> None:
+    unescaped = re.findall(r"(?<!\$)\$(?!\$|\{TOKENMETER_ALERT_)\w*", TEXT.replace("$$", ""))
+    assert not unescaped, unescaped  # Grafana would expand them as environment variables
+    placeholders = set(re.findall(r"\$\{(TOKENMETER_ALERT_[A-Z_]+)\}", TEXT))
+    assert len(placeholders) == 6
+    alerting_doc = (ROOT / "docs" / "alerting.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in alerting_doc for name in placeholders), placeholders
+
+
+def _sql(uid: str) -> str:
+    query = next(q for q in RULES[uid]["data"] if q["datasourceUid"] != "__expr__")
+    return str(query["model"]["rawSql"]).replace("$$", "$")
+
+
+def _fires(uid: str, value: float) -> bool:
+    """Grafana's math expression for one instance, e.g. ``$A >= 0.8 && $A < 1``."""
+    condition = next(q for q in RULES[uid]["data"] if q["refId"] == RULES[uid]["condition"])
+    expression = condition["model"]["expression"].replace("$$", "$").replace("$A", repr(float(value)))
+    assert re.fullmatch(r"[\d.\s<>=&|!()]+", expression), expression
+    return bool(eval(expression.replace("&&", " and ").replace("||", " or ")))
+
+
+def _instances(client: Any, uid: str) -> dict[tuple[str, ...], float]:
+    """One instance per row: the string columns are its labels, the one numeric column its value."""
+    result = client.query(_sql(uid))
+    described = client.query(f"DESCRIBE TABLE ({_sql(uid)})").result_rows
+    numeric = [i for i, row in enumerate(described) if any(k in str(row[1]) for k in ("Int", "Float", "Decimal"))]
+    assert len(numeric) == 1, f"{uid}: Grafana needs exactly one numeric column, got {described}"
+    instances = {}
+    for row in result.result_rows:
+        labels = tuple(str(value) for i, value in enumerate(row) if i != numeric[0])
+        instances[labels] = float(row[numeric[0]])
+    return instances
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    client = open_store(f"chdb://{tmp_path / 'chdb'}")
+    migrate(client, RenderOptions())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_quota_alerts_fire_for_exactly_the_subjects_past_their_thresholds(store: Any) -> None:
+    policy = parse_policy("""
+budgets:
+  - {name: per-user, scope: user, period: day, limit: {tokens: 1000}}
+  - {name: research, scope: department, subject: 研发部, period: month, limit: {tokens: 10000}}
+""")
+    now = datetime.now(UTC)
+    events = QuotaEventLog("replica-1")
+    starts = {b.name: period_bounds(b.period, now, policy.zone)[0] for b in policy.budgets}
+    used = {("per-user", "alice"): 850, ("per-user", "bob"): 1200, ("per-user", "carol"): 500,
+            ("research", "研发部"): 9000}  # fmt: skip
+    events.on_snapshot(policy, UsageSnapshot({k: Usage(v) for k, v in used.items()}, starts), now)
+    # dave passed his budget yesterday: that period is over, nothing fires for it today.
+    yesterday = now - timedelta(days=1)
+    old_starts = {"per-user": period_bounds("day", yesterday, policy.zone)[0], "research": starts["research"]}
+    events.on_snapshot(policy, UsageSnapshot({("per-user", "dave"): Usage(5000)}, old_starts), yesterday)
+    assert events.flush(store) > 0
+
+    levels = _instances(store, "tokenmeter-quota-warning")
+    warning = {labels for labels, value in levels.items() if _fires("tokenmeter-quota-warning", value)}
+    critical = {labels for labels, value in _instances(store, "tokenmeter-quota-exceeded").items()
+                if _fires("tokenmeter-quota-exceeded", value)}  # fmt: skip
+    assert warning == {("per-user", "user", "alice"), ("research", "department", "研发部")}
+    assert critical == {("per-user", "user", "bob")}
+    assert not any("carol" in labels or "dave" in labels for labels in levels)
+
+
+def _insert_metric(client: Any, name: str, extra: dict[str, object], total: int, when_ns: int) -> None:
+    request = usage_counter_request("alice", [(when_ns, total)], start_ns=when_ns - 60 * 10**9)
+    metric = request.resource_metrics[0].scope_metrics[0].metrics[0]
+    metric.name = name
+    point = metric.sum.data_points[0]
+    point.ClearField("attributes")
+    point.attributes.extend(attributes({semconv.ENDUSER_ID: "alice", **extra}))
+    payload = decode_protobuf(Signal.METRICS, request.SerializeToString())
+    insert_payloads(client, Signal.METRICS, [payload], IngestSchema.for_store(embedded=True))
+
+
+def test_no_data_fires_until_usage_arrives(store: Any) -> None:
+    ((), before), = _instances(store, "tokenmeter-no-data").items()
+    assert _fires("tokenmeter-no-data", before)  # nothing ever arrived
+    _insert_metric(store, semconv.METRIC_USAGE_CALLS, {}, 3, time.time_ns())
+    ((), after), = _instances(store, "tokenmeter-no-data").items()
+    assert not _fires("tokenmeter-no-data", after)
+
+
+def test_failing_open_fires_for_the_app_that_let_calls_through(store: Any) -> None:
+    assert _instances(store, "tokenmeter-failing-open") == {}
+    now_ns = time.time_ns()
+    fail_open = {semconv.TM_QUOTA_DECISION: "unavailable", semconv.TM_QUOTA_FAIL_OPEN: True}
+    _insert_metric(store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9)  # long ago
+    _insert_metric(store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns)  # 5 more just now
+    instances = _instances(store, "tokenmeter-failing-open")
+    assert instances == {("test-app",): 5.0}
+    assert _fires("tokenmeter-failing-open", 5.0)
+
+
+def test_spend_spike_query_runs_with_one_number_per_department(store: Any) -> None:
+    assert _instances(store, "tokenmeter-spend-spike") == {}  # no history yet: nothing to compare with
