@@ -25,10 +25,30 @@ FORMAT_TIME_SERIES: Final = 0
 FORMAT_TABLE: Final = 1
 DIMENSIONS: Final = ("department", "user", "model", "app")
 
-# The dashboard's filters, for any table with department/user/model/app columns.
-FILTERS: Final = " AND ".join(
-    f"$__conditionalAll({column} IN (${{{column}:singlequote}}), ${column})" for column in DIMENSIONS
+
+
+def filters(model_column: str = "model") -> str:
+    """The dashboard's variables as conditions on a table with department/user/<model>/app columns."""
+    columns = {"department": "department", "user": "user", "model": model_column, "app": "app"}
+    return " AND ".join(
+        f"$__conditionalAll({column} IN (${{{name}:singlequote}}), ${name})" for name, column in columns.items()
+    )
+
+
+FILTERS: Final = filters()
+# quota_utilisation rows are per budget subject: a department budget answers to $department,
+# a user budget to $user.
+SUBJECT_FILTERS: Final = (
+    "($__conditionalAll(scope != 'department' OR subject IN (${department:singlequote}), $department)) AND "
+    "($__conditionalAll(scope != 'user' OR subject IN (${user:singlequote}), $user))"
 )
+LATEST_UTILISATION: Final = f"""
+    SELECT budget, scope, subject, any(period) AS period, argMax(used_tokens, updated_at) AS used_tokens,
+           argMax(reserved_tokens, updated_at) AS reserved_tokens, argMax(limit_tokens, updated_at) AS limit_tokens,
+           argMax(used_cost, updated_at) AS used_cost, argMax(limit_cost, updated_at) AS limit_cost,
+           any(currency) AS currency, argMax(ratio, updated_at) AS ratio, any(resets_at) AS resets_at
+    FROM (SELECT * FROM quota_utilisation WHERE resets_at > now() AND {SUBJECT_FILTERS})
+    GROUP BY budget, scope, subject"""
 
 
 def increments(metric: str, columns: str) -> str:
@@ -144,6 +164,66 @@ def overview() -> dict[str, Any]:
     return dashboard("tokenmeter-overview", "tokenmeter / Overview", panels)
 
 
+def departments_and_users() -> dict[str, Any]:
+    utilisation = f"""
+        SELECT concat(budget, ' · ', if(subject = '', 'organisation', subject)) AS budget_subject, ratio
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC LIMIT 50"""
+    versus_limit = f"""
+        SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
+               currency, ratio, resets_at
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC"""
+    trend = f"""
+        SELECT $__timeInterval(minute) AS time, if(department = '', '(none)', department) AS department,
+               sum(increase) AS tokens
+        FROM ({increments("tokenmeter.usage.tokens", "department, user, model, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, department ORDER BY time"""
+    per_user = f"""
+        SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
+               sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
+               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+               round(tokens / greatest(calls, 1), 1) AS tokens_per_call
+        FROM (
+            SELECT minute, metric, user, department,
+                   value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
+                                                         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+            FROM (
+                SELECT series_id, minute, any(metric) AS metric, any(user) AS user,
+                       any(department) AS department, max(value_max) AS value
+                FROM (SELECT * FROM usage_counter_minutely
+                      WHERE metric IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.calls')
+                        AND minute <= $__toTime AND {FILTERS})
+                GROUP BY series_id, minute
+            )
+        )
+        WHERE $__timeFilter(minute)
+        GROUP BY user ORDER BY tokens DESC"""
+    decisions = f"""
+        SELECT $__timeInterval(time) AS time, quota_decision AS decision, count() AS calls
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND quota_decision IN ('warn', 'downgrade', 'degrade', 'deny', 'unavailable')
+          AND {filters("request_model")}
+        GROUP BY time, decision ORDER BY time"""
+    panels = [
+        panel(1, "Quota utilisation", "bargauge", utilisation, fmt=FORMAT_TABLE, grid=(0, 0, 12, 10),
+              unit="percentunit", description="Used plus in-flight, of each budget's limit, this period "
+                                              "(as the enforcer sees it; marks at 80 % and 100 %)."),
+        panel(2, "Period to date against the limit", "table", versus_limit, fmt=FORMAT_TABLE, grid=(12, 0, 12, 10)),
+        panel(3, "Tokens by department", "timeseries", trend, fmt=FORMAT_TIME_SERIES, grid=(0, 10, 12, 8)),
+        panel(4, "Users: calls and tokens per call", "table", per_user, fmt=FORMAT_TABLE, grid=(12, 10, 12, 8)),
+        panel(5, "Warnings, downgrades and denials", "timeseries", decisions, fmt=FORMAT_TIME_SERIES,
+              grid=(0, 18, 24, 8), description="Quota decisions other than allow, from the calls' spans "
+                                               "(with trace sampling, a share of them)."),
+    ]  # fmt: skip
+    panels[0]["fieldConfig"]["defaults"].update({
+        "min": 0, "max": 1.2,
+        "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None},
+                                                     {"color": "orange", "value": 0.8},
+                                                     {"color": "red", "value": 1}]},
+    })  # fmt: skip
+    return dashboard("tokenmeter-departments-users", "tokenmeter / Departments and users", panels)
+
+
 def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "tags": ["tokenmeter"], "timezone": "browser", "schemaVersion": 39,
@@ -152,7 +232,10 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, A
     }  # fmt: skip
 
 
-DASHBOARDS: Final = {"tokenmeter-overview.json": overview}
+DASHBOARDS: Final = {
+    "tokenmeter-overview.json": overview,
+    "tokenmeter-departments-users.json": departments_and_users,
+}
 
 
 def build() -> dict[str, str]:

@@ -252,6 +252,10 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
             "SELECT user, request_model, effective_model, quota_decision, error_type FROM llm_usage FINAL "
             "WHERE quota_decision IN ('downgrade', 'deny') ORDER BY time"
         ).result_rows
+        utilisation = store.query(
+            "SELECT subject, argMax(used_tokens, updated_at), argMax(limit_tokens, updated_at) FROM quota_utilisation "
+            "WHERE budget = 'bob-paid' GROUP BY subject"
+        ).result_rows
         changes = store.query(
             "SELECT user, previous_action, action, budget FROM quota_events WHERE event = 'decision_changed' "
             "ORDER BY time"
@@ -260,6 +264,9 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
                          ("premium-per-user", "alice", 0.8), ("premium-per-user", "alice", 1.0)]  # fmt: skip
     assert audit == [("alice", "gpt-4o", "gpt-4o-mini", "downgrade", ""), ("bob", "gpt-4o-mini", "gpt-4o-mini",
                                                                            "deny", "QuotaExceeded")]  # fmt: skip
+    # written at the first serve's stop: bob had used all 500 tokens of the day (the next day he has no
+    # usage yet, so no row)
+    assert utilisation == [("bob", tokens(459), 500)]
     assert changes == [
         ("alice", "allow", "warn", "premium-per-user"),
         ("alice", "warn", "downgrade", "premium-per-user"),

@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_SECONDS: Final = 5.0
+UTILISATION_WRITE_SECONDS: Final = 30.0
+UTILISATION_COLUMNS: Final = (
+    "updated_at", "budget", "scope", "subject", "period", "period_start", "resets_at", "used_tokens",
+    "reserved_tokens", "limit_tokens", "used_cost", "reserved_cost", "limit_cost", "currency", "ratio", "action",
+    "replica",
+)  # fmt: skip
 _FIRST_REFRESH_WAIT_SECONDS: Final = 30.0
 
 
@@ -133,6 +139,7 @@ class EnforcerService:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._first_refresh = threading.Event()
+        self._next_utilisation_write = float("-inf")
         self._thread: threading.Thread | None = None
         if options.clock_offset_seconds:
             logger.warning("enforcer clock shifted by %+.0f s (clock offset): for drills and tests only",
@@ -180,8 +187,10 @@ class EnforcerService:
         if client is not None:
             try:
                 self.events.flush(client)
+                self.write_utilisation(client)
             except Exception as exc:
-                logger.warning("quota events not written at stop (%d dropped): %s", self.events.pending(), exc)
+                logger.warning("quota events or utilisation not written at stop (%d events dropped): %s",
+                               self.events.pending(), exc)  # fmt: skip
 
     def _tick(self, client: Client) -> None:
         loaded = self._loaded
@@ -191,11 +200,31 @@ class EnforcerService:
             self._reload_requested = False
             self._reload(client)
         snapshot = self.enforcer.refresh(client)
+        if self._clock() >= self._next_utilisation_write:
+            self.write_utilisation(client)
         if self.last_refresh_error is not None:
             logger.warning("enforcer: reading usage from the store works again")
             self.last_refresh_error = None
         self.events.on_snapshot(self.enforcer.policy, snapshot, self.enforcer.now())
         self.events.flush(client)
+
+    def write_utilisation(self, client: Client) -> int:
+        """Every budget's state into ``quota_utilisation`` (dashboards read limits and ratios there)."""
+        self._next_utilisation_write = self._clock() + UTILISATION_WRITE_SECONDS
+        states = self.enforcer.budget_states()
+        if not states:
+            return 0
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = [
+            [now, state.budget.name, state.budget.scope, state.subject, state.budget.period,
+             state.period_start.replace(tzinfo=None), state.resets_at.replace(tzinfo=None),
+             state.used.tokens, state.reserved.tokens, state.limit.tokens,
+             _cost(state.used, state.limit.currency), _cost(state.reserved, state.limit.currency), state.limit.cost,
+             state.limit.currency or "", state.ratio, state.budget.action, self.events.replica]
+            for state in states
+        ]  # fmt: skip
+        client.insert("quota_utilisation", rows, column_names=list(UTILISATION_COLUMNS))
+        return len(rows)
 
     def _refresh_failed(self, exc: Exception) -> None:
         self.stats.count_refresh_error()
