@@ -51,17 +51,19 @@ LATEST_UTILISATION: Final = f"""
     GROUP BY budget, scope, subject"""
 
 
-def increments(metric: str, columns: str) -> str:
-    """Per (series, minute): the counter's increase; ``columns`` are carried from usage_counter_minutely."""
+def increments(metrics: str | tuple[str, ...], columns: str) -> str:
+    """Per (series, minute): the counter's increase, with ``metric`` and ``columns`` from usage_counter_minutely."""
+    names = (metrics,) if isinstance(metrics, str) else metrics
+    wanted = ", ".join(f"'{name}'" for name in names)
     return f"""
-    SELECT minute, series_id, {columns},
+    SELECT minute, series_id, metric, {columns},
            value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
                                                  ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
     FROM (
-        SELECT series_id, minute, {", ".join(f"any({c}) AS {c}" for c in columns.split(", "))},
-               max(value_max) AS value
+        SELECT series_id, minute, any(metric) AS metric,
+               {", ".join(f"any({c}) AS {c}" for c in columns.split(", "))}, max(value_max) AS value
         FROM (SELECT * FROM usage_counter_minutely
-              WHERE metric = '{metric}' AND minute <= $__toTime AND {FILTERS})
+              WHERE metric IN ({wanted}) AND minute <= $__toTime AND {FILTERS})
         GROUP BY series_id, minute
     )"""
 
@@ -121,19 +123,7 @@ def overview() -> dict[str, Any]:
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
                sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
                sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls
-        FROM (
-            SELECT minute, metric, user, department,
-                   value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
-                                                         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
-            FROM (
-                SELECT series_id, minute, any(metric) AS metric, any(user) AS user,
-                       any(department) AS department, max(value_max) AS value
-                FROM (SELECT * FROM usage_counter_minutely
-                      WHERE metric IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.calls')
-                        AND minute <= $__toTime AND {FILTERS})
-                GROUP BY series_id, minute
-            )
-        )
+        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
         WHERE $__timeFilter(minute)
         GROUP BY user ORDER BY tokens DESC LIMIT 20"""
     source_mix = f"""
@@ -183,19 +173,7 @@ def departments_and_users() -> dict[str, Any]:
                sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
                sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
                round(tokens / greatest(calls, 1), 1) AS tokens_per_call
-        FROM (
-            SELECT minute, metric, user, department,
-                   value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
-                                                         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
-            FROM (
-                SELECT series_id, minute, any(metric) AS metric, any(user) AS user,
-                       any(department) AS department, max(value_max) AS value
-                FROM (SELECT * FROM usage_counter_minutely
-                      WHERE metric IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.calls')
-                        AND minute <= $__toTime AND {FILTERS})
-                GROUP BY series_id, minute
-            )
-        )
+        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
         WHERE $__timeFilter(minute)
         GROUP BY user ORDER BY tokens DESC"""
     decisions = f"""
