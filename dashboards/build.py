@@ -27,9 +27,11 @@ DIMENSIONS: Final = ("department", "user", "model", "app")
 
 
 
-def filters(model_column: str = "model") -> str:
-    """The dashboard's variables as conditions on a table with department/user/<model>/app columns."""
-    columns = {"department": "department", "user": "user", "model": model_column, "app": "app"}
+def filters(model_column: str = "model", **columns_by_variable: str) -> str:
+    """The dashboard's variables as conditions on a table with department/user/<model>/app columns
+    (or the column expressions given, e.g. ``user="SpanAttributes['enduser.id']"``)."""
+    columns = {"department": "department", "user": "user", "model": model_column, "app": "app",
+               **columns_by_variable}  # fmt: skip
     return " AND ".join(
         f"$__conditionalAll({column} IN (${{{name}:singlequote}}), ${name})" for name, column in columns.items()
     )
@@ -202,6 +204,120 @@ def departments_and_users() -> dict[str, Any]:
     return dashboard("tokenmeter-departments-users", "tokenmeter / Departments and users", panels)
 
 
+SPAN_FILTERS: Final = filters(
+    "SpanAttributes['gen_ai.request.model']", department="SpanAttributes['tokenmeter.department']",
+    user="SpanAttributes['enduser.id']", app="if(SpanAttributes['tokenmeter.app'] != '', "
+                                            "SpanAttributes['tokenmeter.app'], ServiceName)",
+)
+
+
+def models() -> dict[str, Any]:
+    per_call = f"""
+        SELECT model, sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
+               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+               round(tokens / greatest(calls, 1), 1) AS tokens_per_call
+        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "model")})
+        WHERE $__timeFilter(minute)
+        GROUP BY model ORDER BY tokens DESC"""
+    cost_per_call = f"""
+        SELECT model, concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "model, currency, virtual")})
+        WHERE $__timeFilter(minute)
+        GROUP BY model, currency_kind ORDER BY cost DESC"""
+    latency = f"""
+        SELECT $__timeInterval(Timestamp) AS time, SpanAttributes['gen_ai.request.model'] AS model,
+               quantile(0.95)(Duration) / 1e9 AS p95_seconds
+        FROM otel_traces
+        WHERE $__timeFilter(Timestamp) AND ScopeName = 'tokenmeter' AND SpanAttributes['gen_ai.operation.name'] = 'chat'
+          AND SpanAttributes['tokenmeter.hop'] != 'true' AND {SPAN_FILTERS}
+        GROUP BY time, model ORDER BY time"""
+    downgrades = f"""
+        SELECT request_model AS requested, effective_model AS effective, count() AS calls,
+               sum(input_tokens + output_tokens) AS tokens
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND quota_decision = 'downgrade' AND {filters("request_model")}
+        GROUP BY requested, effective ORDER BY calls DESC"""
+    drift = f"""
+        SELECT effective_model AS model, count() AS calls,
+               sum(input_tokens + output_tokens) AS server_tokens,
+               sum(local_input_tokens + local_output_tokens) AS local_tokens,
+               round(local_tokens / greatest(server_tokens, 1) - 1, 4) AS drift
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND usage_source = 'server' AND local_source != '' AND {filters("effective_model")}
+        GROUP BY model ORDER BY calls DESC"""
+    panels = [
+        panel(1, "Tokens per call", "table", per_call, fmt=FORMAT_TABLE, grid=(0, 0, 12, 8)),
+        panel(2, "Cost by model", "table", cost_per_call, fmt=FORMAT_TABLE, grid=(12, 0, 12, 8), unit="none"),
+        panel(3, "Latency p95 by model", "timeseries", latency, fmt=FORMAT_TIME_SERIES, grid=(0, 8, 24, 8), unit="s",
+              description="Chat calls from their spans (hops to your own services left out)."),
+        panel(4, "Downgrades: requested -> effective model", "table", downgrades, fmt=FORMAT_TABLE,
+              grid=(0, 16, 12, 8)),
+        panel(5, "Local count against the server's usage", "table", drift, fmt=FORMAT_TABLE, grid=(12, 16, 12, 8),
+              description="Calls counted both ways (all without server usage, a sample of the rest): "
+                          "drift = local / server - 1."),
+    ]  # fmt: skip
+    return dashboard("tokenmeter-models", "tokenmeter / Models", panels)
+
+
+def raw_counter_increases(metric: str, label: str) -> str:
+    """Per (series, minute) increase of a counter straight from ``otel_metrics_sum`` (metrics without a table of
+    their own, such as the apps' quota decisions); ``label`` is an attribute expression carried along."""
+    return f"""
+    SELECT minute, label, value - lagInFrame(value, 1, 0) OVER (PARTITION BY series ORDER BY minute
+                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+    FROM (
+        SELECT cityHash64(ServiceName, ResourceAttributes, Attributes, StartTimeUnix) AS series,
+               toStartOfMinute(TimeUnix) AS minute, any({label}) AS label, max(Value) AS value
+        FROM otel_metrics_sum
+        WHERE MetricName = '{metric}' AND TimeUnix <= $__toTime
+        GROUP BY series, minute
+    )"""
+
+
+def pipeline_health() -> dict[str, Any]:
+    ingest = """
+        SELECT time, signal, sum(rows) AS rows FROM (
+            SELECT $__timeInterval(Timestamp) AS time, 'spans' AS signal, count() AS rows
+            FROM otel_traces WHERE $__timeFilter(Timestamp) GROUP BY time
+            UNION ALL
+            SELECT $__timeInterval(TimeUnix) AS time, 'counter points' AS signal, count() AS rows
+            FROM otel_metrics_sum WHERE $__timeFilter(TimeUnix) GROUP BY time
+        ) GROUP BY time, signal ORDER BY time"""
+    freshness = """
+        SELECT dateDiff('second', max(TimeUnix), now()) AS seconds_since_last_usage
+        FROM otel_metrics_sum WHERE MetricName = 'tokenmeter.usage.calls'"""
+    decisions = f"""
+        SELECT $__timeInterval(minute) AS time, label AS decision, sum(increase) AS calls
+        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.decision']")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, decision ORDER BY time"""
+    fail_open = f"""
+        SELECT sumIf(increase, label = 'true') AS calls_unchecked, sum(increase) AS calls_checked_or_not
+        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.fail_open']")})
+        WHERE $__timeFilter(minute)"""
+    panels = [
+        panel(1, "Rows ingested", "timeseries", ingest, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 16, 8),
+              description="Spans and usage counter points written to ClickHouse per interval."),
+        panel(2, "Data freshness", "stat", freshness, fmt=FORMAT_TABLE, grid=(16, 0, 8, 8), unit="s",
+              description="Seconds since the last usage counter point arrived (apps export every 60 s by "
+                          "default)."),
+        panel(3, "Quota decisions the apps received", "timeseries", decisions, fmt=FORMAT_TIME_SERIES,
+              grid=(0, 8, 16, 8)),
+        panel(4, "Calls let through unchecked (fail open)", "stat", fail_open, fmt=FORMAT_TABLE,
+              grid=(16, 8, 8, 8)),
+    ]  # fmt: skip
+    rejected = {
+        "id": 5, "type": "text", "title": "Rejected and retried batches", "gridPos": {"x": 0, "y": 16, "w": 24, "h": 5},
+        "options": {"mode": "markdown", "content": (
+            "Not in ClickHouse: scrape `/metrics` of `tokenmeter serve` "
+            "(`tokenmeter_receiver_requests_total{outcome=\"rejected|throttled|unavailable\"}`) and the "
+            "collector's own metrics on port 8888 (`otelcol_exporter_send_failed_*`, "
+            "`otelcol_exporter_queue_size`) with Prometheus; docs/alerting.md has rules for them.")},
+    }  # fmt: skip
+    return dashboard("tokenmeter-pipeline", "tokenmeter / Pipeline health", [*panels, rejected])
+
+
 def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "tags": ["tokenmeter"], "timezone": "browser", "schemaVersion": 39,
@@ -213,6 +329,8 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, A
 DASHBOARDS: Final = {
     "tokenmeter-overview.json": overview,
     "tokenmeter-departments-users.json": departments_and_users,
+    "tokenmeter-models.json": models,
+    "tokenmeter-pipeline.json": pipeline_health,
 }
 
 
