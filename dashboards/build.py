@@ -70,6 +70,19 @@ def increments(metrics: str | tuple[str, ...], columns: str) -> str:
     )"""
 
 
+def per_interval(metric: str, label: str, value: str, label_sql: str | None = None) -> str:
+    """A counter's increase per interval and ``label`` (shown as ``label_sql``, default the column itself)."""
+    return f"""
+        SELECT $__timeInterval(minute) AS time, {f"{label_sql} AS {label}" if label_sql else label},
+               sum(increase) AS {value}
+        FROM ({increments(metric, "model, department, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, {label} ORDER BY time"""
+
+
+DEPARTMENT_OR_NONE: Final = "if(department = '', '(none)', department)"
+
+
 def target(sql: str, fmt: int, ref: str = "A") -> dict[str, Any]:
     return {"refId": ref, "datasource": DATASOURCE, "editorType": "sql", "rawSql": " ".join(sql.split()),
             "format": fmt, "queryType": "timeseries" if fmt == FORMAT_TIME_SERIES else "table"}  # fmt: skip
@@ -103,11 +116,7 @@ def variables() -> list[dict[str, Any]]:
 
 
 def overview() -> dict[str, Any]:
-    tokens_by_model = f"""
-        SELECT $__timeInterval(minute) AS time, model, sum(increase) AS tokens
-        FROM ({increments("tokenmeter.usage.tokens", "model, department, user, app")})
-        WHERE $__timeFilter(minute)
-        GROUP BY time, model ORDER BY time"""
+    tokens_by_model = per_interval("tokenmeter.usage.tokens", "model", "tokens")
     cost_by_currency = f"""
         SELECT $__timeInterval(minute) AS time,
                concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
@@ -115,12 +124,7 @@ def overview() -> dict[str, Any]:
         FROM ({increments("tokenmeter.usage.cost", "currency, virtual, model, department, user, app")})
         WHERE $__timeFilter(minute)
         GROUP BY time, currency_kind ORDER BY time"""
-    calls_by_department = f"""
-        SELECT $__timeInterval(minute) AS time, if(department = '', '(none)', department) AS department,
-               sum(increase) AS calls
-        FROM ({increments("tokenmeter.usage.calls", "department, model, user, app")})
-        WHERE $__timeFilter(minute)
-        GROUP BY time, department ORDER BY time"""
+    calls_by_department = per_interval("tokenmeter.usage.calls", "department", "calls", DEPARTMENT_OR_NONE)
     top_users = f"""
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
                sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
@@ -164,12 +168,7 @@ def departments_and_users() -> dict[str, Any]:
         SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
                currency, ratio, resets_at
         FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC"""
-    trend = f"""
-        SELECT $__timeInterval(minute) AS time, if(department = '', '(none)', department) AS department,
-               sum(increase) AS tokens
-        FROM ({increments("tokenmeter.usage.tokens", "department, user, model, app")})
-        WHERE $__timeFilter(minute)
-        GROUP BY time, department ORDER BY time"""
+    trend = per_interval("tokenmeter.usage.tokens", "department", "tokens", DEPARTMENT_OR_NONE)
     per_user = f"""
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
                sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,

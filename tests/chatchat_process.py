@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import yaml
+from ready_process import free_port
 
 STARTUP_TIMEOUT = 180.0
 
@@ -26,12 +26,6 @@ STARTUP_TIMEOUT = 180.0
 def chatchat_venv() -> Path | None:
     value = os.environ.get("TOKENMETER_CHATCHAT_VENV")
     return Path(value) if value else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def configure(root: Path, venv: Path, upstream: str, llms: list[str], embeddings: list[str]) -> int:

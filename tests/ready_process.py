@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import threading
 from typing import Any
 
 READY_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def start_until_ready(args: list[str], env: dict[str, str], stderr_lines: list[str]

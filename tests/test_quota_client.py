@@ -21,6 +21,7 @@ import openai
 import pytest
 from enforcer_process import TOKEN, EnforcerProcess, migrate
 from openai_server import OpenAICompatibleServer
+from ready_process import free_port
 from telemetry_fixtures import Telemetry, make_telemetry
 
 import tokenmeter
@@ -35,12 +36,6 @@ from tokenmeter.tokenizers import TokenizerRegistry
 MESSAGES = [{"role": "user", "content": "人工智能是什么？"}]
 # Far more than a check may take: a hung enforcer would hold a call this long without the timeout.
 HUNG_FOR_SECONDS = 30
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokenmeter import semconv
+from tokenmeter.attribution import Attribution
 from tokenmeter.quota_errors import QuotaVerdict
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ CACHED_ACTIONS: Final = frozenset({"deny", "degrade"})
 RELEASE_TIMEOUT_SECONDS: Final = 0.5  # on the background finisher: keep it short
 _CACHE_LIMIT: Final = 10_000
 CheckKey = tuple[str, str, str, str]  # (user, department, app, model)
+
+
+def check_key(who: Attribution, model: str) -> CheckKey:
+    """What a check is about (and what the deny/degrade cache is keyed by)."""
+    return who.user or "", who.department or "", who.app or "", model
 
 
 def verdict_from_document(document: Mapping[str, Any], fallback_model: str) -> QuotaVerdict:

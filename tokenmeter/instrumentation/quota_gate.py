@@ -29,7 +29,7 @@ from typing import Any
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.metering import LLMCall
-from tokenmeter.instrumentation.quota_client import CheckKey, QuotaClient
+from tokenmeter.instrumentation.quota_client import CheckKey, QuotaClient, check_key
 from tokenmeter.instrumentation.usage_metrics import Instruments
 from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable, QuotaVerdict
 from tokenmeter.safety import report_internal_error
@@ -96,8 +96,7 @@ class QuotaGate:
 
     @staticmethod
     def _request(call: LLMCall, kwargs: dict[str, Any]) -> tuple[CheckKey, int, int | None]:
-        who = call.attribution
-        key = (who.user or "", who.department or "", who.app or "", call.request_model)
+        key = check_key(call.attribution, call.request_model)
         # An estimate is enough to reserve; the bill uses the real count.
         text = json.dumps(call.request_input, ensure_ascii=False, default=str)
         if call.operation == semconv.OPERATION_EMBEDDINGS:

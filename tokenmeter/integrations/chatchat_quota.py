@@ -21,8 +21,9 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
+from tokenmeter.attribution import current_attribution
 from tokenmeter.instrumentation.asgi import ASGIApp, Message, Receive, Scope, Send
-from tokenmeter.instrumentation.quota_client import QuotaClient
+from tokenmeter.instrumentation.quota_client import QuotaClient, check_key
 from tokenmeter.instrumentation.quota_response import STATUS as QUOTA_STATUS
 from tokenmeter.instrumentation.quota_response import quota_error_response
 from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded
@@ -79,11 +80,7 @@ class ChatchatQuotaPrecheck:
             model = str(request.get(model_field) or self._default_model())
             text = json.dumps([request.get(name) for name in text_fields], ensure_ascii=False, default=str)
             max_tokens = request.get("max_tokens")
-            from tokenmeter.attribution import current_attribution
-
-            who = current_attribution()
-            key = (who.user or "", who.department or "", who.app or "", model)
-            verdict = await client.check_async(key, estimate_tokens(text),
+            verdict = await client.check_async(check_key(current_attribution(), model), estimate_tokens(text),
                                                max_tokens if isinstance(max_tokens, int) else None,
                                                dry_run=True)  # fmt: skip
         except Exception as exc:  # the call's own check still applies
