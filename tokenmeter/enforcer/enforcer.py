@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 class CheckResult:
     decision: Decision
     reservation_id: str | None  # give it back with release() when the call is done
+    decided_at: datetime  # the (calendar) time the decision was made for
 
 
 def _utc_now() -> datetime:
@@ -111,7 +112,7 @@ class Enforcer:
             held = self._ledger.totals(self._snapshot_started_at)
             decision, hold = decide_and_hold(self._policy, self._snapshot, held, request, now)
             reservation_id = self._ledger.reserve(hold) if reserve else None
-        return CheckResult(decision, reservation_id)
+        return CheckResult(decision, reservation_id, now)
 
     def budget_states(self) -> list[BudgetUsage]:
         """Used (store), reserved (ledger), limit and ratio per (budget, subject) in the current period."""

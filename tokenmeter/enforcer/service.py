@@ -280,7 +280,7 @@ class EnforcerService:
             self.stats.count_fail_open("enforcer")
         self.stats.count_fail_open("client", body.client_fail_open)
         if not body.dry_run:
-            self.events.on_decision(request, result.decision, self.enforcer.now())
+            self.events.on_decision(request, result.decision, result.decided_at)
         self.stats.count_check(result.decision.action, time.perf_counter() - started)
         return result.decision, result.reservation_id, stale
 
