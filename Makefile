@@ -14,7 +14,7 @@ OPENAI1_SPEC ?= openai==1.109.1 httpx==0.27.2
 CHATCHAT_VENV ?= .venv-chatchat
 CHATCHAT_SPEC ?= langchain-chatchat==0.3.1.3 httpx==0.27.2
 
-.PHONY: test lint pytest test-openai1 test-chatchat bench demo clean
+.PHONY: test lint pytest test-openai1 test-chatchat bench demo dashboard screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,5 +65,13 @@ bench: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/tokenmeter demo
 
+# The web dashboard on the last demo's data (http://127.0.0.1:9400/), until Ctrl-C.
+dashboard: $(BIN)/.installed
+	$(BIN)/tokenmeter demo --show
+
+# README's picture: a fresh demo, then the dashboard in headless Chromium (apt-get install chromium).
+screenshot: $(BIN)/.installed
+	$(BIN)/tokenmeter demo --no-dashboard --screenshot docs/images/dashboard.png
+
 clean:
-	rm -rf $(VENV) $(OPENAI1_VENV) $(CHATCHAT_VENV) .pytest_cache .ruff_cache .tokenmeter-demo
+	rm -rf $(VENV) $(OPENAI1_VENV) $(CHATCHAT_VENV) .pytest_cache .ruff_cache .tokenmeter-demo test-output

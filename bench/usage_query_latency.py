@@ -110,6 +110,17 @@ def build(client: Any, rows: int) -> None:
         _log(f"  day {day + 1}/{DAYS}: {points * (day + 1):,} points ({time.perf_counter() - started:.0f} s)")
 
 
+def open_month_store(path: Path, rows: int) -> Any:
+    """The store at ``path``, built with about ``rows`` counter rows unless it has them already."""
+    client = open_store(f"chdb://{path}")
+    migrate(client, RenderOptions(raw_ttl_days=0))
+    [(existing,)] = client.query("SELECT count() FROM usage_counter_minutely").result_rows
+    if existing < rows * 0.9:
+        _log(f"building ~{rows:,} counter rows through otel_metrics_sum and its views ...")
+        build(client, rows)
+    return client
+
+
 def timed(run: Callable[[], object], repeat: int) -> list[float]:
     run()  # warm
     samples = []
@@ -135,12 +146,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="tokenmeter-query-") as tmp:
         path = args.keep or Path(tmp) / "chdb"
-        client = open_store(f"chdb://{path}")
-        migrate(client, RenderOptions(raw_ttl_days=0))
-        [(existing,)] = client.query("SELECT count() FROM usage_counter_minutely").result_rows
-        if existing < args.rows * 0.9:
-            _log(f"building ~{args.rows:,} counter rows through otel_metrics_sum and its views ...")
-            build(client, args.rows)
+        client = open_month_store(path, args.rows)
         [(minutely,)] = client.query("SELECT count() FROM usage_counter_minutely").result_rows
         [(raw,)] = client.query("SELECT count() FROM otel_metrics_sum").result_rows
         [(daily,)] = client.query("SELECT count() FROM usage_counter_daily").result_rows

@@ -1,55 +1,22 @@
 """Expand Grafana dashboard SQL the way Grafana and grafana-clickhouse-datasource do, to run it on chDB.
 
-Browser side first: ``$__conditionalAll(condition, $var)`` becomes ``1=1`` when the variable
-is All (or empty), else the condition; variables are substituted (``${var:singlequote}``
-quotes each value and escapes quotes with a backslash; ``$var`` / ``${var}`` join the raw
-values). Then the plugin's server-side macros, as in its pkg/macros/macros.go:
-``$__timeFilter(c)``, ``$__timeInterval(c)``, ``$__fromTime``, ``$__toTime``, ``$__interval_s``.
+Browser side first: ``$__conditionalAll`` (tokenmeter.dashboards.macros.conditional_all, the
+same rule the web page uses), then variables are pasted in as Grafana does
+(``${var:singlequote}`` quotes each value and escapes quotes with a backslash; ``$var`` /
+``${var}`` join the raw values). Then the plugin's server-side macros, as in its
+pkg/macros/macros.go: ``$__timeFilter(c)``, ``$__timeInterval(c)``, ``$__fromTime``,
+``$__toTime``, ``$__interval_s``. tokenmeter's own page binds parameters instead
+(tokenmeter.dashboards.macros.bind); this module is the Grafana side of that comparison.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
+
+from tokenmeter.dashboards.macros import TimeRange, conditional_all
 
 ALL = None  # a variable set to All
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    start: datetime
-    end: datetime
-    interval_seconds: int = 60
-
-    @property
-    def from_s(self) -> int:
-        return int(self.start.timestamp())
-
-    @property
-    def to_s(self) -> int:
-        return int(self.end.timestamp())
-
-
-def _conditional_all(sql: str, variables: dict[str, list[str] | None]) -> str:
-    marker = "$__conditionalAll("
-    while (start := sql.find(marker)) >= 0:
-        depth, index = 1, start + len(marker)
-        comma = -1
-        while depth:
-            char = sql[index]
-            if char == "(":
-                depth += 1
-            elif char == ")":
-                depth -= 1
-            elif char == "," and depth == 1:
-                comma = index
-            index += 1
-        condition = sql[start + len(marker) : comma].strip()
-        name = sql[comma + 1 : index - 1].strip().lstrip("$").strip("{}")
-        values = variables.get(name, ALL)
-        sql = sql[:start] + ("1=1" if not values else condition) + sql[index:]
-    return sql
+__all__ = ["ALL", "TimeRange", "expand"]
 
 
 def _quoted(value: str) -> str:
@@ -58,7 +25,7 @@ def _quoted(value: str) -> str:
 
 def expand(sql: str, variables: dict[str, list[str] | None], span: TimeRange, all_values: dict[str, list[str]]
            ) -> str:  # fmt: skip
-    sql = _conditional_all(sql, variables)
+    sql = conditional_all(sql, lambda name: not variables.get(name, ALL))
 
     def values_of(name: str) -> list[str]:
         chosen = variables.get(name, ALL)

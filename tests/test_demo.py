@@ -32,6 +32,9 @@ def test_the_demo_ends_with_a_report_equal_to_the_store(demo_run: tuple[Path, su
     assert "tokens per model in the report = what the LLM server counted and served" in out
     assert "(virtual)" in out  # local models at virtual prices
     assert "Traceback" not in result.stderr
+    # Not at a terminal: it ends (does not keep serving) with the dashboard's address and how to open it.
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith("Web dashboard: http://127.0.0.1:9400/ while `tokenmeter demo --show"), last_line
 
 
 def test_the_data_stays_for_tokenmeter_report(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -45,6 +48,44 @@ def test_the_data_stays_for_tokenmeter_report(demo_run: tuple[Path, subprocess.C
     assert {"zhang.wei", "chen.jie", "zhao.lei"} <= users
     total = sum(row["input_tokens"] + row["output_tokens"] for row in document["rows"])
     assert f"({total:,} tokens in all)" in result.stdout  # the same total the demo printed
+
+
+def test_demo_show_serves_the_dashboard_of_the_last_run(demo_run: tuple[Path, subprocess.CompletedProcess[str]]
+                                                         ) -> None:  # fmt: skip
+    """`make dashboard`: the page and its data from the demo's store, with the link's token, until Ctrl-C."""
+    import re
+    import signal
+
+    import httpx
+    from ready_process import free_port
+
+    directory, result = demo_run
+    assert result.returncode == 0
+    port = free_port()
+    command = [sys.executable, "-m", "tokenmeter.cli", "demo", "--show", "--dir", str(directory), "--port", str(port)]
+    show = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert show.stdout is not None
+        line = ""
+        while "Web dashboard" not in line:
+            line = show.stdout.readline()
+            assert line, show.stderr.read() if show.stderr else ""
+        link = re.search(r"(http://127\.0\.0\.1:\d+/)#token=(\S+)", line)
+        assert link is not None, line
+        url, token = link.groups()
+        assert url == f"http://127.0.0.1:{port}/"
+        assert httpx.get(url, timeout=30).status_code == 200
+        users = httpx.get(f"{url}v1/dashboard/panels/overview/4", headers={"authorization": f"Bearer {token}"},
+                          timeout=30).json()["rows"]  # fmt: skip
+        assert {"zhang.wei", "chen.jie"} <= {row[0] for row in users}
+    finally:
+        show.send_signal(signal.SIGINT)
+        assert show.wait(60) == 0
+
+
+def test_demo_show_needs_a_demo(tmp_path: Path) -> None:
+    result = _tokenmeter("demo", "--show", "--dir", str(tmp_path / "none"))
+    assert result.returncode == 2 and "run `tokenmeter demo" in result.stderr
 
 
 def test_the_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Final
 
 from tokenmeter.prometheus_text import Histogram
 
 WRITE_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RATE_WINDOW_SECONDS: Final = 60
+STORED_OUTCOMES: Final = frozenset({"written", "duplicate"})  # accepted: in the store (once)
 
 
 class ReceiverStats:
@@ -21,12 +24,35 @@ class ReceiverStats:
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (signal, transport, outcome)
         self._write_seconds = Histogram("tokenmeter_receiver_write_seconds", WRITE_SECONDS_BUCKETS)
         self._gauges: dict[str, Callable[[], float]] = {}
+        # Items accepted per wall-clock second, for the last minute (the web page's ingest rate).
+        self._recent: deque[list[int]] = deque()
+        self._last_accepted_at: float | None = None
 
     def count_request(self, signal: str, transport: str, outcome: str, items: int) -> None:
         """outcome: written | duplicate | refused | rejected | throttled | unavailable | unauthorized."""
         with self._lock:
             self._requests[(signal, transport, outcome)] += 1
             self._items[(signal, outcome)] += items
+            if outcome in STORED_OUTCOMES and items:
+                now = time.time()
+                self._last_accepted_at = now
+                second = int(now)
+                if self._recent and self._recent[-1][0] == second:
+                    self._recent[-1][1] += items
+                else:
+                    self._recent.append([second, items])
+                while self._recent[0][0] <= second - RATE_WINDOW_SECONDS:
+                    self._recent.popleft()
+
+    def activity(self) -> dict[str, float | int | None]:
+        """When data last arrived (Unix seconds), items per second over the last minute, totals by outcome."""
+        now = int(time.time())
+        with self._lock:
+            recent = sum(items for second, items in self._recent if second > now - RATE_WINDOW_SECONDS)
+            accepted = sum(count for (_signal, outcome), count in self._items.items() if outcome in STORED_OUTCOMES)
+            refused = sum(count for (_signal, outcome), count in self._items.items() if outcome not in STORED_OUTCOMES)
+            return {"last_accepted_at": self._last_accepted_at, "items_per_second": recent / RATE_WINDOW_SECONDS,
+                    "items_accepted": accepted, "items_not_accepted": refused}  # fmt: skip
 
     def observe_write(self, seconds: float) -> None:
         self._write_seconds.observe(seconds)

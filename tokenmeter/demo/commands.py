@@ -22,6 +22,14 @@ def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--dir", type=Path, default=Path(".tokenmeter-demo"), metavar="DIR",
                       help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
     demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
+    demo.add_argument("--port", type=int, default=9400,
+                      help="where the web dashboard is served afterwards (default 9400)")  # fmt: skip
+    demo.add_argument("--no-dashboard", action="store_true",
+                      help="end after the report (the default when not run from a terminal)")  # fmt: skip
+    demo.add_argument("--show", action="store_true",
+                      help="no new run: serve the last demo's data with the web dashboard until Ctrl-C")  # fmt: skip
+    demo.add_argument("--screenshot", type=Path, metavar="PNG",
+                      help="also write a screenshot of the web dashboard (needs Chromium and Playwright)")  # fmt: skip
     demo.set_defaults(run=lambda args, _stdout, _stdin: run_demo_command(args))
 
     traffic = commands.add_parser(
@@ -41,12 +49,18 @@ def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from tokenmeter.demo.run import DemoError, run_demo
+    from rich.console import Console
+
+    from tokenmeter.demo.run import DemoError, run_demo, show_dashboard
 
     if not 0 < args.scale <= 1:
         return _bad_input("demo", f"--scale must be above 0 and at most 1, got {args.scale}")
+    if not 0 < args.port < 65536:
+        return _bad_input("demo", f"--port must be a TCP port, got {args.port}")
     try:
-        return run_demo(args.dir, args.scale)
+        if args.show:
+            return show_dashboard(args.dir, args.port, Console(highlight=False))
+        return run_demo(args.dir, args.scale, None if args.no_dashboard else args.port, args.screenshot)
     except DemoError as exc:
         return _bad_input("demo", str(exc))
 

@@ -27,6 +27,7 @@ from tokenmeter.demo.workload import EMBEDDING_MODEL, Call, plan
 MARKER: Final = ".tokenmeter-demo"
 WORKERS: Final = 6
 READY_TIMEOUT_SECONDS: Final = 120.0
+DASHBOARD_PORT: Final = 9400  # serve's default API port: the page is at http://127.0.0.1:9400/
 SILENT_MODELS: Final = frozenset({"qwen2.5-14b-instruct"})  # "an old local server": never reports usage
 
 
@@ -45,17 +46,18 @@ def prepare_directory(directory: Path) -> None:
 
 
 class ServeProcess:
-    """`tokenmeter serve` on the demo's chDB directory, ports picked by the OS."""
+    """`tokenmeter serve` on the demo's chDB directory, ports picked by the OS (the API's too unless given)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, api_port: int = 0, log_name: str = "serve.log") -> None:
         self.directory = directory
+        self.log_name = log_name
         policy = directory / "policy.yaml"
         policy.write_text(resources.files("tokenmeter.demo").joinpath("policy.yaml").read_text(encoding="utf-8"))
         self.store_url = f"chdb://{directory / 'chdb'}"
         self.env = {**os.environ, "XDG_DATA_HOME": str(directory / "xdg")}
         self.args = [
             sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", self.store_url,
-            "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", "0",
+            "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", str(api_port),
             "--refresh-interval", "0.5", "--settle-seconds", "2",
         ]  # fmt: skip
         self.log: IO[str] | None = None
@@ -63,7 +65,7 @@ class ServeProcess:
         self.info: dict[str, Any] = {}
 
     def start(self) -> None:
-        self.log = (self.directory / "serve.log").open("w", encoding="utf-8")
+        self.log = (self.directory / self.log_name).open("w", encoding="utf-8")
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             self.args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=self.env
         )
@@ -74,8 +76,11 @@ class ServeProcess:
         reader.join(READY_TIMEOUT_SECONDS)
         if not line or not line[0]:
             self.stop()
-            raise DemoError(f"tokenmeter serve did not start; see {self.directory / 'serve.log'}")
+            raise DemoError(f"tokenmeter serve did not start; see {self.directory / self.log_name}")
         self.info = json.loads(line[0])
+
+    def dashboard_url(self) -> str:
+        return f"{self.info['api']}/"
 
     @property
     def token(self) -> str:
@@ -189,8 +194,13 @@ def run_workload(base_url: str, calls: list[Call], progress: Any | None) -> Coun
     return outcomes
 
 
-def run_demo(directory: Path, scale: float = 1.0) -> int:
-    """The whole demo; returns the exit code (1 when a check of the totals fails)."""
+def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = DASHBOARD_PORT,
+             screenshot: Path | None = None) -> int:  # fmt: skip
+    """The whole demo; returns the exit code (1 when a check of the totals fails).
+
+    Afterwards the dashboard is served on ``dashboard_port`` until Ctrl-C when someone is at the
+    terminal (``None``: never); otherwise the way to open it is printed.
+    """
     from rich.console import Console
 
     from tokenmeter.catalog import ModelCatalog
@@ -215,8 +225,61 @@ def run_demo(directory: Path, scale: float = 1.0) -> int:
     console.print(f"  tokenmeter report --clickhouse-url {serve.store_url} --by user --period day")
     console.print(f"  tokenmeter serve --clickhouse-url {serve.store_url} --policy {directory / 'policy.yaml'}"
                   "   # then: tokenmeter check --model qwen-max --user zhang.wei --department 研发部")  # fmt: skip
-    console.print("  The web dashboard and Grafana boards are not built yet (issues 6 and 7).")
+    console.print("  Grafana dashboards for the same data: docs/dashboards.md")
+    if screenshot is not None:
+        take_screenshot(directory, screenshot, console)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if dashboard_port is not None and interactive:
+        return show_dashboard(directory, dashboard_port, console)
+    console.print(f"\nWeb dashboard: http://127.0.0.1:{dashboard_port or DASHBOARD_PORT}/ while "
+                  f"`tokenmeter demo --show --dir {directory}` (make dashboard) runs; it asks for the API token "
+                  f"in {directory / 'xdg' / 'tokenmeter' / 'api-token'}.", soft_wrap=True, markup=False)  # fmt: skip
     return 0
+
+
+def show_dashboard(directory: Path, port: int, console: Any) -> int:
+    """Serve a finished demo's data with the dashboard until Ctrl-C."""
+    directory = directory.resolve()
+    if not (directory / MARKER).exists() or not (directory / "chdb").is_dir():
+        raise DemoError(f"no demo data in {directory}: run `tokenmeter demo --dir {directory}` first")
+    serve = ServeProcess(directory, api_port=port, log_name="serve-dashboard.log")
+    try:
+        serve.start()
+    except DemoError:
+        log = directory / "serve-dashboard.log"
+        raise DemoError(f"could not serve the dashboard on 127.0.0.1:{port} (in use?); see {log}, "
+                        "or choose another port with --port") from None  # fmt: skip
+    console.print(f"\nWeb dashboard of the demo's data: {serve.dashboard_url()}#token={serve.token}",
+                  soft_wrap=True, markup=False)  # one line: terminals make the whole link clickable
+    console.print("  (the link hands the page the demo's API token; Ctrl-C stops serving)")
+    stop = threading.Event()
+    # Ctrl-C, or the terminal closing (SIGHUP) or a kill (SIGTERM): stop serve too rather than leave it running.
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # fmt: skip
+    try:
+        while not stop.is_set() and serve.process is not None and serve.process.poll() is None:
+            stop.wait(0.5)
+        console.print("stopping ...")
+    finally:
+        serve.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+def take_screenshot(directory: Path, path: Path, console: Any) -> None:
+    """The dashboard of the demo's data as a PNG (README's picture), from headless Chromium."""
+    from tokenmeter.web.browser import BrowserError, screenshot
+
+    serve = ServeProcess(directory, log_name="serve-screenshot.log")
+    serve.start()
+    try:
+        written = screenshot(serve.dashboard_url(), serve.token, path)
+    except BrowserError as exc:
+        raise DemoError(str(exc)) from None
+    finally:
+        serve.stop()
+    console.print(f"  screenshot of the web dashboard: {written}")
 
 
 def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float, console: Any) -> dict[str, Any]:

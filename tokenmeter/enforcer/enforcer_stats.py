@@ -35,6 +35,11 @@ class EnforcerStats:
             with self._lock:
                 self._fail_open[where] += calls
 
+    def fail_open_totals(self) -> dict[str, int]:
+        """Calls let through unchecked since start, by where: enforcer | client."""
+        with self._lock:
+            return {"enforcer": self._fail_open["enforcer"], "client": self._fail_open["client"]}
+
     def count_policy_load(self, outcome: str) -> None:
         with self._lock:
             self._policy_loads[outcome] += 1

@@ -6,6 +6,8 @@
   format. Bearer token required: quota utilisation is per user and department.
 - ``GET /v1/report?by=&period=&at=&subject=``: a usage report, the document
   ``tokenmeter report --format json`` prints. Bearer token required.
+- ``GET /`` and ``/v1/dashboard...``: the web page and its data (:mod:`tokenmeter.web.routes`); the data
+  endpoints need the API token.
 - The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``
   (:mod:`tokenmeter.enforcer.http_api`): the API token or ``TOKENMETER_ENFORCER_TOKEN``.
 """
@@ -25,6 +27,7 @@ from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.serve.store_reader import StoreReader
+from tokenmeter.web.routes import web_routes
 
 logger = logging.getLogger(__name__)
 
@@ -82,5 +85,6 @@ def api_app(
             Route("/metrics", guarded(any_bearer, enforcer_token_hint, metrics), methods=["GET"]),
             Route("/v1/report", guarded(api_bearer, api_token_hint, report), methods=["GET"]),
             *enforcer_routes(enforcer, any_bearer, enforcer_token_hint),
+            *web_routes(reader, lambda handler: guarded(api_bearer, api_token_hint, handler), queue.stats, enforcer),
         ]
     )

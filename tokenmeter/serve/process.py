@@ -204,7 +204,7 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     ready.flush()
     progress(
         f"tokenmeter serve: OTLP gRPC {addresses['otlp_grpc']}, OTLP HTTP {addresses['otlp_http']}, "
-        f"API {addresses['api']} (token: {token_source})"
+        f"API {addresses['api']} (token: {token_source}); dashboard {addresses['api']}/"
     )
 
     stopper = asyncio.create_task(stop.wait())

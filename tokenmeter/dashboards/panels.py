@@ -1,0 +1,339 @@
+# ruff: noqa: S608 - panel SQL is built from this module's own constants; values arrive as macros/parameters
+"""Every dashboard panel, once: its title, kind, SQL (in Grafana's macro dialect), units and layout.
+
+Grafana's JSON (:mod:`tokenmeter.dashboards.grafana`, written by ``dashboards/build.py``) and the
+web page of ``tokenmeter serve`` (:mod:`tokenmeter.web`) are both made from these definitions, so
+a query has one text. The SQL uses the macros of grafana-clickhouse-datasource and Grafana's
+variables (``$__timeFilter``, ``$__timeInterval``, ``$__toTime``, ``$__conditionalAll``,
+``${var:singlequote}``); :mod:`tokenmeter.dashboards.macros` turns them into parameterised SQL.
+
+Usage over time comes from the cumulative counters (exact, not affected by trace sampling):
+per series and minute the largest value (``usage_counter_minutely``), its increase over the
+previous minute of the same series, summed per interval. The window runs over each series'
+whole history up to the end of the range, so the first minute in range has its predecessor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+FORMAT_TIME_SERIES: Final = 0  # Grafana's target formats
+FORMAT_TABLE: Final = 1
+DIMENSIONS: Final = ("department", "user", "model", "app")  # the dashboards' variables
+
+PanelKind = Literal["timeseries", "table", "bargauge", "piechart", "stat", "text"]
+# Units the web page formats (Grafana gets the nearest of its own, see grafana.py):
+# tokens, calls, cost (currency from a `currency` column or the series' label), percentunit
+# (a ratio), s, datetime, short (a plain number), text.
+Unit = str
+
+
+@dataclass(frozen=True)
+class Panel:
+    id: int
+    title: str
+    kind: PanelKind
+    sql: str = ""
+    fmt: int = FORMAT_TABLE
+    grid: tuple[int, int, int, int] = (0, 0, 12, 8)  # x, y, w, h on Grafana's 24-column grid
+    unit: Unit = "short"  # of the values (time series, bar gauge, pie, stat)
+    description: str = ""
+    columns: tuple[tuple[str, Unit], ...] = ()  # units of a table's columns, by name
+    marks: tuple[float, ...] = ()  # bar gauge: warning and limit marks (thresholds)
+    content: str = ""  # text panels (markdown)
+
+    def column_units(self) -> dict[str, Unit]:
+        return dict(self.columns)
+
+
+@dataclass(frozen=True)
+class Board:
+    uid: str
+    title: str
+    file_name: str
+    panels: tuple[Panel, ...] = field(default_factory=tuple)
+
+    def panel(self, panel_id: int) -> Panel:
+        for candidate in self.panels:
+            if candidate.id == panel_id:
+                return candidate
+        raise KeyError(f"{self.uid} has no panel {panel_id}")
+
+
+def filters(model_column: str = "model", **columns_by_variable: str) -> str:
+    """The dashboard's variables as conditions on a table with department/user/<model>/app columns
+    (or the column expressions given, e.g. ``user="SpanAttributes['enduser.id']"``)."""
+    columns = {"department": "department", "user": "user", "model": model_column, "app": "app",
+               **columns_by_variable}  # fmt: skip
+    return " AND ".join(
+        f"$__conditionalAll({column} IN (${{{name}:singlequote}}), ${name})" for name, column in columns.items()
+    )
+
+
+def variable_query(column: str) -> str:
+    """The values a dimension variable offers."""
+    return f"SELECT DISTINCT {column} FROM usage_counter_series WHERE {column} != '' ORDER BY {column}"
+
+
+FILTERS: Final = filters()
+# quota_utilisation rows are per budget subject: a department budget answers to $department,
+# a user budget to $user.
+SUBJECT_FILTERS: Final = (
+    "($__conditionalAll(scope != 'department' OR subject IN (${department:singlequote}), $department)) AND "
+    "($__conditionalAll(scope != 'user' OR subject IN (${user:singlequote}), $user))"
+)
+LATEST_UTILISATION: Final = f"""
+    SELECT budget, scope, subject, any(period) AS period, argMax(used_tokens, updated_at) AS used_tokens,
+           argMax(reserved_tokens, updated_at) AS reserved_tokens, argMax(limit_tokens, updated_at) AS limit_tokens,
+           argMax(used_cost, updated_at) AS used_cost, argMax(limit_cost, updated_at) AS limit_cost,
+           any(currency) AS currency, argMax(ratio, updated_at) AS ratio, any(resets_at) AS resets_at
+    FROM (SELECT * FROM quota_utilisation WHERE resets_at > now() AND {SUBJECT_FILTERS})
+    GROUP BY budget, scope, subject"""
+
+
+def increments(metrics: str | tuple[str, ...], columns: str) -> str:
+    """Per (series, minute): the counter's increase, with ``metric`` and ``columns`` from usage_counter_minutely."""
+    names = (metrics,) if isinstance(metrics, str) else metrics
+    wanted = ", ".join(f"'{name}'" for name in names)
+    return f"""
+    SELECT minute, series_id, metric, {columns},
+           value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
+                                                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+    FROM (
+        SELECT series_id, minute, any(metric) AS metric,
+               {", ".join(f"any({c}) AS {c}" for c in columns.split(", "))}, max(value_max) AS value
+        FROM (SELECT * FROM usage_counter_minutely
+              WHERE metric IN ({wanted}) AND minute <= $__toTime AND {FILTERS})
+        GROUP BY series_id, minute
+    )"""
+
+
+def per_interval(metric: str, label: str, value: str, label_sql: str | None = None) -> str:
+    """A counter's increase per interval and ``label`` (shown as ``label_sql``, default the column itself)."""
+    return f"""
+        SELECT $__timeInterval(minute) AS time, {f"{label_sql} AS {label}" if label_sql else label},
+               sum(increase) AS {value}
+        FROM ({increments(metric, "model, department, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, {label} ORDER BY time"""
+
+
+def calls_and_tokens(select: str, group_by: str, columns: str) -> str:
+    """Calls, tokens and tokens per call in the range, per ``group_by`` (``select`` names the key columns)."""
+    return f"""
+        SELECT {select}, sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
+               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+               round(tokens / greatest(calls, 1), 1) AS tokens_per_call
+        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), columns)})
+        WHERE $__timeFilter(minute)
+        GROUP BY {group_by} ORDER BY tokens DESC"""
+
+
+DEPARTMENT_OR_NONE: Final = "if(department = '', '(none)', department)"
+USAGE_COLUMNS: Final = (("tokens", "tokens"), ("calls", "calls"), ("tokens_per_call", "tokens"))
+COST_COLUMNS: Final = (("cost", "cost"), ("used_cost", "cost"), ("limit_cost", "cost"))
+
+
+def overview() -> Board:
+    tokens_by_model = per_interval("tokenmeter.usage.tokens", "model", "tokens")
+    cost_by_currency = f"""
+        SELECT $__timeInterval(minute) AS time,
+               concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, model, department, user, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, currency_kind ORDER BY time"""
+    calls_by_department = per_interval("tokenmeter.usage.calls", "department", "calls", DEPARTMENT_OR_NONE)
+    top_users = f"""
+        SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
+               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+               sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls
+        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
+        WHERE $__timeFilter(minute)
+        GROUP BY user ORDER BY tokens DESC LIMIT 20"""
+    source_mix = f"""
+        SELECT if(s.usage_source = '', '(unknown)', s.usage_source) AS source, sum(i.increase) AS tokens
+        FROM ({increments("tokenmeter.usage.tokens", "department, user, model, app")}) AS i
+        INNER JOIN (SELECT series_id, any(usage_source) AS usage_source FROM usage_counter_series
+                    GROUP BY series_id) AS s ON i.series_id = s.series_id
+        WHERE $__timeFilter(i.minute)
+        GROUP BY source ORDER BY tokens DESC"""
+    virtual_share = f"""
+        SELECT if(virtual, 'virtual (local models)', 'real (invoiced)') AS kind, currency,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, department, user, model, app")})
+        WHERE $__timeFilter(minute)
+        GROUP BY kind, currency ORDER BY kind, currency"""
+    panels = (
+        Panel(1, "Tokens by model", "timeseries", tokens_by_model, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 12, 8),
+              unit="tokens", description="Billed input + output tokens, from the cumulative usage counters."),
+        Panel(2, "Cost by currency", "timeseries", cost_by_currency, fmt=FORMAT_TIME_SERIES, grid=(12, 0, 12, 8),
+              unit="cost", description="Exact costs per currency; local models at their virtual prices."),
+        Panel(3, "Calls by department", "timeseries", calls_by_department, fmt=FORMAT_TIME_SERIES,
+              grid=(0, 8, 12, 8), unit="calls"),
+        Panel(4, "Top users", "table", top_users, grid=(12, 8, 12, 8), columns=USAGE_COLUMNS),
+        Panel(5, "Where token counts come from", "piechart", source_mix, grid=(0, 16, 12, 8), unit="tokens",
+              description="server: the model server's usage; tokenizer: the model's own tokenizer; "
+                          "estimate: no tokenizer available (labelled)."),
+        Panel(6, "Real and virtual cost", "table", virtual_share, grid=(12, 16, 12, 8), unit="cost",
+              columns=COST_COLUMNS),
+    )  # fmt: skip
+    return Board("tokenmeter-overview", "tokenmeter / Overview", "tokenmeter-overview.json", panels)
+
+
+def departments_and_users() -> Board:
+    utilisation = f"""
+        SELECT concat(budget, ' · ', if(subject = '', 'organisation', subject)) AS budget_subject, ratio
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC LIMIT 50"""
+    versus_limit = f"""
+        SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
+               currency, ratio, resets_at
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC"""
+    trend = per_interval("tokenmeter.usage.tokens", "department", "tokens", DEPARTMENT_OR_NONE)
+    per_user = calls_and_tokens("if(user = '', '(none)', user) AS user, any(department) AS department", "user",
+                                "user, department")
+    decisions = f"""
+        SELECT $__timeInterval(time) AS time, quota_decision AS decision, count() AS calls
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND quota_decision IN ('warn', 'downgrade', 'degrade', 'deny', 'unavailable')
+          AND {filters("request_model")}
+        GROUP BY time, decision ORDER BY time"""
+    # Decision changes per (user, department, app) as the enforcer wrote them (quota_events).
+    recent_decisions = f"""
+        SELECT time, user, department, app, previous_action AS previous, action AS decision, budget,
+               ratio, requested_model, effective_model
+        FROM quota_events
+        WHERE event = 'decision_changed' AND $__timeFilter(time) AND {filters("requested_model")}
+        ORDER BY time DESC LIMIT 50"""
+    panels = (
+        Panel(1, "Quota utilisation", "bargauge", utilisation, grid=(0, 0, 10, 10), unit="percentunit",
+              marks=(0.8, 1.0), description="Used plus in-flight, of each budget's limit, this period "
+                                             "(as the enforcer sees it; marks at 80 % and 100 %)."),
+        Panel(2, "Period to date against the limit", "table", versus_limit, grid=(10, 0, 14, 10),
+              columns=(("used_tokens", "tokens"), ("reserved_tokens", "tokens"), ("limit_tokens", "tokens"),
+                       *COST_COLUMNS, ("ratio", "percentunit"), ("resets_at", "datetime"))),
+        Panel(3, "Tokens by department", "timeseries", trend, fmt=FORMAT_TIME_SERIES, grid=(0, 10, 12, 8),
+              unit="tokens"),
+        Panel(4, "Users: calls and tokens per call", "table", per_user, grid=(12, 10, 12, 8), columns=USAGE_COLUMNS),
+        Panel(5, "Warnings, downgrades and denials", "timeseries", decisions, fmt=FORMAT_TIME_SERIES,
+              grid=(0, 18, 24, 8), unit="calls", description="Quota decisions other than allow, from the calls' "
+                                                              "spans (with trace sampling, a share of them)."),
+        Panel(6, "Recent quota decisions", "table", recent_decisions, grid=(0, 26, 24, 8),
+              columns=(("time", "datetime"), ("ratio", "percentunit")),
+              description="When the enforcer's answer for a user, department and app changed "
+                          "(allow -> warn -> downgrade ...), newest first."),
+    )  # fmt: skip
+    return Board("tokenmeter-departments-users", "tokenmeter / Departments and users",
+                 "tokenmeter-departments-users.json", panels)  # fmt: skip
+
+
+SPAN_FILTERS: Final = filters(
+    "SpanAttributes['gen_ai.request.model']", department="SpanAttributes['tokenmeter.department']",
+    user="SpanAttributes['enduser.id']", app="if(SpanAttributes['tokenmeter.app'] != '', "
+                                            "SpanAttributes['tokenmeter.app'], ServiceName)",
+)
+
+
+def models() -> Board:
+    per_call = calls_and_tokens("model", "model", "model")
+    cost_per_call = f"""
+        SELECT model, concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
+               sum(increase) / 1e9 AS cost
+        FROM ({increments("tokenmeter.usage.cost", "model, currency, virtual")})
+        WHERE $__timeFilter(minute)
+        GROUP BY model, currency_kind ORDER BY cost DESC"""
+    latency = f"""
+        SELECT $__timeInterval(Timestamp) AS time, SpanAttributes['gen_ai.request.model'] AS model,
+               quantile(0.95)(Duration) / 1e9 AS p95_seconds
+        FROM otel_traces
+        WHERE $__timeFilter(Timestamp) AND ScopeName = 'tokenmeter' AND SpanAttributes['gen_ai.operation.name'] = 'chat'
+          AND SpanAttributes['tokenmeter.hop'] != 'true' AND {SPAN_FILTERS}
+        GROUP BY time, model ORDER BY time"""
+    downgrades = f"""
+        SELECT request_model AS requested, effective_model AS effective, count() AS calls,
+               sum(input_tokens + output_tokens) AS tokens
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND quota_decision = 'downgrade' AND {filters("request_model")}
+        GROUP BY requested, effective ORDER BY calls DESC"""
+    drift = f"""
+        SELECT effective_model AS model, count() AS calls,
+               sum(input_tokens + output_tokens) AS server_tokens,
+               sum(local_input_tokens + local_output_tokens) AS local_tokens,
+               round(local_tokens / greatest(server_tokens, 1) - 1, 4) AS drift
+        FROM llm_usage FINAL
+        WHERE $__timeFilter(time) AND usage_source = 'server' AND local_source != '' AND {filters("effective_model")}
+        GROUP BY model ORDER BY calls DESC"""
+    panels = (
+        Panel(1, "Tokens per call", "table", per_call, grid=(0, 0, 12, 8), columns=USAGE_COLUMNS),
+        Panel(2, "Cost by model", "table", cost_per_call, grid=(12, 0, 12, 8), unit="cost", columns=COST_COLUMNS),
+        Panel(3, "Latency p95 by model", "timeseries", latency, fmt=FORMAT_TIME_SERIES, grid=(0, 8, 24, 8), unit="s",
+              description="Chat calls from their spans (hops to your own services left out)."),
+        Panel(4, "Downgrades: requested -> effective model", "table", downgrades, grid=(0, 16, 12, 8),
+              columns=USAGE_COLUMNS),
+        Panel(5, "Local count against the server's usage", "table", drift, grid=(12, 16, 12, 8),
+              columns=(("calls", "calls"), ("server_tokens", "tokens"), ("local_tokens", "tokens"),
+                       ("drift", "percentunit")),
+              description="Calls counted both ways (all without server usage, a sample of the rest): "
+                          "drift = local / server - 1."),
+    )  # fmt: skip
+    return Board("tokenmeter-models", "tokenmeter / Models", "tokenmeter-models.json", panels)
+
+
+def raw_counter_increases(metric: str, label: str) -> str:
+    """Per (series, minute) increase of a counter straight from ``otel_metrics_sum`` (metrics without a table of
+    their own, such as the apps' quota decisions); ``label`` is an attribute expression carried along."""
+    return f"""
+    SELECT minute, label, value - lagInFrame(value, 1, 0) OVER (PARTITION BY series ORDER BY minute
+                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
+    FROM (
+        SELECT cityHash64(ServiceName, ResourceAttributes, Attributes, StartTimeUnix) AS series,
+               toStartOfMinute(TimeUnix) AS minute, any({label}) AS label, max(Value) AS value
+        FROM otel_metrics_sum
+        WHERE MetricName = '{metric}' AND TimeUnix <= $__toTime
+        GROUP BY series, minute
+    )"""
+
+
+def pipeline_health() -> Board:
+    ingest = """
+        SELECT time, signal, sum(rows) AS rows FROM (
+            SELECT $__timeInterval(Timestamp) AS time, 'spans' AS signal, count() AS rows
+            FROM otel_traces WHERE $__timeFilter(Timestamp) GROUP BY time
+            UNION ALL
+            SELECT $__timeInterval(TimeUnix) AS time, 'counter points' AS signal, count() AS rows
+            FROM otel_metrics_sum WHERE $__timeFilter(TimeUnix) GROUP BY time
+        ) GROUP BY time, signal ORDER BY time"""
+    freshness = """
+        SELECT dateDiff('second', max(TimeUnix), now()) AS seconds_since_last_usage
+        FROM otel_metrics_sum WHERE MetricName = 'tokenmeter.usage.calls'"""
+    decisions = f"""
+        SELECT $__timeInterval(minute) AS time, label AS decision, sum(increase) AS calls
+        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.decision']")})
+        WHERE $__timeFilter(minute)
+        GROUP BY time, decision ORDER BY time"""
+    fail_open = f"""
+        SELECT sumIf(increase, label = 'true') AS calls_unchecked, sum(increase) AS calls_checked_or_not
+        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.fail_open']")})
+        WHERE $__timeFilter(minute)"""
+    rejected = (
+        "Not in ClickHouse: scrape `/metrics` of `tokenmeter serve` "
+        "(`tokenmeter_receiver_requests_total{outcome=\"rejected|throttled|unavailable\"}`) and the "
+        "collector's own metrics on port 8888 (`otelcol_exporter_send_failed_*`, "
+        "`otelcol_exporter_queue_size`) with Prometheus; docs/alerting.md has rules for them."
+    )
+    panels = (
+        Panel(1, "Rows ingested", "timeseries", ingest, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 16, 8),
+              description="Spans and usage counter points written to ClickHouse per interval."),
+        Panel(2, "Data freshness", "stat", freshness, grid=(16, 0, 8, 8), unit="s",
+              description="Seconds since the last usage counter point arrived (apps export every 60 s by "
+                          "default)."),
+        Panel(3, "Quota decisions the apps received", "timeseries", decisions, fmt=FORMAT_TIME_SERIES,
+              grid=(0, 8, 16, 8), unit="calls"),
+        Panel(4, "Calls let through unchecked (fail open)", "stat", fail_open, grid=(16, 8, 8, 8), unit="calls"),
+        Panel(5, "Rejected and retried batches", "text", grid=(0, 16, 24, 5), content=rejected),
+    )  # fmt: skip
+    return Board("tokenmeter-pipeline", "tokenmeter / Pipeline health", "tokenmeter-pipeline.json", panels)
+
+
+ALL_BOARDS: Final = (overview, departments_and_users, models, pipeline_health)
