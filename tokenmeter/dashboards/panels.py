@@ -7,10 +7,12 @@ a query has one text. The SQL uses the macros of grafana-clickhouse-datasource a
 variables (``$__timeFilter``, ``$__timeInterval``, ``$__toTime``, ``$__conditionalAll``,
 ``${var:singlequote}``); :mod:`tokenmeter.dashboards.macros` turns them into parameterised SQL.
 
-Usage over time comes from the cumulative counters (exact, not affected by trace sampling):
-per series and minute the largest value (``usage_counter_minutely``), its increase over the
-previous minute of the same series, summed per interval. The window runs over each series'
-whole history up to the end of the range, so the first minute in range has its predecessor.
+Usage comes from the cumulative counters (exact, not affected by trace sampling): per series
+and minute the largest value (``usage_counter_minutely``). A series' usage in the range is
+measured from its baseline, the last value before the range (the day-level table answers
+that for whole days, so a short range never reads the whole history): per interval (time
+series), its largest value in the interval minus the one before; over the whole range
+(tables), its last value minus the baseline.
 """
 
 from __future__ import annotations
@@ -92,21 +94,64 @@ LATEST_UTILISATION: Final = f"""
     GROUP BY budget, scope, subject"""
 
 
-def increments(metrics: str | tuple[str, ...], columns: str) -> str:
-    """Per (series, minute): the counter's increase, with ``metric`` and ``columns`` from usage_counter_minutely."""
-    names = (metrics,) if isinstance(metrics, str) else metrics
-    wanted = ", ".join(f"'{name}'" for name in names)
+def _metric_names(metrics: str | tuple[str, ...]) -> str:
+    return ", ".join(f"'{name}'" for name in ((metrics,) if isinstance(metrics, str) else metrics))
+
+
+def baselines(metrics: str | tuple[str, ...]) -> str:
+    """Per series: its value just before the range (none: the series starts in it, and counts from 0).
+
+    Counters only grow within a series, so that is the largest value before ``$__fromTime``: whole
+    days from ``usage_counter_daily``, the rest of the first day from ``usage_counter_minutely``.
+    The range's own rows never have to be read together with the whole history."""
+    wanted = _metric_names(metrics)
     return f"""
-    SELECT minute, series_id, metric, {columns},
-           value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY minute
-                                                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
-    FROM (
-        SELECT series_id, minute, any(metric) AS metric,
-               {", ".join(f"any({c}) AS {c}" for c in columns.split(", "))}, max(value_max) AS value
+    SELECT series_id, max(value) AS baseline FROM (
+        SELECT series_id, max(value_max) AS value FROM usage_counter_daily
+        WHERE metric IN ({wanted}) AND day < toDate($__fromTime, 'UTC') AND {FILTERS}
+        GROUP BY series_id
+        UNION ALL
+        SELECT series_id, max(value_max) AS value FROM usage_counter_minutely
+        WHERE metric IN ({wanted}) AND minute >= toStartOfDay($__fromTime, 'UTC') AND minute < $__fromTime
+          AND {FILTERS}
+        GROUP BY series_id
+    ) GROUP BY series_id"""
+
+
+def _in_range(metrics: str | tuple[str, ...], columns: str, per_interval: bool) -> str:
+    """Each series' largest value in the range (``value``), or in each interval of it (``bucket``)."""
+    keep = ", ".join(f"any({c}) AS {c}" for c in columns.split(", "))
+    bucket = ", $__timeInterval(minute) AS bucket" if per_interval else ""
+    return f"""
+        SELECT series_id{bucket}, any(metric) AS metric, {keep}, max(value_max) AS value
         FROM (SELECT * FROM usage_counter_minutely
-              WHERE metric IN ({wanted}) AND minute <= $__toTime AND {FILTERS})
-        GROUP BY series_id, minute
-    )"""
+              WHERE metric IN ({_metric_names(metrics)}) AND $__timeFilter(minute) AND {FILTERS})
+        GROUP BY series_id{", bucket" if per_interval else ""}"""
+
+
+def increments(metrics: str | tuple[str, ...], columns: str) -> str:
+    """Per (series, interval of the range): the counter's increase, with ``metric`` and ``columns``; the
+    interval's start is ``minute``.
+
+    The largest value in an interval minus the one before it (the series' previous interval, or its
+    baseline for its first): the sum of that interval's per-minute increases, from one row per
+    series and interval instead of one per minute."""
+    return f"""
+    SELECT bucket AS minute, series_id, metric, {columns},
+           value - greatest(lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY bucket
+                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                            baseline) AS increase
+    FROM ({_in_range(metrics, columns, per_interval=True)}) AS points
+    LEFT JOIN ({baselines(metrics)}) AS before USING (series_id)"""
+
+
+def range_increases(metrics: str | tuple[str, ...], columns: str) -> str:
+    """Per series: the counter's increase over the whole range (its last value in the range minus its
+    baseline; the sum of the per-minute increases, without a window over every minute)."""
+    return f"""
+    SELECT series_id, metric, {columns}, value - baseline AS increase
+    FROM ({_in_range(metrics, columns, per_interval=False)}) AS totals
+    LEFT JOIN ({baselines(metrics)}) AS before USING (series_id)"""
 
 
 def per_interval(metric: str, label: str, value: str, label_sql: str | None = None) -> str:
@@ -115,19 +160,19 @@ def per_interval(metric: str, label: str, value: str, label_sql: str | None = No
         SELECT $__timeInterval(minute) AS time, {f"{label_sql} AS {label}" if label_sql else label},
                sum(increase) AS {value}
         FROM ({increments(metric, "model, department, user, app")})
-        WHERE $__timeFilter(minute)
         GROUP BY time, {label} ORDER BY time"""
 
 
 def calls_and_tokens(select: str, group_by: str, columns: str) -> str:
-    """Calls, tokens and tokens per call in the range, per ``group_by`` (``select`` names the key columns)."""
+    """Calls, tokens and tokens per call in the range, per ``group_by`` (``select`` names the key columns).
+
+    Ordered ties and all (here and in every panel with a LIMIT): the same rows on every run."""
     return f"""
         SELECT {select}, sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
                sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
                round(tokens / greatest(calls, 1), 1) AS tokens_per_call
-        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), columns)})
-        WHERE $__timeFilter(minute)
-        GROUP BY {group_by} ORDER BY tokens DESC"""
+        FROM ({range_increases(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), columns)})
+        GROUP BY {group_by} ORDER BY tokens DESC, {group_by}"""
 
 
 DEPARTMENT_OR_NONE: Final = "if(department = '', '(none)', department)"
@@ -142,28 +187,24 @@ def overview() -> Board:
                concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
                sum(increase) / 1e9 AS cost
         FROM ({increments("tokenmeter.usage.cost", "currency, virtual, model, department, user, app")})
-        WHERE $__timeFilter(minute)
         GROUP BY time, currency_kind ORDER BY time"""
     calls_by_department = per_interval("tokenmeter.usage.calls", "department", "calls", DEPARTMENT_OR_NONE)
     top_users = f"""
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
                sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
                sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls
-        FROM ({increments(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
-        WHERE $__timeFilter(minute)
-        GROUP BY user ORDER BY tokens DESC LIMIT 20"""
+        FROM ({range_increases(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
+        GROUP BY user ORDER BY tokens DESC, user LIMIT 20"""
     source_mix = f"""
         SELECT if(s.usage_source = '', '(unknown)', s.usage_source) AS source, sum(i.increase) AS tokens
-        FROM ({increments("tokenmeter.usage.tokens", "department, user, model, app")}) AS i
+        FROM ({range_increases("tokenmeter.usage.tokens", "department, user, model, app")}) AS i
         INNER JOIN (SELECT series_id, any(usage_source) AS usage_source FROM usage_counter_series
                     GROUP BY series_id) AS s ON i.series_id = s.series_id
-        WHERE $__timeFilter(i.minute)
-        GROUP BY source ORDER BY tokens DESC"""
+        GROUP BY source ORDER BY tokens DESC, source"""
     virtual_share = f"""
         SELECT if(virtual, 'virtual (local models)', 'real (invoiced)') AS kind, currency,
                sum(increase) / 1e9 AS cost
-        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, department, user, model, app")})
-        WHERE $__timeFilter(minute)
+        FROM ({range_increases("tokenmeter.usage.cost", "currency, virtual, department, user, model, app")})
         GROUP BY kind, currency ORDER BY kind, currency"""
     panels = (
         Panel(1, "Tokens by model", "timeseries", tokens_by_model, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 12, 8),
@@ -185,11 +226,11 @@ def overview() -> Board:
 def departments_and_users() -> Board:
     utilisation = f"""
         SELECT concat(budget, ' · ', if(subject = '', 'organisation', subject)) AS budget_subject, ratio
-        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC LIMIT 50"""
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget_subject LIMIT 50"""
     versus_limit = f"""
         SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
                currency, ratio, resets_at
-        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC"""
+        FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget, subject"""
     trend = per_interval("tokenmeter.usage.tokens", "department", "tokens", DEPARTMENT_OR_NONE)
     per_user = calls_and_tokens("if(user = '', '(none)', user) AS user, any(department) AS department", "user",
                                 "user, department")
@@ -205,7 +246,7 @@ def departments_and_users() -> Board:
                ratio, requested_model, effective_model
         FROM quota_events
         WHERE event = 'decision_changed' AND $__timeFilter(time) AND {filters("requested_model")}
-        ORDER BY time DESC LIMIT 50"""
+        ORDER BY time DESC, user, department, app LIMIT 50"""
     panels = (
         Panel(1, "Quota utilisation", "bargauge", utilisation, grid=(0, 0, 10, 10), unit="percentunit",
               marks=(0.8, 1.0), description="Used plus in-flight, of each budget's limit, this period "
@@ -240,9 +281,8 @@ def models() -> Board:
     cost_per_call = f"""
         SELECT model, concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
                sum(increase) / 1e9 AS cost
-        FROM ({increments("tokenmeter.usage.cost", "model, currency, virtual")})
-        WHERE $__timeFilter(minute)
-        GROUP BY model, currency_kind ORDER BY cost DESC"""
+        FROM ({range_increases("tokenmeter.usage.cost", "model, currency, virtual")})
+        GROUP BY model, currency_kind ORDER BY cost DESC, model, currency_kind"""
     latency = f"""
         SELECT $__timeInterval(Timestamp) AS time, SpanAttributes['gen_ai.request.model'] AS model,
                quantile(0.95)(Duration) / 1e9 AS p95_seconds
@@ -255,7 +295,7 @@ def models() -> Board:
                sum(input_tokens + output_tokens) AS tokens
         FROM llm_usage FINAL
         WHERE $__timeFilter(time) AND quota_decision = 'downgrade' AND {filters("request_model")}
-        GROUP BY requested, effective ORDER BY calls DESC"""
+        GROUP BY requested, effective ORDER BY calls DESC, requested, effective"""
     drift = f"""
         SELECT effective_model AS model, count() AS calls,
                sum(input_tokens + output_tokens) AS server_tokens,
@@ -263,7 +303,7 @@ def models() -> Board:
                round(local_tokens / greatest(server_tokens, 1) - 1, 4) AS drift
         FROM llm_usage FINAL
         WHERE $__timeFilter(time) AND usage_source = 'server' AND local_source != '' AND {filters("effective_model")}
-        GROUP BY model ORDER BY calls DESC"""
+        GROUP BY model ORDER BY calls DESC, model"""
     panels = (
         Panel(1, "Tokens per call", "table", per_call, grid=(0, 0, 12, 8), columns=USAGE_COLUMNS),
         Panel(2, "Cost by model", "table", cost_per_call, grid=(12, 0, 12, 8), unit="cost", columns=COST_COLUMNS),

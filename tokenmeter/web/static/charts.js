@@ -111,8 +111,10 @@ export function timeSeries(container, data, panel) {
   const ticks = Math.min(6, buckets.length);
   for (let i = 0; i < ticks; i += 1) {
     const index = Math.round((i * (buckets.length - 1)) / Math.max(1, ticks - 1));
+    // (the outermost labels are anchored inward so they are not clipped)
+    const anchor = ticks > 1 && i === 0 ? "start" : ticks > 1 && i === ticks - 1 ? "end" : "middle";
     const label = svg("text", { x: left + index * slot + slot / 2, y: height - 6, class: "tick",
-      "text-anchor": "middle" });
+      "text-anchor": anchor });
     label.textContent = timeLabel(buckets[index], spanMs);
     chart.append(label);
   }

@@ -258,7 +258,8 @@ async function loadHealth() {
         el("b", { text: "Fail-open " }), el("span", { text: `${fmt.number(failOpen)} calls` }),
         el("span", { class: "muted", text: ` unchecked since start (${fmt.number(health.fail_open.enforcer || 0)} at the enforcer, ${fmt.number(health.fail_open.client || 0)} reported by apps)` })),
       el("span", { class: `health-item ${problems.length ? "bad" : ""}`, "data-health": "quotas" },
-        el("b", { text: "Quotas " }), el("span", { text: problems.length ? problems.join("; ") : `${health.budgets} budgets, policy loaded` })),
+        el("b", { text: "Quotas " }), el("span", { text: problems.length ? problems.join("; ")
+          : health.budgets ? `${health.budgets} budgets, policy loaded` : "no budgets: every check is allowed" })),
     );
     strip.dataset.state = "ready";
   } catch (error) {
