@@ -156,5 +156,8 @@ def test_bound_queries_return_what_grafana_gets(seeded: Any, selection: str) -> 
                 assert not [value for values in chosen.values() for value in values if value in sql]  # parameters
                 bound_rows = seeded.query(sql, parameters=parameters)
                 where = f"{name} panel {panel['id']}, {selection}"
+                if "dateDiff('second'" in target["rawSql"]:  # seconds since now(): the two runs may straddle one
+                    assert len(bound_rows.result_rows) == len(grafana_rows.result_rows), where
+                    continue
                 # (rows that tie on ORDER BY may come in either order)
                 assert sorted(map(repr, bound_rows.result_rows)) == sorted(map(repr, grafana_rows.result_rows)), where
