@@ -23,14 +23,17 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from serve_process import ServeProcess
 
 from tokenmeter.demo.summary import raw_tokens_by
 from tokenmeter.reporting import build_usage_report
 from tokenmeter.store import open_store
+from tokenmeter.web import token_link
+from tokenmeter.web.browser import CHROMIUM_ARGS, BrowserError, chromium_executable, wait_until_drawn
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "web-test-token-'\"<>"  # quotes and markup: the page must pass it through untouched
+TOKEN = "web-test-token-'\"<>&+="  # quotes, markup, & + =: the link must encode it, the page pass it through
 OUTPUT = Path(os.environ.get("TOKENMETER_TEST_OUTPUT", ROOT / "test-output"))
 PANELS = 12  # Overview (6) + Departments and users (6)
 
@@ -182,12 +185,8 @@ def test_health_reports_the_store_and_the_enforcer(served: ServeProcess) -> None
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
-        from playwright.sync_api import sync_playwright
-
-        from tokenmeter.web.browser import CHROMIUM_ARGS, BrowserError, chromium_executable
-
         executable = chromium_executable()
-    except (ImportError, BrowserError) as exc:
+    except BrowserError as exc:
         if os.environ.get("TOKENMETER_REQUIRE_BROWSER"):
             pytest.fail(f"no browser for the dashboard tests: {exc}")
         pytest.skip(f"no browser for the dashboard tests: {exc}")
@@ -213,10 +212,9 @@ def page(browser: Any, served: ServeProcess) -> Iterator[Any]:
     assert not errors, errors  # no script errors, no refused requests (CSP), no failed loads
 
 
-def _open(page: Any, serve: ServeProcess, fragment: str = "") -> None:
-    from tokenmeter.web.browser import wait_until_drawn
-
-    page.goto(f"{serve.api}/#{fragment}")
+def _open(page: Any, serve: ServeProcess, view: str = "") -> None:
+    """The page with the token handed over as the demo's link does, and ``view`` (range, filters) after it."""
+    page.goto(token_link(f"{serve.api}/", TOKEN) + (f"&{view}" if view else ""))
     wait_until_drawn(page)
 
 
@@ -251,22 +249,16 @@ def _api_rows(serve: ServeProcess, board: str, panel_id: int, query: str) -> lis
 
 def _choose(page: Any, filter_name: str, value: str) -> None:
     """Tick one value in a filter list, and wait until every panel is drawn for the new query."""
-    from playwright.sync_api import expect
-
     before = _page_query(page)
     details = page.locator(f'details.filter[data-filter="{filter_name}"]')
     details.locator("summary").click()
     details.locator("label.option", has_text=value).locator("input").check()
     expect(page.locator("body")).not_to_have_attribute("data-query", before)
-    from tokenmeter.web.browser import wait_until_drawn
-
     wait_until_drawn(page)
     page.locator("h1").click()  # close the list
 
 
 def test_the_page_asks_for_the_token_once(page: Any, served: ServeProcess) -> None:
-    from playwright.sync_api import expect
-
     page.goto(f"{served.api}/")
     dialog = page.locator("#token-dialog")
     expect(dialog).to_be_visible()
@@ -275,8 +267,6 @@ def test_the_page_asks_for_the_token_once(page: Any, served: ServeProcess) -> No
     expect(page.locator("#token-error")).to_contain_text("refused")
     page.fill("#token-input", TOKEN)
     page.click("#token-form button[type=submit]")
-    from tokenmeter.web.browser import wait_until_drawn
-
     wait_until_drawn(page)
     expect(dialog).not_to_be_visible()
     expect(page.locator("section.panel[data-state=ready]")).to_have_count(PANELS)
@@ -287,10 +277,8 @@ def test_the_page_asks_for_the_token_once(page: Any, served: ServeProcess) -> No
 
 
 def test_panels_show_the_api_and_store_numbers(page: Any, served: ServeProcess, seeded: tuple[Path, Expected]) -> None:
-    from playwright.sync_api import expect
-
     expected = seeded[1]
-    _open(page, served, f"token={TOKEN}")
+    _open(page, served)
     expect(page.locator("section.panel[data-state=ready]")).to_have_count(PANELS)
     query = _page_query(page)
 
@@ -358,7 +346,7 @@ def test_panels_show_the_api_and_store_numbers(page: Any, served: ServeProcess, 
 
 def test_filters_change_the_numbers(page: Any, served: ServeProcess, seeded: tuple[Path, Expected]) -> None:
     expected = seeded[1]
-    _open(page, served, f"token={TOKEN}")
+    _open(page, served)
     department = "研发部"
     members = {user for user, dept in expected.department_of.items() if dept == department}
 
@@ -385,8 +373,6 @@ def test_filters_change_the_numbers(page: Any, served: ServeProcess, seeded: tup
     assert int(float(_table(page, "overview", 4)[0]["tokens"])) == expected.tokens_by_user[user]
 
     page.reload()  # the filters come back from the address
-    from tokenmeter.web.browser import wait_until_drawn
-
     wait_until_drawn(page)
     assert [row["user"] for row in _table(page, "overview", 4)] == [user]
     assert page.locator('details.filter[data-filter="user"] .filter-value').inner_text() == user
@@ -395,14 +381,12 @@ def test_filters_change_the_numbers(page: Any, served: ServeProcess, seeded: tup
 def test_model_filter_and_time_range(page: Any, served: ServeProcess, seeded: tuple[Path, Expected]) -> None:
     expected = seeded[1]
     model = sorted(expected.tokens_by_model)[0]
-    _open(page, served, f"token={TOKEN}&range=15m&model={model}")
+    _open(page, served, f"range=15m&model={model}")
     legend = _legend(page, "overview", 1)
     assert {name: int(value) for name, value in legend.items()} == {model: expected.tokens_by_model[model]}
     assert page.locator("#range").input_value() == "15m"
 
     # A custom range before the demo ran: nothing in it.
-    from playwright.sync_api import expect
-
     page.select_option("#range", "custom")
     expect(page.locator("#custom-range")).to_be_visible()
     page.fill("#range-from", "2020-01-01T00:00")
@@ -410,8 +394,6 @@ def test_model_filter_and_time_range(page: Any, served: ServeProcess, seeded: tu
     before = _page_query(page)
     page.click("#range-apply")
     expect(page.locator("body")).not_to_have_attribute("data-query", before)
-    from tokenmeter.web.browser import wait_until_drawn
-
     wait_until_drawn(page)
     assert _legend(page, "overview", 1) == {}
     expect(_panel(page, "overview", 4).locator("td.empty")).to_have_text("no data in this range")

@@ -45,14 +45,13 @@ class ReceiverStats:
                     self._recent.popleft()
 
     def activity(self) -> dict[str, float | int | None]:
-        """When data last arrived (Unix seconds), items per second over the last minute, totals by outcome."""
+        """When data last arrived (Unix seconds), items per second over the last minute, items accepted in all."""
         now = int(time.time())
         with self._lock:
             recent = sum(items for second, items in self._recent if second > now - RATE_WINDOW_SECONDS)
             accepted = sum(count for (_signal, outcome), count in self._items.items() if outcome in STORED_OUTCOMES)
-            refused = sum(count for (_signal, outcome), count in self._items.items() if outcome not in STORED_OUTCOMES)
             return {"last_accepted_at": self._last_accepted_at, "items_per_second": recent / RATE_WINDOW_SECONDS,
-                    "items_accepted": accepted, "items_not_accepted": refused}  # fmt: skip
+                    "items_accepted": accepted}  # fmt: skip
 
     def observe_write(self, seconds: float) -> None:
         self._write_seconds.observe(seconds)

@@ -249,7 +249,9 @@ def show_dashboard(directory: Path, port: int, console: Any) -> int:
         log = directory / "serve-dashboard.log"
         raise DemoError(f"could not serve the dashboard on 127.0.0.1:{port} (in use?); see {log}, "
                         "or choose another port with --port") from None  # fmt: skip
-    console.print(f"\nWeb dashboard of the demo's data: {serve.dashboard_url()}#token={serve.token}",
+    from tokenmeter.web import token_link
+
+    console.print(f"\nWeb dashboard of the demo's data: {token_link(serve.dashboard_url(), serve.token)}",
                   soft_wrap=True, markup=False)  # one line: terminals make the whole link clickable
     console.print("  (the link hands the page the demo's API token; Ctrl-C stops serving)")
     stop = threading.Event()

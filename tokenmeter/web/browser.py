@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from tokenmeter.web import token_link
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
@@ -57,7 +59,7 @@ def dashboard_page(url: str, token: str | None = None, width: int = 1440, height
         browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(url + (f"#token={token}" if token else ""))
+            page.goto(token_link(url, token) if token else url)
             if token:
                 wait_until_drawn(page)
             yield page

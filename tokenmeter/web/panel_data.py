@@ -16,14 +16,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from tokenmeter.dashboards.macros import Selection, TimeRange, bind
-from tokenmeter.dashboards.panels import DIMENSIONS, Board, Panel, departments_and_users, overview, variable_query
+from tokenmeter.dashboards.panels import Board, Panel, departments_and_users, overview, variable_query
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 # The page's boards, by the short name its URLs use.
 WEB_BOARDS: Final[Mapping[str, Board]] = {"overview": overview(), "departments": departments_and_users()}
-FILTERS: Final = ("department", "user", "model")  # what the page lets one pick (app stays All)
+PAGE_FILTERS: Final = ("department", "user", "model")  # the variables the page lets one pick (app stays All)
 DEFAULT_RANGE: Final = timedelta(hours=24)
 MAX_RANGE: Final = timedelta(days=400)
 MAX_VALUES_PER_FILTER: Final = 200
@@ -48,7 +48,7 @@ def catalog() -> dict[str, Any]:
              "panels": [_panel_entry(panel) for panel in board.panels]}
             for name, board in WEB_BOARDS.items()
         ],
-        "filters": list(FILTERS),
+        "filters": list(PAGE_FILTERS),
     }  # fmt: skip
 
 
@@ -82,7 +82,7 @@ def parse_panel_query(params: Mapping[str, str], multi: Mapping[str, Sequence[st
         raise RequestError(f"the range may span at most {MAX_RANGE.days} days")
     selection: dict[str, list[str]] = {}
     for name in multi:
-        if name not in FILTERS:
+        if name not in PAGE_FILTERS:
             continue
         values = [value for value in multi[name] if value != ""]
         if len(values) > MAX_VALUES_PER_FILTER:
@@ -138,7 +138,7 @@ def json_value(value: object) -> object:
 def filter_values(client: Client) -> dict[str, list[str]]:
     """What each filter offers: the values the usage series have."""
     return {name: [str(row[0]) for row in client.query(variable_query(name)).result_rows]
-            for name in DIMENSIONS if name in FILTERS}  # fmt: skip
+            for name in PAGE_FILTERS}  # fmt: skip
 
 
 LAST_USAGE_SQL: Final = "SELECT max(minute), count() > 0 FROM usage_counter_minutely"
