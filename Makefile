@@ -58,6 +58,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/instrumentation_overhead.py
 	$(BIN)/python bench/counting_throughput.py
 	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/ingest_insert_cost.py
 	$(BIN)/python bench/usage_query_latency.py
 	$(BIN)/python bench/quota_decision_latency.py
 	$(BIN)/python bench/quota_check_http.py

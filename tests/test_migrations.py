@@ -47,6 +47,17 @@ def test_apply_rerun_and_tamper(store) -> None:
         migrate(store, RenderOptions(), migrations=tampered)
 
 
+def test_otel_traces_keeps_only_the_trace_id_and_duration_indexes(store) -> None:
+    # 0012 dropped the bloom filters over every attribute key and value: hashed at insert and
+    # at every merge, they were a fifth of span ingest CPU (docs/benchmarks.md)
+    migrate(store, RenderOptions())
+    indexes = store.query(
+        "SELECT name, expr FROM system.data_skipping_indices WHERE database = currentDatabase()"
+        " AND table = 'otel_traces' ORDER BY name"
+    ).result_rows
+    assert indexes == [("idx_duration", "Duration"), ("idx_trace_id", "TraceId")]
+
+
 def test_cluster_rendering_is_replicated_everywhere() -> None:
     for migration, statements in render_all(RenderOptions(cluster="prod")):
         for statement in statements:
