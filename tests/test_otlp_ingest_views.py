@@ -1,0 +1,94 @@
+"""The ingest views turn OTLP requests into otel_traces rows span by span, whatever the request's shape.
+
+otlp_traces_in holds one column per span field (parallel arrays, migration 0013); these tests
+check that every span still gets its own resource, scope, events, links and status when
+messages are missing or empty at any level, and when one insert carries several requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+from opentelemetry.proto.trace.v1 import trace_pb2
+from otlp_requests import attributes, now_ns, resource, span
+
+from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
+from tokenmeter.collector.payloads import Signal, decode_protobuf
+from tokenmeter.store import open_store
+from tokenmeter.store.migrations import RenderOptions, migrate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[object]:
+    client = open_store(f"chdb://{tmp_path / 'chdb'}")
+    migrate(client, RenderOptions())
+    yield client
+    client.close()
+
+
+def _ragged_request(start: int, offset: int) -> ExportTraceServiceRequest:
+    """Resources, scopes and spans of uneven counts, with messages left out at every level."""
+    request = ExportTraceServiceRequest()
+    first = request.resource_spans.add(resource=resource("svc-a"))
+    named = first.scope_spans.add()
+    named.scope.name, named.scope.version = "scope-1", "1.0"
+    tags = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="x"), AnyValue(string_value="y")]))
+    busy = span(f"a1-{offset}", offset + 1, start, {"i": 1, "tags": tags})
+    busy.events.add(time_unix_nano=start + 1, name="e1", attributes=attributes({"k": "v"}))
+    busy.events.add(time_unix_nano=start + 2, name="e2")
+    busy.links.add(trace_id=b"\x05" * 16, span_id=b"\x06" * 8, attributes=attributes({"l": 2}))
+    busy.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+    busy.status.message = "boom"
+    quiet = span(f"a2-{offset}", offset + 2, start, {"i": 2})
+    quiet.ClearField("status")
+    named.spans.extend([busy, quiet])
+    unnamed = first.scope_spans.add()  # no scope message
+    unnamed.spans.append(span(f"a3-{offset}", offset + 3, start, {"i": 3}))
+    second = request.resource_spans.add()  # no resource message
+    second.scope_spans.add()  # a scope without spans
+    other = second.scope_spans.add()
+    other.scope.name = "scope-2"
+    other.spans.append(span(f"b1-{offset}", offset + 4, start))
+    request.resource_spans.add(resource=resource("svc-c"))  # a resource without scopes
+    third = request.resource_spans.add(resource=resource("svc-d"))
+    third.scope_spans.add().spans.append(span(f"d1-{offset}", offset + 5, start, {"i": 5}))
+    return request
+
+
+def _expected_rows(request: ExportTraceServiceRequest) -> list[tuple[object, ...]]:
+    rows = []
+    for resource_spans in request.resource_spans:
+        service = next((kv.value.string_value for kv in resource_spans.resource.attributes
+                        if kv.key == "service.name"), "")  # fmt: skip
+        for scope_spans in resource_spans.scope_spans:
+            for one in scope_spans.spans:
+                rows.append((
+                    one.name, one.span_id.hex(), service, scope_spans.scope.name, scope_spans.scope.version,
+                    {kv.key: str(kv.value.int_value) for kv in one.attributes if kv.key == "i"},
+                    [event.name for event in one.events], [link.trace_id.hex() for link in one.links],
+                    trace_pb2.Status.StatusCode.Name(one.status.code), one.status.message,
+                ))  # fmt: skip
+    return sorted(rows, key=lambda row: str(row[0]))
+
+
+def test_every_span_keeps_its_own_resource_scope_events_and_status(store) -> None:
+    start = now_ns()
+    requests = [_ragged_request(start, offset) for offset in (0, 100)]
+    payloads = [decode_protobuf(Signal.TRACES, request.SerializeToString()) for request in requests]
+    insert_payloads(store, Signal.TRACES, payloads, IngestSchema.for_store(embedded=True))  # two requests, one insert
+
+    rows = store.query(
+        "SELECT SpanName, SpanId, ServiceName, ScopeName, ScopeVersion, mapFilter((k, v) -> k = 'i', SpanAttributes),"
+        " Events.Name, Links.TraceId, StatusCode, StatusMessage FROM otel_traces ORDER BY SpanName"
+    ).result_rows
+    expected = [row for request in requests for row in _expected_rows(request)]
+    assert [tuple(row) for row in rows] == sorted(expected, key=lambda row: str(row[0]))
+    assert len(rows) == 10
+    [(tags, event_attributes, link_attributes)] = store.query(
+        "SELECT SpanAttributes['tags'], Events.Attributes, Links.Attributes FROM otel_traces WHERE SpanName = 'a1-0'"
+    ).result_rows
+    assert (tags, event_attributes, link_attributes) == ('["x","y"]', [{"k": "v"}, {}], [{"l": "2"}])
