@@ -7,13 +7,16 @@ server; the "enforcer" is a closed port or a socket that accepts and never answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +139,82 @@ def test_fail_opens_are_reported_to_the_enforcer_once_it_answers(tmp_path: Path)
         client.check(key, 10, 10)  # reported once, not again
         assert 'tokenmeter_enforcer_fail_open_total{where="client"} 3' in enforcer.get("/metrics").text
     client.close()
+
+
+class SlowEnforcer:
+    """An enforcer stand-in on loopback: answers check n after ``delays[n]`` seconds (0 once
+    they run out) with a deny decision, and counts the checks it received."""
+
+    def __init__(self, delays: list[float]) -> None:
+        self.delays = list(delays)
+        self.checks = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer.checks += 1
+                delay = outer.delays.pop(0) if outer.delays else 0.0
+                time.sleep(delay)
+                body = json.dumps({"decision": "deny", "reason": "over budget"}).encode()
+                with contextlib.suppress(OSError):  # the client gave up on a slow answer
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_one_slow_check_does_not_stop_the_next_call_from_asking() -> None:
+    # Under load one check can miss the timeout; the next call must still be checked (it used
+    # to skip the enforcer for cache_seconds: a downgrade or denial missed for a second).
+    enforcer = SlowEnforcer([0.6])
+    client = QuotaClient(enforcer.url, None, timeout=0.2, cache_seconds=30)
+    key = ("alice", "ops", "kb", "gpt-4o")
+    try:
+        first = client.check(key, 10, 10)
+        assert (first.action, first.fail_open) == (semconv.QUOTA_UNAVAILABLE, True)
+        second = client.check(key, 10, 10)
+        assert (second.action, second.fail_open) == ("deny", False)
+        assert enforcer.checks == 2
+    finally:
+        client.close()
+        enforcer.close()
+
+
+def test_an_enforcer_slow_three_times_in_a_row_is_skipped_until_it_answers() -> None:
+    enforcer = SlowEnforcer([0.6] * 10)
+    now = [0.0]
+    client = QuotaClient(enforcer.url, None, timeout=0.2, cache_seconds=5, clock=lambda: now[0])
+    key = ("alice", "ops", "kb", "gpt-4o")
+    try:
+        verdicts = [client.check(key, 10, 10) for _ in range(5)]
+        assert [v.action for v in verdicts] == [semconv.QUOTA_UNAVAILABLE] * 5
+        assert all(v.fail_open for v in verdicts)
+        assert enforcer.checks == 3  # the 4th and 5th calls did not wait on it
+        now[0] += 6  # the skip is over: one probe, still slow, skips again at once
+        client.check(key, 10, 10)
+        client.check(key, 10, 10)
+        assert enforcer.checks == 4
+        enforcer.delays.clear()  # answers in time again
+        now[0] += 6
+        assert client.check(("bob", "ops", "kb", "gpt-4o"), 10, 10).action == "deny"
+        assert enforcer.checks == 5
+    finally:
+        client.close()
+        enforcer.close()
 
 
 def _verdict(**fields: Any) -> QuotaVerdict:

@@ -5,8 +5,12 @@ Never slows or breaks the chat path more than its timeout (default 50 ms per pha
 - ``deny`` and ``degrade`` answers are reused for ``cache_seconds`` (a script hammering
   a spent budget does not hammer the enforcer); ``allow`` / ``warn`` / ``downgrade`` are
   not, because each of those calls must hold its own reservation;
-- an enforcer that did not answer is not asked again for ``cache_seconds``; calls in
-  between follow the fail mode at once (``open``: go ahead, counted; ``closed``: refuse);
+- an enforcer that cannot be reached or answers with an error is not asked again for
+  ``cache_seconds``; one that is only slow (a check timed out) is skipped that way after
+  ``SLOW_CHECKS_BEFORE_SKIP`` timeouts in a row (and after each further timeout until it
+  answers), so one slow answer under load does not let a second of calls through
+  unchecked; calls in between follow the fail mode at once
+  (``open``: go ahead, counted; ``closed``: refuse);
 - fail-open calls are reported to the enforcer with the next check that gets through,
   so its ``/metrics`` shows them too;
 - releases go out from the background finisher, never from the caller's thread.
@@ -37,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 CACHED_ACTIONS: Final = frozenset({"deny", "degrade"})
 RELEASE_TIMEOUT_SECONDS: Final = 0.5  # on the background finisher: keep it short
+# Timed-out checks in a row before the client stops asking for cache_seconds. Each one
+# costs the caller at most the timeout; an unreachable enforcer is skipped at once.
+SLOW_CHECKS_BEFORE_SKIP: Final = 3
+# A timeout after the connection was made: the enforcer is there, only slow this time.
+_SLOW_ANSWER_ERRORS: Final = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, TimeoutError)
 _CACHE_LIMIT: Final = 10_000
 CheckKey = tuple[str, str, str, str]  # (user, department, app, model)
 
@@ -107,6 +116,7 @@ class QuotaClient:
         self._lock = threading.Lock()
         self._cache: dict[CheckKey, tuple[float, QuotaVerdict]] = {}
         self._unreachable_until = float("-inf")
+        self._slow_checks_in_a_row = 0
         self._unreported_fail_open = 0
         self._logged: set[str] = set()
         self._sync = httpx.Client(headers=self._headers, timeout=self._timeout)
@@ -180,6 +190,7 @@ class QuotaClient:
             return self._unanswered(key, exc)
         with self._lock:
             self._unreported_fail_open -= reported
+            self._slow_checks_in_a_row = 0
         if verdict.action in CACHED_ACTIONS and self._cache_seconds > 0:
             with self._lock:
                 if len(self._cache) >= _CACHE_LIMIT:
@@ -189,7 +200,11 @@ class QuotaClient:
 
     def _unanswered(self, key: CheckKey, error: BaseException) -> QuotaVerdict:
         with self._lock:
-            self._unreachable_until = self._clock() + self._cache_seconds
+            # only an answer resets the count: after a skip, one more timeout skips again
+            slow = isinstance(error, _SLOW_ANSWER_ERRORS)
+            self._slow_checks_in_a_row += int(slow)
+            if not slow or self._slow_checks_in_a_row >= SLOW_CHECKS_BEFORE_SKIP:
+                self._unreachable_until = self._clock() + self._cache_seconds
             reason = f"the enforcer at {self._base} did not answer: {type(error).__name__}: {error}"
             self._log_once(type(error).__name__, reason)
             return self._without_enforcer(key, reason)
