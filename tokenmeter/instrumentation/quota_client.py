@@ -44,7 +44,8 @@ RELEASE_TIMEOUT_SECONDS: Final = 0.5  # on the background finisher: keep it shor
 # Timed-out checks in a row before the client stops asking for cache_seconds. Each one
 # costs the caller at most the timeout; an unreachable enforcer is skipped at once.
 SLOW_CHECKS_BEFORE_SKIP: Final = 3
-# A timeout after the connection was made: the enforcer is there, only slow this time.
+# Timeouts that mean a busy enforcer rather than an absent one (read, write, waiting for a
+# pooled connection, the async path's overall bound); connect failures skip at once.
 _SLOW_ANSWER_ERRORS: Final = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, TimeoutError)
 _CACHE_LIMIT: Final = 10_000
 CheckKey = tuple[str, str, str, str]  # (user, department, app, model)
