@@ -48,9 +48,8 @@ def _median_ms(run: Any, repeat: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000, help="usage_counter_minutely rows to build")
+    usage_bench.add_month_store_arguments(parser)
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per panel and case")
-    parser.add_argument("--keep", type=Path, help="build the store here and reuse it on the next run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tokenmeter-dashboard-") as tmp:

@@ -137,11 +137,16 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), pick(0.95), pick(0.99)
 
 
+def add_month_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rows and --keep: what open_month_store builds, and where (this bench and dashboard_panels.py)."""
+    parser.add_argument("--rows", type=int, default=10_000_000, help="usage_counter_minutely rows to build")
+    parser.add_argument("--keep", type=Path, help="build the store here and reuse it on the next run")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000, help="usage_counter_minutely rows to build")
+    add_month_store_arguments(parser)
     parser.add_argument("--repeat", type=int, default=200, help="timed queries per kind")
-    parser.add_argument("--keep", type=Path, help="build the store here and reuse it on the next run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tokenmeter-query-") as tmp:

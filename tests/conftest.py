@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,3 +36,18 @@ def silent_openai_server() -> Iterator[OpenAICompatibleServer]:
     """A server that never reports usage, like many local model servers."""
     with OpenAICompatibleServer(usage_mode="omit") as server:
         yield server
+
+
+@pytest.fixture
+def migrated_store(tmp_path: Path) -> Iterator[Any]:
+    """A fresh embedded store with every migration applied (chDB is imported here: the
+    openai 1.x venv runs some of these tests without the store extra)."""
+    from tokenmeter.store import open_store
+    from tokenmeter.store.migrations import RenderOptions, migrate
+
+    client = open_store(f"chdb://{tmp_path / 'chdb'}")
+    try:
+        migrate(client, RenderOptions())
+        yield client
+    finally:
+        client.close()

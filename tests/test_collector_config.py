@@ -14,9 +14,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tokenmeter.store import open_store
-from tokenmeter.store.migrations import RenderOptions, migrate
-
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_TEXT = (ROOT / "collector" / "otelcol-config.yaml").read_text(encoding="utf-8")
 CONFIG: dict[str, Any] = yaml.safe_load(CONFIG_TEXT)
@@ -68,16 +65,11 @@ def test_the_exporter_keeps_every_batch_and_never_makes_tables() -> None:
     assert "METRIC_DATA_TYPE_SUMMARY" in conditions and "METRIC_DATA_TYPE_EXPONENTIAL_HISTOGRAM" in conditions
 
 
-def test_the_exporter_writes_tables_the_migrations_create(tmp_path: Path) -> None:
+def test_the_exporter_writes_tables_the_migrations_create(migrated_store: Any) -> None:
     exporter = CONFIG["exporters"]["clickhouse"]
     tables = {exporter["traces_table_name"], exporter["logs_table_name"],
               *(table["name"] for table in exporter["metrics_tables"].values())}  # fmt: skip
-    client = open_store(f"chdb://{tmp_path / 'chdb'}")
-    try:
-        migrate(client, RenderOptions())
-        existing = {row[0] for row in client.query("SHOW TABLES").result_rows}
-    finally:
-        client.close()
+    existing = {row[0] for row in migrated_store.query("SHOW TABLES").result_rows}
     assert tables <= existing, sorted(tables - existing)
     assert set(exporter["metrics_tables"]) == {"gauge", "sum", "histogram"}  # the kinds not filtered out
 

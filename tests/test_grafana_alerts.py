@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from otlp_requests import attributes, usage_counter_request
 
@@ -24,8 +22,6 @@ from tokenmeter.collector.payloads import Signal, decode_protobuf
 from tokenmeter.enforcer.decision import Usage, UsageSnapshot, period_bounds
 from tokenmeter.enforcer.policy import parse_policy
 from tokenmeter.enforcer.quota_events import QuotaEventLog
-from tokenmeter.store import open_store
-from tokenmeter.store.migrations import RenderOptions, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "alert_rules" / "grafana" / "tokenmeter-alerts.yaml").read_text(encoding="utf-8")
@@ -89,17 +85,7 @@ def _instances(client: Any, uid: str) -> dict[tuple[str, ...], float]:
     return instances
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Any]:
-    client = open_store(f"chdb://{tmp_path / 'chdb'}")
-    migrate(client, RenderOptions())
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def test_quota_alerts_fire_for_exactly_the_subjects_past_their_thresholds(store: Any) -> None:
+def test_quota_alerts_fire_for_exactly_the_subjects_past_their_thresholds(migrated_store: Any) -> None:
     policy = parse_policy("""
 budgets:
   - {name: per-user, scope: user, period: day, limit: {tokens: 1000}}
@@ -115,11 +101,11 @@ budgets:
     yesterday = now - timedelta(days=1)
     old_starts = {"per-user": period_bounds("day", yesterday, policy.zone)[0], "research": starts["research"]}
     events.on_snapshot(policy, UsageSnapshot({("per-user", "dave"): Usage(5000)}, old_starts), yesterday)
-    assert events.flush(store) > 0
+    assert events.flush(migrated_store) > 0
 
-    levels = _instances(store, "tokenmeter-quota-warning")
+    levels = _instances(migrated_store, "tokenmeter-quota-warning")
     warning = {labels for labels, value in levels.items() if _fires("tokenmeter-quota-warning", value)}
-    critical = {labels for labels, value in _instances(store, "tokenmeter-quota-exceeded").items()
+    critical = {labels for labels, value in _instances(migrated_store, "tokenmeter-quota-exceeded").items()
                 if _fires("tokenmeter-quota-exceeded", value)}  # fmt: skip
     assert warning == {("per-user", "user", "alice"), ("research", "department", "研发部")}
     assert critical == {("per-user", "user", "bob")}
@@ -137,24 +123,24 @@ def _insert_metric(client: Any, name: str, extra: dict[str, object], total: int,
     insert_payloads(client, Signal.METRICS, [payload], IngestSchema.for_store(embedded=True))
 
 
-def test_no_data_fires_until_usage_arrives(store: Any) -> None:
-    ((), before), = _instances(store, "tokenmeter-no-data").items()
+def test_no_data_fires_until_usage_arrives(migrated_store: Any) -> None:
+    ((), before), = _instances(migrated_store, "tokenmeter-no-data").items()
     assert _fires("tokenmeter-no-data", before)  # nothing ever arrived
-    _insert_metric(store, semconv.METRIC_USAGE_CALLS, {}, 3, time.time_ns())
-    ((), after), = _instances(store, "tokenmeter-no-data").items()
+    _insert_metric(migrated_store, semconv.METRIC_USAGE_CALLS, {}, 3, time.time_ns())
+    ((), after), = _instances(migrated_store, "tokenmeter-no-data").items()
     assert not _fires("tokenmeter-no-data", after)
 
 
-def test_failing_open_fires_for_the_app_that_let_calls_through(store: Any) -> None:
-    assert _instances(store, "tokenmeter-failing-open") == {}
+def test_failing_open_fires_for_the_app_that_let_calls_through(migrated_store: Any) -> None:
+    assert _instances(migrated_store, "tokenmeter-failing-open") == {}
     now_ns = time.time_ns()
     fail_open = {semconv.TM_QUOTA_DECISION: "unavailable", semconv.TM_QUOTA_FAIL_OPEN: True}
-    _insert_metric(store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9)  # long ago
-    _insert_metric(store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns)  # 5 more just now
-    instances = _instances(store, "tokenmeter-failing-open")
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9)  # long ago
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns)  # 5 more just now
+    instances = _instances(migrated_store, "tokenmeter-failing-open")
     assert instances == {("test-app",): 5.0}
     assert _fires("tokenmeter-failing-open", 5.0)
 
 
-def test_spend_spike_query_runs_with_one_number_per_department(store: Any) -> None:
-    assert _instances(store, "tokenmeter-spend-spike") == {}  # no history yet: nothing to compare with
+def test_spend_spike_query_runs_with_one_number_per_department(migrated_store: Any) -> None:
+    assert _instances(migrated_store, "tokenmeter-spend-spike") == {}  # no history yet: nothing to compare with

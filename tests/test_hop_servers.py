@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -18,8 +18,6 @@ from tokenmeter.collector.payloads import Signal, decode_protobuf
 from tokenmeter.instrumentation.hop_servers import HopServers, parse_server
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.settings import Settings
-from tokenmeter.store import open_store
-from tokenmeter.store.migrations import RenderOptions, migrate
 from tokenmeter.tokenizers import TokenizerRegistry
 
 MESSAGES = [{"role": "user", "content": "人工智能是什么？"}]
@@ -60,21 +58,16 @@ def test_a_hop_keeps_its_span_but_adds_no_usage_and_is_not_checked(openai_server
     assert telemetry.points(semconv.METRIC_TOKEN_USAGE)  # the conventions' client metric stays
 
 
-def test_llm_usage_leaves_hops_out(tmp_path: Path) -> None:
-    client = open_store(f"chdb://{tmp_path / 'chdb'}")
-    try:
-        migrate(client, RenderOptions())
-        start = now_ns()
-        base = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
-                semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
-        spans = [span("chat hop", 1, start, {**base, semconv.TM_HOP: True}), span("chat", 2, start, base)]
-        request = traces_request(spans)
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                scope_spans.scope.CopyFrom(InstrumentationScope(name=semconv.INSTRUMENTATION_SCOPE))
-        payload = decode_protobuf(Signal.TRACES, request.SerializeToString())
-        insert_payloads(client, Signal.TRACES, [payload], IngestSchema.for_store(embedded=True))
-        rows = client.query("SELECT user, input_tokens FROM llm_usage FINAL").result_rows
-    finally:
-        client.close()
+def test_llm_usage_leaves_hops_out(migrated_store: Any) -> None:
+    start = now_ns()
+    base = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
+            semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
+    spans = [span("chat hop", 1, start, {**base, semconv.TM_HOP: True}), span("chat", 2, start, base)]
+    request = traces_request(spans)
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            scope_spans.scope.CopyFrom(InstrumentationScope(name=semconv.INSTRUMENTATION_SCOPE))
+    payload = decode_protobuf(Signal.TRACES, request.SerializeToString())
+    insert_payloads(migrated_store, Signal.TRACES, [payload], IngestSchema.for_store(embedded=True))
+    rows = migrated_store.query("SELECT user, input_tokens FROM llm_usage FINAL").result_rows
     assert rows == [("alice", 10)]

@@ -7,10 +7,6 @@ messages are missing or empty at any level, and when one insert carries several 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -18,16 +14,6 @@ from otlp_requests import attributes, now_ns, resource, span
 
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
 from tokenmeter.collector.payloads import Signal, decode_protobuf
-from tokenmeter.store import open_store
-from tokenmeter.store.migrations import RenderOptions, migrate
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[object]:
-    client = open_store(f"chdb://{tmp_path / 'chdb'}")
-    migrate(client, RenderOptions())
-    yield client
-    client.close()
 
 
 def _ragged_request(start: int, offset: int) -> ExportTraceServiceRequest:
@@ -75,20 +61,21 @@ def _expected_rows(request: ExportTraceServiceRequest) -> list[tuple[object, ...
     return sorted(rows, key=lambda row: str(row[0]))
 
 
-def test_every_span_keeps_its_own_resource_scope_events_and_status(store) -> None:
+def test_every_span_keeps_its_own_resource_scope_events_and_status(migrated_store) -> None:
     start = now_ns()
     requests = [_ragged_request(start, offset) for offset in (0, 100)]
     payloads = [decode_protobuf(Signal.TRACES, request.SerializeToString()) for request in requests]
-    insert_payloads(store, Signal.TRACES, payloads, IngestSchema.for_store(embedded=True))  # two requests, one insert
+    # two requests, one insert
+    insert_payloads(migrated_store, Signal.TRACES, payloads, IngestSchema.for_store(embedded=True))
 
-    rows = store.query(
+    rows = migrated_store.query(
         "SELECT SpanName, SpanId, ServiceName, ScopeName, ScopeVersion, mapFilter((k, v) -> k = 'i', SpanAttributes),"
         " Events.Name, Links.TraceId, StatusCode, StatusMessage FROM otel_traces ORDER BY SpanName"
     ).result_rows
     expected = [row for request in requests for row in _expected_rows(request)]
     assert [tuple(row) for row in rows] == sorted(expected, key=lambda row: str(row[0]))
     assert len(rows) == 10
-    [(tags, event_attributes, link_attributes)] = store.query(
+    [(tags, event_attributes, link_attributes)] = migrated_store.query(
         "SELECT SpanAttributes['tags'], Events.Attributes, Links.Attributes FROM otel_traces WHERE SpanName = 'a1-0'"
     ).result_rows
     assert (tags, event_attributes, link_attributes) == ('["x","y"]', [{"k": "v"}, {}], [{"l": "2"}])
