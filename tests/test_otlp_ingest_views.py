@@ -7,12 +7,15 @@ messages are missing or empty at any level, and when one insert carries several 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
 from opentelemetry.proto.trace.v1 import trace_pb2
-from otlp_requests import attributes, now_ns, resource, span
+from otlp_requests import attributes, now_ns, resource, span, traces_request
 
-from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
+from tokenmeter import semconv
+from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads, without_block_deduplication
 from tokenmeter.collector.payloads import Signal, decode_protobuf
 
 
@@ -79,3 +82,36 @@ def test_every_span_keeps_its_own_resource_scope_events_and_status(migrated_stor
         "SELECT SpanAttributes['tags'], Events.Attributes, Links.Attributes FROM otel_traces WHERE SpanName = 'a1-0'"
     ).result_rows
     assert (tags, event_attributes, link_attributes) == ('["x","y"]', [{"k": "v"}, {}], [{"l": "2"}])
+
+
+def test_a_request_inserted_again_is_not_dropped_by_block_deduplication(migrated_store) -> None:
+    """The receiver's inserts skip ClickHouse's block dedup; llm_usage still counts a re-sent span once.
+
+    A receiver that restarted has forgotten its digests, so an SDK retry that arrives alone is
+    inserted again as the very same block: otel_traces keeps the copy, as it does for the
+    production collector's retries, and llm_usage folds it.
+    """
+    call = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
+            semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
+    request = traces_request([span("chat", 1, now_ns(), call)])
+    request.resource_spans[0].scope_spans[0].scope.name = semconv.INSTRUMENTATION_SCOPE
+    payload = decode_protobuf(Signal.TRACES, request.SerializeToString())
+    for _ in range(2):
+        insert_payloads(migrated_store, Signal.TRACES, [payload], IngestSchema.for_store(embedded=True))
+
+    [(raw_copies,)] = migrated_store.query("SELECT count() FROM otel_traces").result_rows
+    assert raw_copies == 2
+    rows = migrated_store.query("SELECT user, input_tokens, output_tokens FROM llm_usage FINAL").result_rows
+    assert rows == [("alice", 10, 5)]
+    # the tables do keep a window (for the production collector's byte-identical retries)
+    same_block = f"INSERT INTO otel_traces (Timestamp, SpanName) VALUES (fromUnixTimestamp64Nano({now_ns()}), 'once')"
+    migrated_store.command(same_block)
+    migrated_store.command(same_block)
+    [(once,)] = migrated_store.query("SELECT count() FROM otel_traces WHERE SpanName = 'once'").result_rows
+    assert once == 1
+
+
+def test_older_servers_get_the_setting_they_know(migrated_store) -> None:
+    assert without_block_deduplication(migrated_store) == {"deduplicate_insert": "disable"}
+    older_server = SimpleNamespace(server_settings={"insert_deduplicate": "1"})  # no deduplicate_insert yet
+    assert without_block_deduplication(older_server) == {"insert_deduplicate": "0"}  # type: ignore[arg-type]

@@ -105,7 +105,24 @@ class IngestSchema:
 def insert_payloads(client: Client, signal: Signal, payloads: list[OtlpPayload], schema: IngestSchema) -> None:
     """One insert of length-delimited requests into the signal's input table."""
     block = b"".join(_VarintBytes(len(payload.protobuf)) + payload.protobuf for payload in payloads)
-    client.raw_insert(signal.input_table, insert_block=block, fmt="Protobuf", settings=schema.settings(signal))
+    settings = {**schema.settings(signal), **without_block_deduplication(client)}
+    client.raw_insert(signal.input_table, insert_block=block, fmt="Protobuf", settings=settings)
+
+
+def without_block_deduplication(client: Client) -> dict[str, str]:
+    """Insert settings that skip ClickHouse's block deduplication.
+
+    The tables keep a deduplication window for the production collector, whose retries
+    re-send a block byte for byte. The receiver's blocks are batches of whatever requests
+    were queued, so a retried request lands in a different block and the content hash
+    never matches; the receiver's own digest check catches retries instead. Hashing
+    every block for each table the views fill cost ~14 % of an insert (docs/benchmarks.md).
+    Newer ClickHouse (chDB 4.4's included) reads ``deduplicate_insert`` and ignores
+    ``insert_deduplicate``; older servers know only the latter.
+    """
+    if "deduplicate_insert" in client.server_settings:
+        return {"deduplicate_insert": "disable"}
+    return {"insert_deduplicate": "0"}
 
 
 @dataclass
