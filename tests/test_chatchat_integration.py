@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from budget_days import timezone_far_from_midnight
 from chatchat_process import ChatchatProcess, chatchat_venv, configure
 from serve_process import ServeProcess
 
@@ -52,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatPr
     work = tmp_path_factory.mktemp("chatchat")
     upstream = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None))).start()
     policy = work / "policy.yaml"
-    policy.write_text(POLICY, encoding="utf-8")
+    policy.write_text(f"timezone: {timezone_far_from_midnight()}\n{POLICY}", encoding="utf-8")
     serve = ServeProcess(work / "serve", ["--policy", str(policy), "--refresh-interval", "0.5",
                                           "--settle-seconds", "3"]).start()  # fmt: skip
     root = work / "chatchat"

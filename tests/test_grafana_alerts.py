@@ -144,3 +144,38 @@ def test_failing_open_fires_for_the_app_that_let_calls_through(migrated_store: A
 
 def test_spend_spike_query_runs_with_one_number_per_department(migrated_store: Any) -> None:
     assert _instances(migrated_store, "tokenmeter-spend-spike") == {}  # no history yet: nothing to compare with
+
+
+def _token_totals(client: Any, department: str, instance: str, totals: list[tuple[datetime, int]]) -> None:
+    """One app process's token counter for one department: its running total at each moment."""
+    start = totals[0][0] - timedelta(minutes=1)
+    request = usage_counter_request("u-" + department, [(int(when.timestamp() * 1e9), total) for when, total in totals],
+                                    start_ns=int(start.timestamp() * 1e9), instance=instance)  # fmt: skip
+    for point in request.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points:
+        point.attributes.extend(attributes({semconv.TM_DEPARTMENT: department}))
+    payload = decode_protobuf(Signal.METRICS, request.SerializeToString())
+    insert_payloads(client, Signal.METRICS, [payload], IngestSchema.for_store(embedded=True))
+
+
+def test_spend_spike_compares_today_with_the_week_before_for_long_running_processes(migrated_store: Any) -> None:
+    """Processes that have run for weeks count only what they added in the window, whenever they last exported."""
+    [(today,)] = migrated_store.query("SELECT toDate(now(), 'UTC')").result_rows
+    noon = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
+    now = datetime.now(UTC)
+
+    def steady(days: int, per_day: int, today_adds: int) -> list[tuple[datetime, int]]:
+        """Running for ``days`` days before today at ``per_day`` tokens a day, then ``today_adds`` today."""
+        history = [(noon - timedelta(days=ago), per_day * (days - ago + 1)) for ago in range(days, 0, -1)]
+        return [*history, (now, history[-1][1] + today_adds)]
+
+    _token_totals(migrated_store, "research", "r-1", steady(20, 100, 500))  # 5x its usual day
+    _token_totals(migrated_store, "sales", "s-1", steady(20, 100, 100))  # a usual day
+    _token_totals(migrated_store, "legal", "l-1", steady(20, 100, 100))
+    # a legal process that exported 1,000 tokens three weeks ago, then nothing until 50 more today
+    _token_totals(migrated_store, "legal", "l-2", [(noon - timedelta(days=21), 1000), (now, 1050)])
+
+    instances = _instances(migrated_store, "tokenmeter-spend-spike")
+    assert instances == {("research",): 5.0, ("sales",): 1.0, ("legal",): 1.5}
+    assert {labels for labels, ratio in instances.items() if _fires("tokenmeter-spend-spike", ratio)} == {
+        ("research",)
+    }

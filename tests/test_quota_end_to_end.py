@@ -11,12 +11,14 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from budget_days import hours_to_midnight, timezone_far_from_midnight
 from openai_server import SERVER_PROMPT_TOKENS, OpenAICompatibleServer
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -40,8 +42,8 @@ from tokenmeter.quota_errors import QuotaExceeded
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
+# the timezone line comes from budget_days.timezone_far_from_midnight()
 POLICY = """
-timezone: Asia/Shanghai
 model_groups:
   premium: ["gpt-4o"]
   paid: ["gpt-4o", "gpt-4o-mini"]
@@ -118,7 +120,7 @@ def tokens(completion: int) -> int:
 
 
 def write_policy(path: Path) -> Path:
-    path.write_text(POLICY, encoding="utf-8")
+    path.write_text(f"timezone: {timezone_far_from_midnight()}\n{POLICY}", encoding="utf-8")
     return path
 
 
@@ -276,3 +278,10 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
         ("bob", "allow", "deny", "bob-paid"),
         ("bob", "deny", "allow", ""),
     ]
+
+
+def test_the_chosen_budget_day_has_hours_left_at_any_minute() -> None:
+    day = datetime(2026, 11, 28, tzinfo=UTC)
+    for minute in range(0, 24 * 60, 7):
+        now = day + timedelta(minutes=minute)
+        assert hours_to_midnight(timezone_far_from_midnight(now), now) >= 8
