@@ -4,8 +4,9 @@ A check that lets a call go ahead reserves its estimate against every budget tha
 The reservation counts until the store can show the call's real usage: after the call is
 released (it finished) plus ``settle_seconds`` (one metric export interval and the ingest
 behind it), judged by the start time of the snapshot that is used; or, for a call never
-released (a crashed client), after ``timeout_seconds``. So usage is counted once, from
-the ledger or from the store, never from neither.
+released (a crashed client), after ``timeout_seconds``. So a call's usage always counts:
+from the ledger, from the store, or, between its usage reaching the store and its
+reservation settling, from both (which errs towards refusing early).
 
 Totals are kept as running sums and expired from two time-ordered queues, so a check
 costs the same with 10 or 500,000 reservations in flight (5,000 checks/s x 90 s settle).
