@@ -11,7 +11,8 @@ Side by side in one run:
             is acknowledged, which the receiver does only after the write.
 
 Spans look like tokenmeter's LLM-call spans (23 attributes); metric points like its
-usage counters (7 attributes). Prints spans/s, points/s and receiver/raw ratios.
+usage counters (7 attributes). Prints spans/s, points/s, receiver/raw ratios and serve's CPU
+time per row (Linux /proc).
 
     .venv/bin/python bench/ingest_throughput.py [--spans 600000] [--points 200000] [--senders 32]
         [--flush-interval 0.05]
@@ -127,6 +128,12 @@ def stop_serve(process: subprocess.Popen[str]) -> None:
     process.wait(120)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def send_all(bodies: list[bytes], send: Callable[[bytes], None], senders: int) -> float:
     """Seconds until every request was acknowledged (= written)."""
     started = time.perf_counter()
@@ -209,20 +216,26 @@ def main() -> int:
     metrics = metric_requests(args.points)
     spans = len(traces) * SPANS_PER_REQUEST
     results: dict[str, float] = {}
+    cpu_per_row: dict[str, float] = {}  # serve's CPU seconds per row while a phase ran
     with tempfile.TemporaryDirectory(prefix="tokenmeter-ingest-") as tmp:
         work = Path(tmp)
         process, info = start_serve(work / "serve", args.flush_interval, args.writers)
         try:
             half = len(traces) // 2
-            _log(f"receiver: {half * SPANS_PER_REQUEST:,} spans over OTLP/HTTP, {args.senders} senders ...")
-            seconds = send_all(traces[:half], http_sender(info["otlp_http"], "traces"), args.senders)
-            results["receiver_http_spans"] = half * SPANS_PER_REQUEST / seconds
-            _log(f"receiver: {(len(traces) - half) * SPANS_PER_REQUEST:,} spans over OTLP/gRPC ...")
-            seconds = send_all(traces[half:], grpc_sender(info["otlp_grpc"], TRACE_METHOD), args.senders)
-            results["receiver_grpc_spans"] = (len(traces) - half) * SPANS_PER_REQUEST / seconds
-            _log(f"receiver: {len(metrics) * 2000:,} usage counter points over OTLP/gRPC ...")
-            seconds = send_all(metrics, grpc_sender(info["otlp_grpc"], METRICS_METHOD), args.senders)
-            results["receiver_points"] = len(metrics) * 2000 / seconds
+            phases = (
+                ("receiver_http_spans", "spans over OTLP/HTTP", traces[:half], SPANS_PER_REQUEST,
+                 http_sender(info["otlp_http"], "traces")),
+                ("receiver_grpc_spans", "spans over OTLP/gRPC", traces[half:], SPANS_PER_REQUEST,
+                 grpc_sender(info["otlp_grpc"], TRACE_METHOD)),
+                ("receiver_points", "usage counter points over OTLP/gRPC", metrics, 2000,
+                 grpc_sender(info["otlp_grpc"], METRICS_METHOD)),
+            )  # fmt: skip
+            for key, what, bodies, rows_per_request, send in phases:
+                _log(f"receiver: {len(bodies) * rows_per_request:,} {what}, {args.senders} senders ...")
+                cpu_before = cpu_seconds(process.pid)
+                seconds = send_all(bodies, send, args.senders)
+                results[key] = len(bodies) * rows_per_request / seconds
+                cpu_per_row[key] = (cpu_seconds(process.pid) - cpu_before) / (len(bodies) * rows_per_request)
             token = (work / "serve" / "xdg" / "tokenmeter" / "api-token").read_text(encoding="utf-8").strip()
             stats = httpx.get(f"{info['api']}/metrics", headers={"authorization": f"Bearer {token}"},
                               timeout=10).text.splitlines()  # fmt: skip
@@ -241,14 +254,17 @@ def main() -> int:
 
     load = os.getloadavg()[0]
     print(f"\ningest into chDB, {spans:,} spans and {len(metrics) * 2000:,} points (load avg {load:.2f})")
-    print(f"{'path':<34}{'rows/s':>12}{'vs raw':>10}")
+    # serve CPU: all of serve's threads while the phase ran, merges of earlier phases included
+    print(f"{'path':<34}{'rows/s':>12}{'vs raw':>10}{'serve CPU µs/row':>18}")
     print(f"{'raw insert, otel_traces':<34}{results['raw_spans']:>12,.0f}{'1.00x':>10}")
     for key, label in (("receiver_http_spans", "receiver OTLP/HTTP spans"),
                        ("receiver_grpc_spans", "receiver OTLP/gRPC spans")):  # fmt: skip
-        print(f"{label:<34}{results[key]:>12,.0f}{results[key] / results['raw_spans']:>9.2f}x")
+        print(f"{label:<34}{results[key]:>12,.0f}{results[key] / results['raw_spans']:>9.2f}x"
+              f"{cpu_per_row[key] * 1e6:>18.1f}")  # fmt: skip
     print(f"{'raw insert, otel_metrics_sum':<34}{results['raw_points']:>12,.0f}{'1.00x':>10}")
     ratio = results["receiver_points"] / results["raw_points"]
-    print(f"{'receiver OTLP/gRPC points':<34}{results['receiver_points']:>12,.0f}{ratio:>9.2f}x")
+    print(f"{'receiver OTLP/gRPC points':<34}{results['receiver_points']:>12,.0f}{ratio:>9.2f}x"
+          f"{cpu_per_row['receiver_points'] * 1e6:>18.1f}")  # fmt: skip
     return 0
 
 
