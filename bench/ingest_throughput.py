@@ -202,7 +202,7 @@ def raw_insert_rate(rows_source: Path, table: str, raw_dir: Path) -> tuple[float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # ~10 s of load per transport: shorter phases are dominated by warm-up and by when merges fall
+    # half over each transport, ~5 s of load each: shorter phases are dominated by warm-up and by when merges fall
     parser.add_argument("--spans", type=int, default=600_000)
     parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--senders", type=int, default=32,

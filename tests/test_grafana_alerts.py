@@ -159,6 +159,9 @@ def _token_totals(client: Any, department: str, instance: str, totals: list[tupl
 
 def test_spend_spike_compares_today_with_the_week_before_for_long_running_processes(migrated_store: Any) -> None:
     """Processes that have run for weeks count only what they added in the window, whenever they last exported."""
+    seconds_left_today = (86400 - time.time() % 86400)
+    if seconds_left_today < 30:  # the alert's "today" must be the day the points were written for
+        time.sleep(seconds_left_today + 1)
     [(today,)] = migrated_store.query("SELECT toDate(now(), 'UTC')").result_rows
     noon = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
     now = datetime.now(UTC)
@@ -173,9 +176,12 @@ def test_spend_spike_compares_today_with_the_week_before_for_long_running_proces
     _token_totals(migrated_store, "legal", "l-1", steady(20, 100, 100))
     # a legal process that exported 1,000 tokens three weeks ago, then nothing until 50 more today
     _token_totals(migrated_store, "legal", "l-2", [(noon - timedelta(days=21), 1000), (now, 1050)])
+    # and one that started three days ago: 350 in the week, 75 today
+    started = [(noon - timedelta(days=3), 100), (noon - timedelta(days=2), 200), (noon - timedelta(days=1), 350)]
+    _token_totals(migrated_store, "legal", "l-3", [*started, (now, 425)])
 
     instances = _instances(migrated_store, "tokenmeter-spend-spike")
-    assert instances == {("research",): 5.0, ("sales",): 1.0, ("legal",): 1.5}
+    assert instances == {("research",): 5.0, ("sales",): 1.0, ("legal",): 1.5}  # legal: 225 against 1,050 / 7
     assert {labels for labels, ratio in instances.items() if _fires("tokenmeter-spend-spike", ratio)} == {
         ("research",)
     }

@@ -16,7 +16,7 @@ from otlp_requests import attributes, now_ns, resource, span, traces_request
 
 from tokenmeter import semconv
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads, without_block_deduplication
-from tokenmeter.collector.payloads import Signal, decode_protobuf
+from tokenmeter.collector.payloads import OtlpPayload, Signal, decode_protobuf
 
 
 def _ragged_request(start: int, offset: int) -> ExportTraceServiceRequest:
@@ -84,31 +84,33 @@ def test_every_span_keeps_its_own_resource_scope_events_and_status(migrated_stor
     assert (tags, event_attributes, link_attributes) == ('["x","y"]', [{"k": "v"}, {}], [{"l": "2"}])
 
 
-def test_a_request_inserted_again_is_not_dropped_by_block_deduplication(migrated_store) -> None:
-    """The receiver's inserts skip ClickHouse's block dedup; llm_usage still counts a re-sent span once.
-
-    A receiver that restarted has forgotten its digests, so an SDK retry that arrives alone is
-    inserted again as the very same block: otel_traces keeps the copy, as it does for the
-    production collector's retries, and llm_usage folds it.
-    """
+def _llm_call_request(span_index: int) -> OtlpPayload:
     call = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
             semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
-    request = traces_request([span("chat", 1, now_ns(), call)])
+    request = traces_request([span("chat", span_index, now_ns(), call)])
     request.resource_spans[0].scope_spans[0].scope.name = semconv.INSTRUMENTATION_SCOPE
-    payload = decode_protobuf(Signal.TRACES, request.SerializeToString())
-    for _ in range(2):
-        insert_payloads(migrated_store, Signal.TRACES, [payload], IngestSchema.for_store(embedded=True))
+    return decode_protobuf(Signal.TRACES, request.SerializeToString())
 
-    [(raw_copies,)] = migrated_store.query("SELECT count() FROM otel_traces").result_rows
-    assert raw_copies == 2
-    rows = migrated_store.query("SELECT user, input_tokens, output_tokens FROM llm_usage FINAL").result_rows
-    assert rows == [("alice", 10, 5)]
-    # the tables do keep a window (for the production collector's byte-identical retries)
-    same_block = f"INSERT INTO otel_traces (Timestamp, SpanName) VALUES (fromUnixTimestamp64Nano({now_ns()}), 'once')"
-    migrated_store.command(same_block)
-    migrated_store.command(same_block)
-    [(once,)] = migrated_store.query("SELECT count() FROM otel_traces WHERE SpanName = 'once'").result_rows
-    assert once == 1
+
+def test_block_deduplication_is_kept_for_lone_requests_and_skipped_for_batches(migrated_store) -> None:
+    """A lone request can come again byte for byte and is stored once; batches skip the hashing.
+
+    Either way llm_usage counts each span once: it folds a span stored twice.
+    """
+    schema = IngestSchema.for_store(embedded=True)
+    lone = _llm_call_request(1)
+    batch = [_llm_call_request(11), _llm_call_request(21)]
+    for _ in range(2):  # e.g. an SDK retry after the receiver restarted and forgot its digests
+        insert_payloads(migrated_store, Signal.TRACES, [lone], schema)
+        insert_payloads(migrated_store, Signal.TRACES, batch, schema)
+
+    copies = migrated_store.query("SELECT SpanId, count() FROM otel_traces GROUP BY SpanId ORDER BY SpanId").result_rows
+    assert copies == [((2).to_bytes(8, "big").hex(), 1), ((12).to_bytes(8, "big").hex(), 2),
+                      ((22).to_bytes(8, "big").hex(), 2)]  # fmt: skip
+    [(calls, tokens)] = migrated_store.query(
+        "SELECT count(), sum(input_tokens + output_tokens) FROM llm_usage FINAL"
+    ).result_rows
+    assert (calls, tokens) == (3, 45)
 
 
 def test_older_servers_get_the_setting_they_know(migrated_store) -> None:

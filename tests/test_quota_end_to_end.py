@@ -179,8 +179,10 @@ def _warn_through_asgi(app: App) -> tuple[dict[str, str], str]:
 
 
 def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeProcess,
-                                                        openai_server: OpenAICompatibleServer) -> None:  # fmt: skip
+                                                        openai_server: OpenAICompatibleServer,
+                                                        tmp_path: Path) -> None:  # fmt: skip
     serve = serve_with_policy
+    policy_timezone = (tmp_path / "policy.yaml").read_text(encoding="utf-8").splitlines()[0].removeprefix("timezone: ")
     app = App(serve, openai_server)
     try:
         # alice: 80 % of her premium budget -> the next call is warned, through Chatchat-like ASGI
@@ -217,7 +219,7 @@ def test_warn_downgrade_deny_local_models_and_rollover(serve_with_policy: ServeP
         assert error.budget == "bob-paid"
         assert "Quota exceeded: budget 'bob-paid' (user bob, per day) has used 500 / 500 tokens" in str(error)
         assert "额度已用尽：预算“bob-paid”（用户 bob，每日）已使用 500 / 500 tokens" in str(error)
-        assert "(Asia/Shanghai)" in error.message("en")
+        assert f"({policy_timezone})" in error.message("en")
         assert error.resets_at is not None and error.resets_at.astimezone().timestamp() > time.time()
         span = app.last_span()
         assert span[semconv.TM_QUOTA_DECISION] == "deny"

@@ -103,9 +103,18 @@ class IngestSchema:
 
 
 def insert_payloads(client: Client, signal: Signal, payloads: list[OtlpPayload], schema: IngestSchema) -> None:
-    """One insert of length-delimited requests into the signal's input table."""
+    """One insert of length-delimited requests into the signal's input table.
+
+    A block of one request can repeat byte for byte (an SDK retry arriving alone, the
+    one-by-one retry of a failed batch), so ClickHouse's block deduplication stays on for
+    it. A block of several is whatever was queued at that moment and does not repeat;
+    hashing it for the deduplication window of every table the views fill cost ~14 % of
+    an insert (docs/benchmarks.md), so those inserts skip it.
+    """
     block = b"".join(_VarintBytes(len(payload.protobuf)) + payload.protobuf for payload in payloads)
-    settings = {**schema.settings(signal), **without_block_deduplication(client)}
+    settings = schema.settings(signal)
+    if len(payloads) > 1:
+        settings = {**settings, **without_block_deduplication(client)}
     client.raw_insert(signal.input_table, insert_block=block, fmt="Protobuf", settings=settings)
 
 
@@ -113,12 +122,9 @@ def without_block_deduplication(client: Client) -> dict[str, str]:
     """Insert settings that skip ClickHouse's block deduplication.
 
     The tables keep a deduplication window for the production collector, whose retries
-    re-send a block byte for byte. The receiver's blocks are batches of whatever requests
-    were queued, so a retried request lands in a different block and the content hash
-    never matches; the receiver's own digest check catches retries instead. Hashing
-    every block for each table the views fill cost ~14 % of an insert (docs/benchmarks.md).
-    Newer ClickHouse (chDB 4.4's included) reads ``deduplicate_insert`` and ignores
-    ``insert_deduplicate``; older servers know only the latter.
+    re-send a block byte for byte. Newer ClickHouse (chDB 4.4's included) reads
+    ``deduplicate_insert`` and ignores ``insert_deduplicate``; older servers know only
+    the latter.
     """
     if "deduplicate_insert" in client.server_settings:
         return {"deduplicate_insert": "disable"}
