@@ -62,12 +62,20 @@ def span(name: str, index: int, start_ns: int, span_attributes: dict[str, Any] |
     )
 
 
-def traces_request(spans: list[trace_pb2.Span], service: str = "test-app") -> ExportTraceServiceRequest:
+# A metered chat call's span attributes, as far as llm_usage needs them (its view also wants
+# the span under tokenmeter's scope: traces_request(..., scope=semconv.INSTRUMENTATION_SCOPE)).
+CHAT_CALL: dict[str, Any] = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
+                             semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
+
+
+def traces_request(
+    spans: list[trace_pb2.Span], service: str = "test-app", scope: str = "test"
+) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest(
         resource_spans=[
             trace_pb2.ResourceSpans(
                 resource=resource(service),
-                scope_spans=[trace_pb2.ScopeSpans(scope=InstrumentationScope(name="test", version="1"), spans=spans)],
+                scope_spans=[trace_pb2.ScopeSpans(scope=InstrumentationScope(name=scope, version="1"), spans=spans)],
             )
         ]
     )

@@ -159,7 +159,7 @@ def _token_totals(client: Any, department: str, instance: str, totals: list[tupl
 
 def test_spend_spike_compares_today_with_the_week_before_for_long_running_processes(migrated_store: Any) -> None:
     """Processes that have run for weeks count only what they added in the window, whenever they last exported."""
-    seconds_left_today = (86400 - time.time() % 86400)
+    seconds_left_today = 86400 - time.time() % 86400
     if seconds_left_today < 30:  # the alert's "today" must be the day the points were written for
         time.sleep(seconds_left_today + 1)
     [(today,)] = migrated_store.query("SELECT toDate(now(), 'UTC')").result_rows

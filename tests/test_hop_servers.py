@@ -7,8 +7,7 @@ from typing import Any
 import openai
 import pytest
 from openai_server import OpenAICompatibleServer
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from otlp_requests import now_ns, span, traces_request
+from otlp_requests import CHAT_CALL, now_ns, span, traces_request
 from telemetry_fixtures import make_telemetry
 
 from tokenmeter import semconv
@@ -60,13 +59,8 @@ def test_a_hop_keeps_its_span_but_adds_no_usage_and_is_not_checked(openai_server
 
 def test_llm_usage_leaves_hops_out(migrated_store: Any) -> None:
     start = now_ns()
-    base = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
-            semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
-    spans = [span("chat hop", 1, start, {**base, semconv.TM_HOP: True}), span("chat", 2, start, base)]
-    request = traces_request(spans)
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            scope_spans.scope.CopyFrom(InstrumentationScope(name=semconv.INSTRUMENTATION_SCOPE))
+    spans = [span("chat hop", 1, start, {**CHAT_CALL, semconv.TM_HOP: True}), span("chat", 2, start, CHAT_CALL)]
+    request = traces_request(spans, scope=semconv.INSTRUMENTATION_SCOPE)
     payload = decode_protobuf(Signal.TRACES, request.SerializeToString())
     insert_payloads(migrated_store, Signal.TRACES, [payload], IngestSchema.for_store(embedded=True))
     rows = migrated_store.query("SELECT user, input_tokens FROM llm_usage FINAL").result_rows

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
 from opentelemetry.proto.trace.v1 import trace_pb2
-from otlp_requests import attributes, now_ns, resource, span, traces_request
+from otlp_requests import CHAT_CALL, attributes, now_ns, resource, span, traces_request
 
 from tokenmeter import semconv
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads, without_block_deduplication
@@ -85,10 +85,7 @@ def test_every_span_keeps_its_own_resource_scope_events_and_status(migrated_stor
 
 
 def _llm_call_request(span_index: int) -> OtlpPayload:
-    call = {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.ENDUSER_ID: "alice",
-            semconv.GEN_AI_USAGE_INPUT_TOKENS: 10, semconv.GEN_AI_USAGE_OUTPUT_TOKENS: 5}  # fmt: skip
-    request = traces_request([span("chat", span_index, now_ns(), call)])
-    request.resource_spans[0].scope_spans[0].scope.name = semconv.INSTRUMENTATION_SCOPE
+    request = traces_request([span("chat", span_index, now_ns(), CHAT_CALL)], scope=semconv.INSTRUMENTATION_SCOPE)
     return decode_protobuf(Signal.TRACES, request.SerializeToString())
 
 
