@@ -23,8 +23,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     client = open_store(f"chdb://{tmp_path_factory.mktemp('plan') / 'chdb'}")
     # usage recorded before the day-level table existed must be copied into it by its migration
-    day_level = [m for m in load_migrations() if m.name == "usage_counter_daily"]
-    migrate(client, RenderOptions(), migrations=[m for m in load_migrations() if m not in day_level])
+    # (the store as it was then: the migrations before it; later ones build on it)
+    [day_level] = [m for m in load_migrations() if m.name == "usage_counter_daily"]
+    migrate(client, RenderOptions(), migrations=[m for m in load_migrations() if m.version < day_level.version])
     started = int((NOW - timedelta(hours=2)).timestamp()) * 10**9
     for user in range(30):
         request = usage_counter_request(f"u{user}", [(started + m * 60 * 10**9, (m + 1) * (user + 1))

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from tokenmeter.store.counter_points import sane_value_sql
+
 FORMAT_TIME_SERIES: Final = 0  # Grafana's target formats
 FORMAT_TABLE: Final = 1
 DIMENSIONS: Final = ("department", "user", "model", "app")  # the dashboards' variables
@@ -322,7 +324,9 @@ def models() -> Board:
 
 def raw_counter_increases(metric: str, label: str) -> str:
     """Per (series, minute) increase of a counter straight from ``otel_metrics_sum`` (metrics without a table of
-    their own, such as the apps' quota decisions); ``label`` is an attribute expression carried along."""
+    their own, such as the apps' quota decisions); ``label`` is an attribute expression carried along. Points
+    no counter can hold (``Inf``, negative, beyond 2**53: written by something else than serve's receiver) are
+    skipped, as the accounting views skip them."""
     return f"""
     SELECT minute, label, value - lagInFrame(value, 1, 0) OVER (PARTITION BY series ORDER BY minute
                                                           ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
@@ -330,7 +334,7 @@ def raw_counter_increases(metric: str, label: str) -> str:
         SELECT cityHash64(ServiceName, ResourceAttributes, Attributes, StartTimeUnix) AS series,
                toStartOfMinute(TimeUnix) AS minute, any({label}) AS label, max(Value) AS value
         FROM otel_metrics_sum
-        WHERE MetricName = '{metric}' AND TimeUnix <= $__toTime
+        WHERE MetricName = '{metric}' AND TimeUnix <= $__toTime AND {sane_value_sql("Value")}
         GROUP BY series, minute
     )"""
 

@@ -21,6 +21,8 @@ placeholder                     single server (chDB or ClickHouse)  ``--cluster 
 ``${otlp_any_value_string(e)}``
 ``${otlp_exemplars_type}``,     an OTLP exemplar list's column type, and the exporter's ``Exemplars.*`` columns
 ``${otlp_exemplar_columns(e)}``
+``${sane_counter_value(v)}``,   ``v`` is a value / ``(v, t)`` a point tokenmeter's counters may hold
+``${sane_counter_point(v, t)}`` (finite, 0 to 2**53, time in 2000-2099: :mod:`tokenmeter.store.counter_points`)
 ==============================  ==================================  ==========================================
 
 Each applied file is recorded in ``tokenmeter_migrations`` with the SHA-256 of its
@@ -37,7 +39,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
-from tokenmeter.store import otlp_sql
+from tokenmeter.store import counter_points, otlp_sql
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -134,6 +136,8 @@ def render(sql: str, options: RenderOptions, source: str = "<sql>") -> list[str]
         "otlp_any_value_string": lambda args: otlp_sql.any_value_string(_one_expression(args)),
         "otlp_exemplars_type": lambda args: _no_args(args, lambda: otlp_sql.EXEMPLARS_TYPE),
         "otlp_exemplar_columns": lambda args: otlp_sql.exemplar_columns(_one_expression(args)),
+        "sane_counter_value": lambda args: counter_points.sane_value_sql(_one_expression(args)),
+        "sane_counter_point": lambda args: counter_points.sane_point_sql(*_expressions(args, 2)),
     }
 
     def substitute(match: re.Match[str]) -> str:
@@ -261,6 +265,12 @@ def _one_expression(args: list[str]) -> str:
     if len(args) != 1 or not args[0]:
         raise ValueError("needs one expression")
     return args[0]
+
+
+def _expressions(args: list[str], count: int) -> list[str]:
+    if len(args) != count or not all(args):
+        raise ValueError(f"needs {count} expressions")
+    return args
 
 
 def _on_cluster(options: RenderOptions) -> str:
