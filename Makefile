@@ -46,7 +46,7 @@ pytest: $(BIN)/.installed
 test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -c 'import openai; assert openai.__version__.startswith("1."), openai.__version__; print("openai", openai.__version__)'
 	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
-		tests/test_quota_client.py
+		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
 	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py
@@ -59,6 +59,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/counting_throughput.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/ingest_insert_cost.py
+	$(BIN)/python bench/counter_guard_cost.py
 	$(BIN)/python bench/usage_query_latency.py
 	$(BIN)/python bench/quota_decision_latency.py
 	$(BIN)/python bench/quota_check_http.py

@@ -122,3 +122,28 @@ def test_demo_traffic_sends_to_a_collector_and_asks_the_enforcer(tmp_path: Path)
         assert 'tokenmeter_enforcer_checks_total{decision="allow"}' in checks
     finally:
         serve.stop()
+
+
+def test_the_demo_refuses_to_delete_a_store_another_process_holds(tmp_path: Path) -> None:
+    """`make demo` while the last demo's dashboard still serves its store: refused, the store untouched."""
+    import httpx
+    from serve_process import ServeProcess
+
+    from tokenmeter.demo.run import MARKER
+
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    (directory / MARKER).write_text("a previous demo\n", encoding="utf-8")
+    serve = ServeProcess(directory).start()  # holds <dir>/chdb, as `tokenmeter demo --show` does
+    try:
+        assert serve._proc is not None
+        result = _tokenmeter("demo", "--dir", str(directory), "--no-dashboard", "--scale", "0.05")
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        [line] = result.stderr.splitlines()
+        store = directory / "chdb"
+        assert f"the previous demo's store {store} is in use by another process (PID {serve._proc.pid})" in line
+        assert "stop that process" in line and "--dir" in line
+        assert (directory / "chdb" / "status").exists() and (directory / MARKER).exists()
+        assert httpx.get(f"{serve.api}/healthz", timeout=30).status_code == 200  # its store still answers
+    finally:
+        serve.stop()

@@ -58,10 +58,57 @@ def test_the_example_loads() -> None:
     assert policy.zone.key == "Asia/Shanghai"
 
 
-def test_an_empty_file_is_an_empty_policy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "\n  \n", "# budgets to come\n# more\n"])
+def test_an_empty_or_comments_only_file_is_refused(tmp_path: Path, text: str) -> None:
+    """It would allow every call; read while a file is rewritten in place, it switched quotas off."""
     path = tmp_path / "policy.yaml"
-    path.write_text("", encoding="utf-8")
-    assert load_policy(path).budgets == ()
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert str(error.value).startswith(f"{path} is empty (or only comments), and an empty policy would allow")
+    assert "`budgets: []` to allow every call on purpose" in str(error.value)
+
+
+def test_a_file_cut_off_before_its_budgets_is_refused_and_none_on_purpose_is_allowed() -> None:
+    cut = EXAMPLE[: EXAMPLE.index("budgets:")]
+    assert "routes:" in cut
+    with pytest.raises(PolicyError, match=r"^policy.yaml: no budgets: list .*`budgets: \[\]` to allow every call"):
+        parse_policy(cut, "policy.yaml")
+    assert parse_policy("budgets: []\n").budgets == ()
+
+
+def test_every_problem_is_shown_with_its_line_and_field() -> None:
+    broken = (
+        EXAMPLE.replace("limit: {tokens: 100000000}", "limit: {tokens: -5}")
+        .replace("    action: degrade", "    action: refuse")
+        .replace("timezone: Asia/Shanghai", "timezone: Mars/Olympus")
+        .replace("    period: day", "    period: dai")
+    )
+    with pytest.raises(PolicyError) as error:
+        parse_policy(broken, "policy.yaml")
+    lines = str(error.value).splitlines()
+    assert lines[0] == "policy.yaml: 4 problems:"
+    assert lines[1] == "  line 2, timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Asia/Shanghai"
+    assert lines[2] == "  line 23, budgets[1].limit.tokens: Input should be greater than 0"
+    assert lines[3].startswith("  line 24, budgets[1].action: Input should be 'downgrade', 'degrade' or 'deny'")
+    assert lines[4].startswith("  line 28, budgets[2].period: Input should be 'day', 'week' or 'month'")
+    assert "more problems" not in str(error.value)
+
+
+def test_every_reference_problem_is_shown() -> None:
+    broken = (
+        EXAMPLE.replace("    models: remote-paid", "    models: paid")
+        .replace("  - name: per-user", "  - name: research")
+        .replace("  gpt-4o-mini: qwen2.5-7b-instruct", "  gpt-4o-mini: gpt-4o")
+    )
+    with pytest.raises(PolicyError) as error:
+        parse_policy(broken, "policy.yaml")
+    assert str(error.value).splitlines() == [
+        "policy.yaml: 3 problems:",
+        "  line 9, routes.gpt-4o: routes loop: gpt-4o -> gpt-4o-mini -> gpt-4o",
+        "  line 15, budgets[0].models: model group 'paid' is not defined in model_groups (defined: local, remote-paid)",
+        "  line 26, budgets[2].name: budget names must be unique; 'research' is used twice",
+    ]
 
 
 @pytest.mark.parametrize(

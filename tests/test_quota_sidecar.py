@@ -187,7 +187,10 @@ def test_policy_reloads_under_load_without_a_failed_check(enforcer: EnforcerProc
         time.sleep(0.5)
         assert len(seen) > count and seen[-1] == "deny"
         policy.write_text(team_policy(100), encoding="utf-8")
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while enforcer.get("/v1/policy").json()["last_error"] is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # loaded once settled (the file changed in place): the error is gone
+        assert enforcer.get("/v1/policy").json()["last_error"] is None
         _rewrite_keeping_stat(policy, team_policy(1000))  # unnoticed until SIGHUP
         time.sleep(1.0)
         assert seen[-1] == "deny"
@@ -234,8 +237,50 @@ def test_enforcer_refuses_an_unmigrated_store_and_a_broken_policy(tmp_path: Path
     policy.write_text(team_policy(1000), encoding="utf-8")
     with pytest.raises(RuntimeError, match=r"(?s)exited \(2\).*run `tokenmeter db migrate --clickhouse-url chdb://"):
         EnforcerProcess(tmp_path / "empty", policy).start()
+    assert not (tmp_path / "empty").exists()  # the enforcer never migrates: it makes no empty store either
     policy.write_text("budgets:\n  - name: team\n    scope: user\n    limit: {tokens: -5}\n", encoding="utf-8")
     store = tmp_path / "store"
     migrate(store)
     with pytest.raises(RuntimeError, match=r"(?s)exited \(2\).*line 4, budgets\[0\]\.limit\.tokens"):
         EnforcerProcess(store, policy).start()
+
+
+def _usage_of_ops(store: Path) -> None:
+    from otlp_requests import now_ns, usage_counter_request
+
+    from tokenmeter import semconv
+    from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
+    from tokenmeter.collector.payloads import Signal, decode_protobuf
+    from tokenmeter.store import open_store
+
+    request = usage_counter_request("alice", [(now_ns(), 10)], now_ns() - 10**9)
+    request.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[0].attributes.add(
+        key=semconv.TM_DEPARTMENT).value.string_value = "ops"  # fmt: skip
+    client = open_store(f"chdb://{store}")
+    try:
+        payload = decode_protobuf(Signal.METRICS, request.SerializeToString())
+        insert_payloads(client, Signal.METRICS, [payload], IngestSchema.for_store(embedded=True))
+    finally:
+        client.close()
+
+
+def test_health_is_503_while_usage_cannot_be_read(tmp_path: Path) -> None:
+    store = tmp_path / "chdb"
+    migrate(store)
+    _usage_of_ops(store)  # with no usage stored, nothing is read from files: nothing can fail
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(team_policy(1000), encoding="utf-8")
+    with EnforcerProcess(store, policy) as process:
+        assert httpx.get(f"{process.url}/healthz", timeout=30).status_code == 200
+        os.rename(store, store.with_name("chdb-away"))  # the store's files gone from under the process
+        try:
+            deadline, response = time.monotonic() + 60, httpx.get(f"{process.url}/healthz", timeout=30)
+            while response.status_code != 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                response = httpx.get(f"{process.url}/healthz", timeout=30)
+        finally:
+            os.rename(store.with_name("chdb-away"), store)
+        assert response.status_code == 503, response.text
+        document = response.json()
+        assert document["status"] == "unavailable"
+        assert document["problems"][0].startswith("the enforcer cannot read usage from the store"), document

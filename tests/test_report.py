@@ -342,9 +342,25 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_store_without_tables_says_to_migrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
     assert _report("--clickhouse-url", f"chdb://{tmp_path / 'empty'}") == (1, "")
     [line] = capsys.readouterr().err.splitlines()
     assert "has no usage tables yet; run `tokenmeter db migrate" in line
+
+
+def test_a_chdb_path_that_does_not_exist_is_bad_input_and_is_not_created(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "nonexistent" / "dir" / "x"
+    result = subprocess.run([sys.executable, "-m", "tokenmeter.cli", "report", "--clickhouse-url", f"chdb://{path}"],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"tokenmeter report: no store at chdb://{path}: {path} does not exist")
+    assert "Check the URL (--clickhouse-url or TOKENMETER_CLICKHOUSE_URL)" in line
+    assert f"run `tokenmeter db migrate --clickhouse-url chdb://{path}` (or `tokenmeter serve`" in line
+    assert not (tmp_path / "nonexistent").exists()
 
 
 def test_table_title_and_an_empty_period() -> None:

@@ -68,3 +68,30 @@ def test_a_broken_policy_stops_serve_with_its_line_and_field(tmp_path: Path) -> 
     assert result.returncode == 2
     assert f"{policy} line 5, budgets[0].action:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_policy_stops_serve_before_it_creates_the_store(tmp_path: Path) -> None:
+    """Config first: every problem of the policy is shown, and a store that did not exist is not made."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("budgets:\n  - name: b\n    scope: everyone\n    limit: {tokens: -1}\n", encoding="utf-8")
+    store = tmp_path / "new" / "chdb"
+    result = _serve(tmp_path, "--clickhouse-url", f"chdb://{store}", "--policy", str(policy))
+    assert result.returncode == 2
+    assert f"tokenmeter serve: {policy}: 2 problems:" in result.stderr
+    assert "  line 3, budgets[0].scope: Input should be 'organisation', 'department', 'user' or 'app'" in result.stderr
+    assert "  line 4, budgets[0].limit.tokens: Input should be greater than 0" in result.stderr
+    assert "applying migrations" not in result.stderr
+    assert not (tmp_path / "new").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_policy_stops_serve_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("# the budgets, once finance agrees\n", encoding="utf-8")
+    result = _serve(tmp_path, "--clickhouse-url", f"chdb://{tmp_path / 'chdb'}", "--policy", str(policy))
+    assert result.returncode == 2
+    assert f"tokenmeter serve: {policy} is empty (or only comments), and an empty policy would allow every call" in (
+        result.stderr
+    )
+    assert "leave out --policy / TOKENMETER_POLICY" in result.stderr
+    assert not (tmp_path / "chdb").exists()

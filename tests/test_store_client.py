@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from tokenmeter.settings import Settings
-from tokenmeter.store.client import StoreConfigError, StoreLockedError, open_store, parse_store_url
+from tokenmeter.store.client import (
+    StoreConfigError,
+    StoreLockedError,
+    StoreMissingError,
+    open_store,
+    parse_store_url,
+)
 
 HOLDER = """
 import sys
@@ -56,6 +62,19 @@ def test_open_creates_directory(tmp_path: Path) -> None:
     finally:
         client.close()
     assert path.is_dir()
+
+
+def test_readers_do_not_create_a_missing_chdb_directory(tmp_path: Path) -> None:
+    path = tmp_path / "nonexistent" / "dir" / "x"
+    with pytest.raises(StoreMissingError) as error:
+        open_store(f"chdb://{path}", create=False)
+    assert isinstance(error.value, StoreConfigError)  # a wrong URL: the CLI's exit 2
+    assert f"no store at chdb://{path}: {path} does not exist" in str(error.value)
+    assert f"run `tokenmeter db migrate --clickhouse-url chdb://{path}`" in str(error.value)
+    assert not (tmp_path / "nonexistent").exists()
+    path.mkdir(parents=True)
+    client = open_store(f"chdb://{path}", create=False)  # there: opened as usual
+    client.close()
 
 
 def test_password_not_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from tokenmeter.catalog import CatalogError, ModelCatalog, ModelEntry
 from tokenmeter.collector.limits import (
     DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
@@ -41,6 +42,7 @@ from tokenmeter.collector.limits import (
 from tokenmeter.demo.commands import add_demo_parsers
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.quota_commands import add_enforcer_options, add_quota_parsers, enforcer_options
+from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 from tokenmeter.settings import get_settings
 from tokenmeter.store.client import StoreConfigError, StoreError
 from tokenmeter.store.migrations import DEFAULT_RAW_TTL_DAYS, MigrationError, RenderOptions
@@ -198,6 +200,8 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
         max_pending_bytes=args.max_queue_bytes,
         flush_interval=args.flush_interval,
         writers=args.writers,
+        body_timeout=args.body_timeout,
+        grpc_max_connection_age=args.grpc_max_connection_age,
         enforcer=quotas,
         enforcer_token=settings.enforcer_token.get_secret_value() if settings.enforcer_token else None,
     )
@@ -211,6 +215,16 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
         return run_serve(config, progress=progress)
     except ServeError as exc:
         raise InputError(str(exc)) from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return seconds
 
 
 def _add_serve_parser(commands: Any) -> None:
@@ -253,6 +267,14 @@ def _add_serve_parser(commands: Any) -> None:
     serve.add_argument(
         "--writers", type=int, default=DEFAULT_WRITERS, metavar="N",
         help=f"concurrent inserts, one store client each (default {DEFAULT_WRITERS})",
+    )
+    serve.add_argument(
+        "--body-timeout", type=_positive_seconds, default=DEFAULT_BODY_TIMEOUT_SECONDS, metavar="SECONDS",
+        help="a request body (OTLP/HTTP, API) must arrive within this time, else 408 (default 30)",
+    )
+    serve.add_argument(
+        "--grpc-max-connection-age", type=_positive_seconds, default=DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
+        metavar="SECONDS", help="close OTLP/gRPC connections after this long; clients reconnect (default 300)",
     )
     serve.add_argument("--policy", type=Path, metavar="PATH",
                        help="quota policy YAML (default: TOKENMETER_POLICY; none: every check is allowed)")  # fmt: skip

@@ -90,12 +90,16 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     from tokenmeter.enforcer.process import EnforcerConfig, run_enforcer
     from tokenmeter.serve.process import ServeError
     from tokenmeter.settings import default_data_dir
+    from tokenmeter.store.client import StoreConfigError, parse_store_url, require_existing_store
 
     settings = get_settings()
     try:
         options = enforcer_options(args, args.policy or settings.policy)
+        clickhouse_url = args.clickhouse_url or settings.clickhouse_url
+        # The enforcer never migrates: a chDB path that does not exist is a wrong URL, not a store to make.
+        require_existing_store(parse_store_url(clickhouse_url))
         config = EnforcerConfig(
-            clickhouse_url=args.clickhouse_url or settings.clickhouse_url,
+            clickhouse_url=clickhouse_url,
             options=options,
             host=args.host,
             port=args.port,
@@ -105,7 +109,7 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
         catalog = ModelCatalog.load(settings.models)
         logging.getLogger("tokenmeter").setLevel(logging.INFO)
         return run_enforcer(config, catalog, progress=_stderr)
-    except (ValueError, PolicyError, CatalogError, ServeError) as exc:
+    except (ValueError, PolicyError, CatalogError, ServeError, StoreConfigError) as exc:
         _stderr(f"tokenmeter enforcer: {exc}")
         return EXIT_BAD_INPUT
 

@@ -1,8 +1,9 @@
 """`tokenmeter report`: usage by department, user, model or app for a day, week or month.
 
 Where the numbers come from: the store directly (a ClickHouse server, or a chDB directory
-no process holds), or a running `tokenmeter serve`'s API when it holds the chDB
-directory (or when ``--api`` says so). Progress and errors go to stderr, the report to stdout.
+no process holds; one that does not exist is an error, exit 2, never created here), or a
+running `tokenmeter serve`'s API when it holds the chDB directory (or when ``--api`` says
+so). Progress and errors go to stderr, the report to stdout.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]
     if args.api:
         return _from_api(args.api, args, at), f"serve API {args.api}"
     from tokenmeter.store import StoreLockedError, open_store, parse_store_url
-    from tokenmeter.store.client import StoreConfigError, StoreError, lock_holder
+    from tokenmeter.store.client import StoreConfigError, StoreError, StoreMissingError, lock_holder
 
     url = args.clickhouse_url or settings.clickhouse_url
     try:
@@ -122,9 +123,11 @@ def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]
     if location.kind == "chdb" and location.path is not None and lock_holder(location.path) is not None:
         return _from_serve_holding(location.display, args, at)
     try:
-        client = open_store(url)
+        client = open_store(url, create=False)  # a report never makes an empty store where none was
     except StoreLockedError:  # taken between the two looks
         return _from_serve_holding(location.display, args, at)
+    except StoreMissingError as exc:
+        raise ReportError(str(exc), EXIT_BAD_INPUT) from None
     except StoreError as exc:
         raise ReportError(str(exc)) from None
     try:

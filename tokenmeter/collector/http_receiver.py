@@ -1,8 +1,8 @@
 """OTLP/HTTP receiver: POST /v1/traces, /v1/metrics, /v1/logs (protobuf or JSON, gzip).
 
 Status codes follow the OTLP/HTTP spec, so the SDK exporters do the right thing:
-200 stored (with ``partial_success`` when metric points of unstored kinds were
-refused), 400 malformed, 401 bad token, 413 too large, 415 unsupported
+200 stored (with ``partial_success`` when metric points of unstored kinds, or points of
+tokenmeter's counters that cannot be usage, were refused), 400 malformed, 401 bad token, 413 too large, 415 unsupported
 type/encoding, 429 queue full and 503 store unavailable or shutting down (both with
 ``Retry-After``; the SDKs retry those).
 """
@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenmeter.collector.bearer import BearerToken
+from tokenmeter.collector.counter_guard import CounterGuard
 from tokenmeter.collector.ingest_queue import (
     IngestQueue,
     QueueClosedError,
@@ -42,10 +43,14 @@ TRANSPORT: Final = "http"
 
 
 def otlp_http_app(
-    queue: IngestQueue, *, token: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    queue: IngestQueue,
+    *,
+    token: str | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    guard: CounterGuard | None = None,
 ) -> Starlette:
-    """The ASGI app serving the three OTLP/HTTP paths."""
-    receiver = _HttpReceiver(queue, token, max_request_bytes)
+    """The ASGI app serving the three OTLP/HTTP paths (``guard``: share one with the gRPC receiver)."""
+    receiver = _HttpReceiver(queue, token, max_request_bytes, guard or CounterGuard())
     routes = [
         Route(f"/v1/{signal.value}", receiver.endpoint(signal), methods=["POST"]) for signal in Signal
     ]
@@ -53,10 +58,11 @@ def otlp_http_app(
 
 
 class _HttpReceiver:
-    def __init__(self, queue: IngestQueue, token: str | None, max_request_bytes: int) -> None:
+    def __init__(self, queue: IngestQueue, token: str | None, max_request_bytes: int, guard: CounterGuard) -> None:
         self._queue = queue
         self._bearer = BearerToken(token)
         self._max_request_bytes = max_request_bytes
+        self._guard = guard
 
     def endpoint(self, signal: Signal):
         async def receive(request: Request) -> Response:
@@ -77,14 +83,17 @@ class _HttpReceiver:
                 request.headers.get("content-type", ""),
                 request.headers.get("content-encoding", ""),
                 self._max_request_bytes,
+                guard=self._guard,
             )
         except PayloadError as exc:
-            peer = request.client.host if request.client else "?"
-            logger.warning("refused OTLP/HTTP %s request from %s: %s", signal.value, peer, exc.message)
+            logger.warning("refused OTLP/HTTP %s request from %s: %s", signal.value, _peer(request), exc.message)
             self._queue.stats.count_request(signal.value, TRANSPORT, "rejected", 0)
             return _status_response(exc.http_status, exc.message, as_json)
         except ClientDisconnect:
             return Response(status_code=499)
+        if payload.screening is not None and payload.screening.count:
+            logger.warning("OTLP/HTTP metrics from %s: %s", _peer(request), payload.screening.message())
+            self._queue.stats.count_rejected_points(payload.screening.by_reason())
         return await self._store(signal, payload, as_json)
 
     async def _store(self, signal: Signal, payload: OtlpPayload, as_json: bool) -> Response:
@@ -119,6 +128,10 @@ class _HttpReceiver:
                 raise PayloadError(413, f"request body is over the limit of {self._max_request_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def _export_response(signal: Signal, payload: OtlpPayload, as_json: bool) -> Response:

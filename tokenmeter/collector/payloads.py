@@ -4,7 +4,10 @@ The receiver never builds rows in Python: a validated request's protobuf bytes g
 ClickHouse as they are (see tokenmeter/store/sql/0006_otlp_ingest.sql). Validation
 here is what keeps one bad request from failing a whole batch: it must parse as the
 OTLP message (upb checks wire format and UTF-8), and metric kinds the store has no
-table for are counted so the response can say how many points were refused.
+table for are counted so the response can say how many points were refused. Points of
+tokenmeter's own counters that cannot be usage are removed by the receiver's
+:class:`~tokenmeter.collector.counter_guard.CounterGuard` (the request is then
+serialized again without them).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import enum
 import hashlib
 import json
+import logging
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +28,10 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tokenmeter.collector.counter_guard import CounterGuard, Screening
 from tokenmeter.collector.limits import DEFAULT_MAX_REQUEST_BYTES
+
+logger = logging.getLogger(__name__)
 
 PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -87,8 +94,9 @@ class OtlpPayload:
     signal: Signal
     protobuf: bytes
     items: int  # spans / data points / log records that will be stored
-    refused_items: int = 0  # data points of metric kinds without a table
+    refused_items: int = 0  # data points not stored: metric kinds without a table, counter points refused
     refused_reason: str = ""
+    screening: Screening | None = None  # what the counter guard refused, if it screened the request
 
     @cached_property  # hashing a large request twice (queue and finish) showed in profiles
     def digest(self) -> bytes:
@@ -131,6 +139,8 @@ def parse_json(signal: Signal, data: bytes) -> Message:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per nesting level: 100k nested arrays end here
+        raise PayloadError(400, "body is not valid OTLP/JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise PayloadError(400, f"OTLP/JSON {signal.value} request must be a JSON object")
     try:
@@ -140,39 +150,65 @@ def parse_json(signal: Signal, data: bytes) -> Message:
         raise PayloadError(400, f"body is not a valid OTLP/JSON {signal.value} request: {exc}") from None
 
 
-def to_payload(signal: Signal, message: Message, protobuf: bytes | None = None) -> OtlpPayload:
+def to_payload(
+    signal: Signal, message: Message, protobuf: bytes | None = None, guard: CounterGuard | None = None
+) -> OtlpPayload:
     """Count what a parsed request holds; ``protobuf`` is its wire form (serialized when not given).
 
     Refused metric kinds stay in the bytes: the store's schema does not declare them, so
-    ClickHouse skips them like any unknown field.
+    ClickHouse skips them like any unknown field. Counter points the ``guard`` refuses are
+    removed from the message, which is then serialized again.
     """
-    if protobuf is None:
+    if signal is not Signal.METRICS:
+        return OtlpPayload(signal, protobuf if protobuf is not None else message.SerializeToString(),
+                           _count_items(signal, message))  # fmt: skip
+    screening = _screen(guard, message)
+    if protobuf is None or (screening is not None and screening.count):
         protobuf = message.SerializeToString()
-    if signal is Signal.METRICS:
-        stored, refused, kinds = _count_metric_points(message)
-        reason = ""
-        if refused:
-            reason = (
-                f"{refused} data points of kind {', '.join(sorted(kinds))} were not stored: tokenmeter keeps gauge, "
-                "sum and histogram metrics"
-            )
-        return OtlpPayload(signal, protobuf, stored, refused, reason)
-    return OtlpPayload(signal, protobuf, _count_items(signal, message))
+    stored, refused, kinds = _count_metric_points(message)
+    reasons = []
+    if refused:
+        reasons.append(
+            f"{refused} data points of kind {', '.join(sorted(kinds))} were not stored: tokenmeter keeps gauge, "
+            "sum and histogram metrics"
+        )
+    if screening is not None and screening.count:
+        refused += screening.count
+        reasons.append(screening.message())
+    return OtlpPayload(signal, protobuf, stored, refused, "; ".join(reasons), screening)
 
 
-def decode_protobuf(signal: Signal, data: bytes) -> OtlpPayload:
-    """Validate raw protobuf bytes; the bytes themselves go to the store."""
-    return to_payload(signal, parse_protobuf(signal, data), data)
+def _screen(guard: CounterGuard | None, message: Message) -> Screening | None:
+    if guard is None:
+        return None
+    try:
+        return guard.screen(message)
+    except Exception:  # a bug here must not refuse usage: the store's views keep bad points out too
+        logger.exception("the counter guard failed; this request is stored unscreened")
+        return None
 
 
-def decode_body(signal: Signal, body: bytes, content_type: str, content_encoding: str, max_bytes: int) -> OtlpPayload:
+def decode_protobuf(signal: Signal, data: bytes, guard: CounterGuard | None = None) -> OtlpPayload:
+    """Validate raw protobuf bytes; the bytes themselves go to the store (unless the guard removed points)."""
+    return to_payload(signal, parse_protobuf(signal, data), data, guard)
+
+
+def decode_body(
+    signal: Signal,
+    body: bytes,
+    content_type: str,
+    content_encoding: str,
+    max_bytes: int,
+    *,
+    guard: CounterGuard | None = None,
+) -> OtlpPayload:
     """One OTLP/HTTP request body as a payload; raises PayloadError (400/413/415)."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     data = decompress(body, content_encoding, max_bytes)
     if media_type == PROTOBUF_CONTENT_TYPE:
-        return decode_protobuf(signal, data)
+        return decode_protobuf(signal, data, guard)
     if media_type == JSON_CONTENT_TYPE:
-        return to_payload(signal, parse_json(signal, data))
+        return to_payload(signal, parse_json(signal, data), guard=guard)
     raise PayloadError(
         415, f"Content-Type {content_type!r} is not supported; use {PROTOBUF_CONTENT_TYPE} or {JSON_CONTENT_TYPE}"
     )

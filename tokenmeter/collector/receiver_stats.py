@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from tokenmeter.prometheus_text import Histogram
@@ -22,6 +22,7 @@ class ReceiverStats:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], int] = defaultdict(int)  # (signal, outcome) -> items
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (signal, transport, outcome)
+        self._rejected_points: dict[tuple[str, str], int] = defaultdict(int)  # (metric, reason)
         self._write_seconds = Histogram("tokenmeter_receiver_write_seconds", WRITE_SECONDS_BUCKETS)
         self._gauges: dict[str, Callable[[], float]] = {}
         # Items accepted per wall-clock second, for the last minute (the web page's ingest rate).
@@ -44,6 +45,12 @@ class ReceiverStats:
                 while self._recent[0][0] <= second - RATE_WINDOW_SECONDS:
                     self._recent.popleft()
 
+    def count_rejected_points(self, rejected: Mapping[tuple[str, str], int]) -> None:
+        """Points of tokenmeter's counters the guard refused, by (metric, reason)."""
+        with self._lock:
+            for key, points in rejected.items():
+                self._rejected_points[key] += points
+
     def activity(self) -> dict[str, float | int | None]:
         """When data last arrived (Unix seconds), items per second over the last minute, items accepted in all."""
         now = int(time.time())
@@ -64,6 +71,7 @@ class ReceiverStats:
         with self._lock:
             items = sorted(self._items.items())
             requests = sorted(self._requests.items())
+            rejected = sorted(self._rejected_points.items())
         lines = [
             "# HELP tokenmeter_receiver_items_total Spans, data points and log records by outcome.",
             "# TYPE tokenmeter_receiver_items_total counter",
@@ -80,6 +88,14 @@ class ReceiverStats:
             f'tokenmeter_receiver_requests_total{{signal="{signal}",transport="{transport}",outcome="{outcome}"}} '
             f"{count}"
             for (signal, transport, outcome), count in requests
+        ]
+        lines += [
+            "# HELP tokenmeter_receiver_rejected_points_total Points of tokenmeter's counters refused as not usage.",
+            "# TYPE tokenmeter_receiver_rejected_points_total counter",
+        ]
+        lines += [
+            f'tokenmeter_receiver_rejected_points_total{{metric="{metric}",reason="{reason}"}} {count}'
+            for (metric, reason), count in rejected
         ]
         lines += [
             "# HELP tokenmeter_receiver_write_seconds Time of one batch insert into the store.",

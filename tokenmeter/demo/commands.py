@@ -20,7 +20,8 @@ def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         ),
     )
     demo.add_argument("--dir", type=Path, default=Path(".tokenmeter-demo"), metavar="DIR",
-                      help="where the demo's store and logs go; a previous demo there is replaced")  # fmt: skip
+                      help="where the demo's store and logs go; a previous demo there is replaced, unless "
+                           "another process (its dashboard) still serves it")  # fmt: skip
     demo.add_argument("--scale", type=float, default=1.0, help="share of the workload to run (default 1)")
     demo.add_argument("--port", type=int, default=9400,
                       help="where the web dashboard is served afterwards (default 9400)")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -23,6 +24,7 @@ from typing import IO, Any, Final
 from tokenmeter import semconv
 from tokenmeter.demo.llm_server import DemoLLMServer
 from tokenmeter.demo.workload import EMBEDDING_MODEL, Call, plan
+from tokenmeter.store.client import holder_pid
 
 MARKER: Final = ".tokenmeter-demo"
 WORKERS: Final = 6
@@ -36,13 +38,43 @@ class DemoError(Exception):
 
 
 def prepare_directory(directory: Path) -> None:
-    """An empty demo directory; a previous demo's data is replaced, anything else is refused."""
+    """An empty demo directory; a previous demo's data is replaced, anything else is refused.
+
+    A previous demo's store still served (its dashboard: `tokenmeter demo --show`) is refused
+    too: chDB holds an exclusive flock on ``<store>/status`` while it runs, so the demo takes
+    that lock itself, without waiting, and keeps it while it deletes.
+    """
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
             raise DemoError(f"{directory} exists and is not a tokenmeter demo directory; choose another with --dir")
-        shutil.rmtree(directory)
+        with _store_lock(directory / "chdb"):
+            shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("made by `tokenmeter demo`; removed and made again by the next run\n")
+
+
+@contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """Hold the chDB store's lock (DemoError naming the holder when another process has it)."""
+    status = store / "status"
+    try:
+        descriptor = os.open(status, os.O_RDONLY)
+    except FileNotFoundError:
+        yield  # no store, or one that never ran: nothing holds it
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = holder_pid(status) or " (PID unknown)"
+            raise DemoError(
+                f"the previous demo's store {store} is in use by another process{holder} (probably its "
+                "dashboard, `tokenmeter demo --show` / `make dashboard`); stop that process (Ctrl-C in its "
+                "terminal) and run the demo again, or run it in another directory with --dir"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 class ServeProcess:
@@ -137,7 +169,9 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_ms)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     instrumentor = TokenmeterInstrumentor()
-    settings = Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key)
+    # propagate="loopback": the demo's own model server counts per user from the baggage (by default only hops get it).
+    settings = Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key,
+                        propagate="loopback")  # fmt: skip
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
                             registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
     try:

@@ -5,6 +5,10 @@ the field and what is wrong, e.g.::
 
     policy.yaml line 14, budgets[1].limit.tokens: Input should be greater than 0
 
+and, when there are several, every one of them on its own line. A file with no ``budgets:``
+(empty, only comments, or cut off before its budgets) is refused too: read while someone
+rewrites it, it would otherwise switch every quota off. ``budgets: []`` says "none" on purpose.
+
 See docs/quotas.md for the format. Loading is pure apart from reading the file.
 """
 
@@ -177,47 +181,66 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise PolicyError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if document is None:
-        document = {}
+        raise PolicyError(
+            f"{source} is empty (or only comments), and an empty policy would allow every call: write its "
+            "budgets (docs/quotas.md), or `budgets: []` to allow every call on purpose. To run without quotas, "
+            "leave out --policy / TOKENMETER_POLICY. When editing it in place, write a temporary file and "
+            "rename it over this one"
+        )
     if not isinstance(document, dict):
         raise PolicyError(f"{source}: the policy must be a mapping with budgets:, model_groups:, routes: ...")
+    if "budgets" not in document:
+        raise PolicyError(
+            f"{source}: no budgets: list (a file cut off before its budgets would switch every quota off); "
+            "write the budgets, or `budgets: []` to allow every call on purpose"
+        )
     try:
         policy = Policy.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise _located(source, root, first["loc"], first["msg"].removeprefix("Value error, ") + more) from None
-    problem = _reference_problem(policy)
-    if problem is not None:
-        raise _located(source, root, *problem)
+        problems = [(error["loc"], error["msg"].removeprefix("Value error, ")) for error in exc.errors()]
+        raise _located(source, root, problems) from None
+    reference_problems = _reference_problems(policy)
+    if reference_problems:
+        raise _located(source, root, reference_problems)
     return policy
 
 
-def _located(source: str, root: Any, location: Sequence[int | str], message: str) -> PolicyError:
-    line = _line_of(root, location)
-    where = f" line {line}" if line else ""
-    return PolicyError(f"{source}{where}, {_dotted(location) or 'policy'}: {message}")
+def _located(source: str, root: Any, problems: Sequence[tuple[Sequence[int | str], str]]) -> PolicyError:
+    """One problem: one line; several: a count, then each with its line and field, in file order."""
+    unique = {(_line_of(root, location) or 0, _dotted(location) or "policy", message): None
+              for location, message in problems}  # fmt: skip
+    located = sorted(unique, key=lambda problem: problem[0])  # stable: the validator's order within a line
+    lines = [f"{f'line {line}, ' if line else ''}{field}: {message}" for line, field, message in located]
+    if len(lines) == 1:
+        return PolicyError(f"{source} {lines[0]}" if located[0][0] else f"{source}, {lines[0]}")
+    return PolicyError(f"{source}: {len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines))
 
 
-def _reference_problem(policy: Policy) -> tuple[tuple[int | str, ...], str] | None:
-    """The first name that points nowhere or in a circle, with where it is."""
+def _reference_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str]]:
+    """Every name that points nowhere or in a circle, with where it is."""
+    problems: list[tuple[tuple[int | str, ...], str]] = []
     names = [budget.name for budget in policy.budgets]
     for index, name in enumerate(names):
         if name in names[:index]:
-            return ("budgets", index, "name"), f"budget names must be unique; {name!r} is used twice"
+            problems.append((("budgets", index, "name"), f"budget names must be unique; {name!r} is used twice"))
     for index, budget in enumerate(policy.budgets):
         if budget.models is not None and budget.models not in policy.model_groups:
             defined = ", ".join(sorted(policy.model_groups)) or "none"
-            return ("budgets", index, "models"), (
-                f"model group {budget.models!r} is not defined in model_groups (defined: {defined})"
-            )
+            message = f"model group {budget.models!r} is not defined in model_groups (defined: {defined})"
+            problems.append((("budgets", index, "models"), message))
+    reported_loops: set[frozenset[str]] = set()
     for start in policy.routes:
         seen = [start]
         while seen[-1] in policy.routes:
             following = policy.routes[seen[-1]]
             if following in seen:
-                return ("routes", start), f"routes loop: {' -> '.join([*seen, following])}"
+                loop = frozenset(seen[seen.index(following) :])
+                if loop not in reported_loops:  # one loop, reported once, not once per model that enters it
+                    reported_loops.add(loop)
+                    problems.append((("routes", start), f"routes loop: {' -> '.join([*seen, following])}"))
+                break
             seen.append(following)
-    return None
+    return problems
 
 
 def _dotted(location: Sequence[int | str]) -> str:

@@ -54,7 +54,10 @@ def enforcer_app(service: EnforcerService, token: str) -> Starlette:
     hint = "TOKENMETER_ENFORCER_TOKEN, or the token file the enforcer wrote"
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", **service.health()})
+        # 503 when usage cannot be read: checks are then decided on an old snapshot (counted as fail-open).
+        problems = service.store_problems()
+        document = {"status": "unavailable" if problems else "ok", "problems": problems, **service.health()}
+        return JSONResponse(document, status_code=503 if problems else 200)
 
     async def metrics(_request: Request) -> Response:
         return PlainTextResponse(service.render_metrics(), media_type="text/plain; version=0.0.4")

@@ -2,10 +2,11 @@
 
 Around one :class:`~tokenmeter.enforcer.enforcer.Enforcer` it keeps
 
-- the policy file: reloaded when it changes (checked every refresh) or on request
-  (SIGHUP); a broken new file keeps the old policy, and the error is logged, counted
-  and shown by ``GET /v1/policy``. The usage for a new policy is read before it is
-  used, so no check sees a budget without its usage;
+- the policy file: reloaded when it changes (checked every refresh, and once a change
+  has settled: :mod:`tokenmeter.enforcer.policy_file`) or on request (SIGHUP); a broken
+  or empty new file keeps the old policy, and the error is logged, counted and shown by
+  ``GET /v1/policy``. The usage for a new policy is read before it is used, so no check
+  sees a budget without its usage;
 - the refresh loop, on its own thread with its own store client: usage snapshot every
   ``refresh_seconds``, threshold crossings and decision changes written to
   ``quota_events``;
@@ -16,8 +17,6 @@ Checks never wait for the store: they use the last snapshot plus the reservation
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import socket
 import threading
@@ -33,7 +32,14 @@ from tokenmeter.enforcer.decision import BudgetUsage, CheckRequest, Decision, Us
 from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.enforcer_stats import EnforcerStats
 from tokenmeter.enforcer.ledger import DEFAULT_SETTLE_SECONDS, DEFAULT_TIMEOUT_SECONDS, ReservationLedger
-from tokenmeter.enforcer.policy import Policy, PolicyError, load_policy
+from tokenmeter.enforcer.policy import Policy, PolicyError
+from tokenmeter.enforcer.policy_file import (
+    DEFAULT_POLICY_SETTLE_SECONDS,
+    LoadedPolicy,
+    PolicyFileWatch,
+    no_policy,
+    read_policy_at_start,
+)
 from tokenmeter.enforcer.quota_events import QuotaEventLog
 from tokenmeter.enforcer.wire import CheckBody, decimal_text
 from tokenmeter.pricing import Price, cost_of
@@ -67,6 +73,9 @@ class EnforcerOptions:
     # A snapshot older than this no longer counts as knowing the usage: checks answered
     # with it are counted as fail-open. Default: three refreshes, at least 30 s.
     stale_after_seconds: float | None = None
+    # A changed policy file is read once it has not changed for this long (a file renamed
+    # into place, or SIGHUP: at once); see tokenmeter/enforcer/policy_file.py.
+    policy_settle_seconds: float = DEFAULT_POLICY_SETTLE_SECONDS
 
     @property
     def stale_after(self) -> float:
@@ -75,31 +84,9 @@ class EnforcerOptions:
         return max(30.0, 3 * self.refresh_seconds)
 
 
-@dataclass(frozen=True)
-class LoadedPolicy:
-    policy: Policy
-    source: str | None
-    checksum: str | None
-    loaded_at: datetime
-    file_state: tuple[int, int, int] | None  # (inode, size, mtime_ns) when read
-
-
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def read_policy_file(path: Path | None) -> LoadedPolicy:
-    """Load the policy (PolicyError when it cannot be used); no path: the empty policy."""
-    if path is None:
-        return LoadedPolicy(Policy(), None, None, datetime.now(UTC), None)
-    state = _file_state(path)
-    policy = load_policy(path)
-    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoadedPolicy(policy, str(path), checksum, datetime.now(UTC), state)
+def read_policy_file(path: Path | None, settle_seconds: float = DEFAULT_POLICY_SETTLE_SECONDS) -> LoadedPolicy:
+    """The policy to start with (PolicyError when it cannot be used); no path: the empty policy."""
+    return no_policy() if path is None else read_policy_at_start(path, settle_seconds)
 
 
 def default_replica_name() -> str:
@@ -122,7 +109,13 @@ class EnforcerService:
         self._catalog = catalog
         self._clock = clock
         offset = timedelta(seconds=options.clock_offset_seconds)
-        self._loaded = read_policy_file(options.policy_path)  # raises PolicyError: nothing to fall back to
+        # Raises PolicyError: at start there is nothing to fall back to.
+        self._loaded = read_policy_file(options.policy_path, options.policy_settle_seconds)
+        self._policy_watch = (
+            PolicyFileWatch(options.policy_path, options.policy_settle_seconds, self._loaded.file_state)
+            if options.policy_path is not None
+            else None
+        )
         self.enforcer = Enforcer(
             self._loaded.policy,
             ReservationLedger(options.settle_seconds, options.reservation_timeout_seconds, clock=clock),
@@ -182,7 +175,7 @@ class EnforcerService:
             if first:
                 first = False
                 self._first_refresh.set()
-            self._wake.wait(self.options.refresh_seconds)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
         if client is not None:
             try:
@@ -191,14 +184,20 @@ class EnforcerService:
             except Exception as exc:
                 logger.warning("quota events or utilisation not written at stop (%d events dropped): %s",
                                self.events.pending(), exc)  # fmt: skip
+            finally:
+                client.close()  # chDB: a process opens one store path at a time; let the next one open
+
+    def _next_wait(self) -> float:
+        """The refresh interval, shorter when a changed policy file settles before it."""
+        due = self._policy_watch.seconds_until_due() if self._policy_watch is not None else None
+        return self.options.refresh_seconds if due is None else min(self.options.refresh_seconds, due + 0.01)
 
     def _tick(self, client: Client) -> None:
-        loaded = self._loaded
-        if self._reload_requested or (
-            loaded.source is not None and _file_state(Path(loaded.source)) != loaded.file_state
-        ):
-            self._reload_requested = False
-            self._reload(client)
+        if self._policy_watch is not None:
+            forced, self._reload_requested = self._reload_requested, False
+            outcome = self._policy_watch.poll(force=forced)
+            if outcome is not None:
+                self._reload(client, outcome)
         snapshot = self.enforcer.refresh(client)
         if self._clock() >= self._next_utilisation_write:
             self.write_utilisation(client)
@@ -234,18 +233,13 @@ class EnforcerService:
                            "snapshot and the reservations until it works again", message)  # fmt: skip
         self.last_refresh_error = message
 
-    def _reload(self, client: Client) -> None:
-        path = self.options.policy_path
-        try:
-            loaded = read_policy_file(path)
-        except PolicyError as exc:
+    def _reload(self, client: Client, outcome: LoadedPolicy | PolicyError) -> None:
+        if isinstance(outcome, PolicyError):
             self.stats.count_policy_load("rejected")
-            self.last_policy_error = str(exc)
-            # The same broken file is not re-read until it changes again.
-            if path is not None:
-                self._loaded = dataclasses.replace(self._loaded, file_state=_file_state(path))
-            logger.error("policy not reloaded, the previous one stays in force: %s", exc)
+            self.last_policy_error = str(outcome)
+            logger.error("policy not reloaded, the previous one stays in force: %s", outcome)
             return
+        loaded = outcome
         try:
             snapshot, started_at = self.enforcer.read_snapshot(client, loaded.policy)
         except Exception as exc:
@@ -340,6 +334,18 @@ class EnforcerService:
             "store_error": self.last_refresh_error,
             "snapshot_age_seconds": _seconds(self.enforcer.snapshot_age()),
         }
+
+    def store_problems(self) -> list[str]:
+        """Why the enforcer cannot count on the store now (for health checks); empty when it can."""
+        problems = []
+        if self.last_refresh_error is not None:
+            problems.append(f"the enforcer cannot read usage from the store: {self.last_refresh_error}")
+        age = self.enforcer.snapshot_age()
+        if age > self.options.stale_after:
+            known = "none yet" if age == float("inf") else f"{age:.0f} s old"
+            problems.append(f"the enforcer's usage snapshot is stale ({known}; stale after "
+                            f"{self.options.stale_after:g} s)")  # fmt: skip
+        return problems
 
     def render_metrics(self) -> str:
         utilisation = [

@@ -1,7 +1,8 @@
 """The HTTP API of `tokenmeter serve` (port 9400).
 
-- ``GET /healthz``: liveness and the store it writes to (no token: it reveals nothing
-  about usage).
+- ``GET /healthz``: 200 ``"status": "ok"`` when the store answers (a probe that reads
+  stored data, and the enforcer's usage refresh), else 503 ``"status": "unavailable"``
+  with the ``problems``; the store it writes to (no token: it reveals nothing about usage).
 - ``GET /metrics``: the receiver's and the enforcer's metrics in the Prometheus text
   format. Bearer token required: quota utilisation is per user and department.
 - ``GET /v1/report?by=&period=&at=&subject=``: a usage report, the document
@@ -26,6 +27,7 @@ from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerService
+from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
 from tokenmeter.web.routes import web_routes
 
@@ -48,10 +50,21 @@ def api_app(
     api_token_hint = "TOKENMETER_API_TOKEN, or the api-token file serve wrote"  # noqa: S105 - a hint, not a token
     enforcer_token_hint = f"TOKENMETER_ENFORCER_TOKEN or {api_token_hint}"
 
+    probe = StoreProbe(reader)
+
     async def healthz(_request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok", "store": store_display, "queue_bytes": queue.pending_bytes, "quotas": enforcer.health()}
-        )
+        problems = enforcer.store_problems()
+        probe_problem = await probe.problem()
+        if probe_problem is not None:
+            problems.insert(0, probe_problem)
+        document = {
+            "status": "unavailable" if problems else "ok",
+            "problems": problems,
+            "store": store_display,
+            "queue_bytes": queue.pending_bytes,
+            "quotas": enforcer.health(),
+        }
+        return JSONResponse(document, status_code=503 if problems else 200)
 
     async def metrics(_request: Request) -> Response:
         text = queue.stats.render() + enforcer.render_metrics()

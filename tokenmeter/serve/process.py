@@ -1,4 +1,4 @@
-"""Run `tokenmeter serve`: migrate the store, then OTLP gRPC + HTTP receivers and the API.
+"""Run `tokenmeter serve`: check the config, migrate the store, then OTLP gRPC + HTTP receivers and the API.
 
 Start-up binds every socket first, so a port in use is one clear error before anything
 runs. When ready, one JSON line on stdout names the bound addresses (ports given as 0
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -20,16 +21,18 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Final
 
 from tokenmeter.collector.limits import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS, BodyDeadline
 from tokenmeter.settings import default_api_token_file
 
 if TYPE_CHECKING:
@@ -62,19 +65,46 @@ class ServeConfig:
     enforcer: EnforcerOptions = field(default_factory=EnforcerOptions)
     # Accepted on the enforcer's endpoints besides the API token (the apps' token).
     enforcer_token: str | None = None
+    # A request body (OTLP/HTTP, API) must arrive within this many seconds; else 408.
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    # gRPC connections are closed after this long (+ body_timeout for calls in flight); clients reconnect.
+    grpc_max_connection_age: float = DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS
 
 
 class ServeError(Exception):
     """serve cannot start; the message names the fix."""
 
 
+OTLP_TOKEN_FILE_NAME: Final = "otlp-token"  # noqa: S105 - a file name
+
+
 def api_token_path(token_dir: Path | None = None) -> Path:
     return token_dir / default_api_token_file().name if token_dir is not None else default_api_token_file()
 
 
+def otlp_token_path(token_dir: Path | None = None) -> Path:
+    """Where serve writes the OTLP token it makes when it listens beyond loopback."""
+    return (token_dir if token_dir is not None else default_api_token_file().parent) / OTLP_TOKEN_FILE_NAME
+
+
+def is_loopback_address(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1, localhost (0.0.0.0 and :: are every interface)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
 def load_or_create_api_token(token_dir: Path | None = None, path: Path | None = None) -> tuple[str, Path]:
     """The API token serve writes for local tools (mode 0600); reused across restarts."""
-    path = path or api_token_path(token_dir)
+    return load_or_create_token(path or api_token_path(token_dir))
+
+
+def load_or_create_token(path: Path) -> tuple[str, Path]:
+    """A bearer token kept in ``path`` (mode 0600): read when there, else made; reused across restarts."""
     if path.exists():
         if path.stat().st_mode & 0o077:  # readable by others: tighten, and say so
             logger.warning("%s was readable by other users; setting its mode to 0600", path)
@@ -114,7 +144,8 @@ def socket_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def quiet_uvicorn_server(app: object) -> uvicorn.Server:
+def quiet_uvicorn_server(app: object, body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS) -> uvicorn.Server:
+    """uvicorn for one of serve's (or the enforcer's) apps: quiet, and request bodies due within ``body_timeout``."""
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -124,7 +155,8 @@ def quiet_uvicorn_server(app: object) -> uvicorn.Server:
             yield
 
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", http="httptools", timeout_graceful_shutdown=10
+        BodyDeadline(app, body_timeout),  # type: ignore[arg-type]
+        log_level="warning", access_log=False, lifespan="off", http="httptools", timeout_graceful_shutdown=10,
     )
     server = _Server(config)
     return server
@@ -136,6 +168,7 @@ def run_serve(config: ServeConfig, ready: IO[str] = sys.stdout, progress: Callab
 
 
 async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], None]) -> int:
+    from tokenmeter.collector.counter_guard import CounterGuard
     from tokenmeter.collector.grpc_receiver import otlp_grpc_server
     from tokenmeter.collector.http_receiver import otlp_http_app
     from tokenmeter.collector.ingest_queue import IngestQueue, IngestSchema
@@ -153,10 +186,12 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     def open_client() -> Client:
         return open_store(config.clickhouse_url)
 
+    # Config before the store: a broken policy or model catalog leaves a new store uncreated.
+    enforcer = _enforcer_service(config, open_client)
     reader = StoreReader(open_client)
     _migrate(reader, config, location.display, progress)
     api_token, token_source = _api_token(config)
-    enforcer = _start_enforcer(config, open_client, progress)
+    _start_enforcer(enforcer, config, progress)
     queue = IngestQueue(
         open_client,
         IngestSchema.for_store(embedded=location.kind == "chdb"),
@@ -167,10 +202,15 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
     )
     queue.start()
 
-    grpc_server = otlp_grpc_server(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
+    otlp_token, otlp_token_source = _otlp_token(config)
+    guard = CounterGuard()  # one for both transports: a series is screened alike on either
+    grpc_server = otlp_grpc_server(queue, token=otlp_token, max_request_bytes=config.max_request_bytes, guard=guard,
+                                   max_connection_age=config.grpc_max_connection_age,
+                                   connection_grace=config.body_timeout)  # fmt: skip
     grpc_address = await _start_grpc(grpc_server, sockets.pop("grpc"))
     http_server = quiet_uvicorn_server(
-        otlp_http_app(queue, token=config.otlp_token, max_request_bytes=config.max_request_bytes)
+        otlp_http_app(queue, token=otlp_token, max_request_bytes=config.max_request_bytes, guard=guard),
+        config.body_timeout,
     )
     api_server = quiet_uvicorn_server(
         api_app(
@@ -180,7 +220,8 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
             store_display=location.display,
             enforcer=enforcer,
             enforcer_token=config.enforcer_token,
-        )
+        ),
+        config.body_timeout,
     )
     tasks = [
         asyncio.create_task(http_server.serve(sockets=[sockets["http"]])),
@@ -199,13 +240,15 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
         "otlp_http": f"http://{socket_address(sockets['http'])}",
         "api": f"http://{socket_address(sockets['api'])}",
     }
-    ready.write(json.dumps({"event": "ready", **addresses, "store": location.display, "api_token": token_source}))
+    ready.write(json.dumps({"event": "ready", **addresses, "store": location.display, "api_token": token_source,
+                            "otlp_token": otlp_token_source}))  # fmt: skip
     ready.write("\n")
     ready.flush()
     progress(
         f"tokenmeter serve: OTLP gRPC {addresses['otlp_grpc']}, OTLP HTTP {addresses['otlp_http']}, "
         f"API {addresses['api']} (token: {token_source}); dashboard {addresses['api']}/"
     )
+    _say_otlp_token(config, otlp_token_source, progress)
 
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -233,25 +276,49 @@ def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: C
     progress(f"store ready ({len(result.applied)} migrations applied, {len(result.already_applied)} already there)")
 
 
-def _start_enforcer(
-    config: ServeConfig, open_client: Callable[[], Client], progress: Callable[[str], None]
-) -> EnforcerService:
+def _enforcer_service(config: ServeConfig, open_client: Callable[[], Client]) -> EnforcerService:
+    """The enforcer with its policy and the model catalog loaded; touches no store (ServeError when broken)."""
     from tokenmeter.catalog import CatalogError, ModelCatalog
     from tokenmeter.enforcer.policy import PolicyError
     from tokenmeter.settings import get_settings
 
     try:
         catalog = ModelCatalog.load(get_settings().models)
-        service = EnforcerService(open_client, config.enforcer, catalog)
+        return EnforcerService(open_client, config.enforcer, catalog)
     except (PolicyError, CatalogError) as exc:
         raise ServeError(str(exc)) from None
+
+
+def _start_enforcer(service: EnforcerService, config: ServeConfig, progress: Callable[[str], None]) -> None:
     service.start()
     policy = config.enforcer.policy_path
     if policy is None:
         progress("quotas: no policy (--policy or TOKENMETER_POLICY): every check is allowed")
     else:
         progress(f"quotas: {len(service.enforcer.policy.budgets)} budgets from {policy}")
-    return service
+
+
+def _otlp_token(config: ServeConfig) -> tuple[str | None, str | None]:
+    """The token the OTLP receivers require and where it came from (None: no token, loopback only).
+
+    On loopback every local process may report usage (the default, so apps work unconfigured on one
+    machine); beyond it, serve never listens without a token: it makes one unless one is set.
+    """
+    if config.otlp_token is not None:
+        return config.otlp_token, "TOKENMETER_OTLP_TOKEN"
+    if is_loopback_address(config.host):
+        return None, None
+    token, path = load_or_create_token(otlp_token_path(config.token_dir))
+    return token, str(path)
+
+
+def _say_otlp_token(config: ServeConfig, source: str | None, progress: Callable[[str], None]) -> None:
+    if source is None:
+        progress("OTLP receivers take no token: any process on this machine can report usage (docs/serve.md, "
+                 "'Who can write usage'; set TOKENMETER_OTLP_TOKEN to close that)")  # fmt: skip
+    elif config.otlp_token is None:
+        progress(f"OTLP receivers require the bearer token in {source} (serve listens beyond loopback): "
+                 "apps send it with OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>")  # fmt: skip
 
 
 def _api_token(config: ServeConfig) -> tuple[str, str]:

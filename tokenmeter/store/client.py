@@ -3,7 +3,9 @@
 Two kinds of URL, one kind of client (the rest of the code does not know which):
 
 - ``chdb:///abs/path``: the embedded engine (chDB) in this process, data under the path.
-  chDB locks its directory: one process at a time.
+  chDB locks its directory: one process at a time. Commands that make the store (serve,
+  db migrate) create the directory; commands that only read it refuse a path that does
+  not exist (``open_store(url, create=False)``), rather than create an empty store there.
 - ``http(s)://user:password@host:port/database``: a ClickHouse server.
 """
 
@@ -38,6 +40,10 @@ class StoreConfigError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the chDB data directory."""
+
+
+class StoreMissingError(StoreConfigError):
+    """A chDB directory that does not exist, given to a command that only reads the store."""
 
 
 @dataclass(frozen=True)
@@ -98,17 +104,21 @@ def parse_store_url(url: str) -> StoreLocation:
     raise StoreConfigError(f"unsupported store URL scheme {parts.scheme!r}; {URL_HELP}")
 
 
-def open_store(url: str | None = None) -> Client:
+def open_store(url: str | None = None, *, create: bool = True) -> Client:
     """Open the store at ``url`` (default: the TOKENMETER_CLICKHOUSE_URL setting).
 
-    For chDB the directory is created. Raises StoreLockedError when another process holds
-    a chDB directory, StoreConfigError for a bad URL, StoreError when the server is unreachable.
+    For chDB the directory is created, unless ``create`` is False (commands that only read):
+    then a missing directory raises StoreMissingError. Raises StoreLockedError when another
+    process holds a chDB directory, StoreConfigError for a bad URL, StoreError when the
+    server is unreachable.
     """
     if url is None:
         from tokenmeter.settings import get_settings
 
         url = get_settings().clickhouse_url
     location = parse_store_url(url)
+    if not create:
+        require_existing_store(location)
     try:
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -130,6 +140,31 @@ def open_store(url: str | None = None) -> Client:
     except ClickHouseError as exc:
         message = str(exc).replace(location.password, "***") if location.password else str(exc)
         raise StoreError(f"cannot open ClickHouse at {location.display}: {message}") from None
+
+
+def require_existing_store(location: StoreLocation) -> None:
+    """StoreMissingError when ``location`` is a chDB directory that does not exist (a server: nothing to check)."""
+    if location.kind != "chdb" or location.path is None:
+        return
+    if location.path.is_dir():
+        return
+    what = "is not a directory" if location.path.exists() else "does not exist"
+    raise StoreMissingError(
+        f"no store at {location.display}: {location.path} {what}. Check the URL (--clickhouse-url or "
+        f"TOKENMETER_CLICKHOUSE_URL), or create the store first: run `tokenmeter db migrate --clickhouse-url "
+        f"{location.display}` (or `tokenmeter serve`, which migrates)"
+    )
+
+
+def probe_store(client: Client) -> None:
+    """Raise unless the store answers a query that reads stored data.
+
+    It reads the record of applied migrations (never empty once migrated): a store whose
+    files are gone fails it, where metadata-only queries (``SELECT 1``, ``count()``) still answer.
+    """
+    from tokenmeter.store.migrations import MIGRATIONS_TABLE
+
+    client.command(f"SELECT count() FROM {MIGRATIONS_TABLE} WHERE checksum != ''")  # noqa: S608 - a constant
 
 
 def _open_chdb(clickhouse_connect: object, error_type: type[Exception], path: Path) -> Client:
@@ -167,13 +202,17 @@ def lock_holder(path: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = ""
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                first = status.read_text(encoding="utf-8").splitlines()[0]
-                if first.startswith("PID:"):
-                    pid = f" (PID {first.removeprefix('PID:').strip()})"
-            return pid or " (PID unknown)"
+            return holder_pid(status) or " (PID unknown)"
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def holder_pid(status: Path) -> str:
+    """\" (PID 123)\" from a chDB ``status`` file, which the process holding it writes; "" if unreadable."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
+        first = status.read_text(encoding="utf-8").splitlines()[0]
+        if first.startswith("PID:"):
+            return f" (PID {first.removeprefix('PID:').strip()})"
+    return ""

@@ -1,0 +1,1 @@
+"""What tokenmeter's HTTP listeners share (serve's receiver and API, the enforcer)."""
