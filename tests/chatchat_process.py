@@ -67,11 +67,19 @@ class ChatchatProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ChatchatProcess:
+        return self.launch().wait_until_ready()
+
+    def launch(self) -> ChatchatProcess:
+        """Start ``chatchat start --api`` (the launcher, in a session of its own) without waiting."""
         command = [str(self.venv / "bin" / "opentelemetry-instrument"), str(self.venv / "bin" / "chatchat"), "start",
                    "--api"]  # fmt: skip
         with self.log.open("wb") as log:
             self._proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)  # fmt: skip
+        return self
+
+    def wait_until_ready(self) -> ChatchatProcess:
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -92,6 +100,45 @@ class ChatchatProcess:
         headers = {"X-Forwarded-User": user, "X-Department": department.encode()}
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
 
+    @property
+    def launcher_pid(self) -> int:
+        """``chatchat start``: it runs the API server in a spawned child process."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    def api_server_pid(self) -> int:
+        """The launcher's child process that listens on the API port."""
+        port = int(self.url.rsplit(":", 1)[1])
+        inodes = _listening_socket_inodes(port)
+        for child in _children(self.launcher_pid):
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{child}/fd").iterdir()):
+                    return child
+        raise AssertionError(f"no child of the launcher listens on {port}: {self.log_tail()}")
+
+    def stop_with(self, signal_number: int, *, to: str) -> None:
+        """Send a signal the way a user or a service manager would: to the ``group`` (Ctrl-C in a
+        terminal, systemd's default), to the ``launcher`` only (``kill <pid>``), or to the ``api`` child."""
+        if to == "group":
+            os.killpg(self.launcher_pid, signal_number)
+        elif to == "launcher":
+            os.kill(self.launcher_pid, signal_number)
+        elif to == "api":
+            os.kill(self.api_server_pid(), signal_number)
+        else:
+            raise ValueError(f"to={to!r}: group, launcher or api")
+
+    def wait_for_exit(self, timeout: float = 120.0) -> int:
+        """The launcher's exit status once it and every process of its group have ended."""
+        assert self._proc is not None
+        returncode = self._proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.launcher_pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes of chatchat's group outlived the launcher: {self.log_tail()}")
+            time.sleep(0.2)
+        return returncode
+
     def stop(self) -> None:
         if self._proc is None:
             return
@@ -104,3 +151,30 @@ class ChatchatProcess:
             os.killpg(self._proc.pid, 9)
             self._proc.wait(30)
         self._proc = None
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.extend(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def _listening_socket_inodes(port: int) -> set[str]:
+    """``socket:[inode]`` of the sockets listening on ``port`` (as /proc/<pid>/fd links name them)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

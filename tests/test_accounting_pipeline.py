@@ -63,7 +63,7 @@ def test_counters_are_exported_cumulatively_whatever_the_host_prefers(monkeypatc
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     pipeline = AccountingPipeline(cardinality_limit=10)
     [reader] = pipeline.readers
-    assert type(reader._exporter).__name__ == "OTLPMetricExporter"
+    assert type(reader._exporter.wrapped).__name__ == "OTLPMetricExporter"  # (flushes send only changed series)
     temporalities = set(reader._instrument_class_temporality.values())
     assert temporalities == {AggregationTemporality.CUMULATIVE}
     pipeline.shutdown()

@@ -5,13 +5,18 @@ Runs when ``TOKENMETER_CHATCHAT_VENV`` names a venv with Chatchat and tokenmeter
 ``opentelemetry-instrument`` and exports to a real ``tokenmeter serve``, which also holds
 the quota policy; its model platform is a local OpenAI-compatible server that counts
 with each model's tokenizer and records whose call it served (from the baggage).
+
+The last tests stop Chatchat in each way users and service managers do, right after its
+last answer, and compare what the model server served with what reached the store.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import pytest
 from budget_days import timezone_far_from_midnight
 from chatchat_process import ChatchatProcess, chatchat_venv, configure
 from serve_process import ServeProcess
+from waiting import wait_for
 
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.demo.llm_server import DemoLLMServer
@@ -48,7 +54,19 @@ QUESTION = "公司的报销制度是怎样的？请简要说明。"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatProcess, ServeProcess, DemoLLMServer]]:
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LangChain's OpenAIEmbeddings counts with tiktoken's cl100k_base and would download it."""
+    assert VENV is not None
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    seeded = subprocess.run([str(VENV / "bin" / "tokenmeter"), "tiktoken-cache", str(cache)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr
+    return cache
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiktoken_cache: Path
+          ) -> Iterator[tuple[ChatchatProcess, ServeProcess, DemoLLMServer]]:  # fmt: skip
     assert VENV is not None
     work = tmp_path_factory.mktemp("chatchat")
     upstream = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None))).start()
@@ -58,11 +76,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatPr
                                           "--settle-seconds", "3"]).start()  # fmt: skip
     root = work / "chatchat"
     root.mkdir()
-    # LangChain's OpenAIEmbeddings counts with tiktoken's cl100k_base and would download it.
-    tiktoken_cache = work / "tiktoken-cache"
-    seeded = subprocess.run([str(VENV / "bin" / "tokenmeter"), "tiktoken-cache", str(tiktoken_cache)],
-                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert seeded.returncode == 0, seeded.stderr
     port = configure(root, VENV, upstream.base_url, LLMS, EMBEDDINGS)
     chatchat = ChatchatProcess(root, VENV, port, {
         "OTEL_SERVICE_NAME": "chatchat", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -77,6 +90,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChatchatPr
         # on timing (CI saw qwen-max called twice). Fail-open itself is tested in test_quota_client.
         "TOKENMETER_ENFORCER_TIMEOUT": "5",
         "TOKENMETER_HASH_KEY": "chatchat-test", "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
+        # The model server here is a test instrument that tells users apart by the baggage they
+        # send: opt in to sending it to loopback model servers (by default only hops get it).
+        "TOKENMETER_PROPAGATE": "loopback",
     })  # fmt: skip
     try:
         chatchat.start()
@@ -238,3 +254,114 @@ def test_the_agents_loopback_call_is_a_hop_billed_once(stack: tuple[ChatchatProc
     assert hops >= 1, "the agent did not call Chatchat's own /v1"
     assert forwarded >= hops  # each hop's forwarded call is in the audit trail ...
     assert hop_rows == 0  # ... and the hop itself is not
+
+
+# --- stopping Chatchat loses no usage --------------------------------------------------
+
+# How Chatchat is stopped: (signal, to whom). `chatchat start` (the launcher) runs the API
+# server in a child process and used to SIGKILL it when signalled.
+GRACEFUL_STOPS = {
+    "ctrl-c": (signal.SIGINT, "group"),  # Ctrl-C in a terminal
+    "kill-launcher": (signal.SIGTERM, "launcher"),  # kill <pid of chatchat start>
+    "group-sigterm": (signal.SIGTERM, "group"),  # systemd's default (KillMode=control-group)
+}
+KILLED = "sigkill-api"  # the API server SIGKILLed: no chance to flush at all
+# docs/chatchat.md's recommended interval: the graceful stops must not lean on a short one.
+DOCS_EXPORT_INTERVAL_MS = "10000"
+# With SIGKILL, usage can only have left before the kill: no periodic export may carry it.
+NO_PERIODIC_EXPORT_MS = "3600000"
+
+
+@dataclass
+class StoppableChatchat:
+    chatchat: ChatchatProcess
+    upstream: DemoLLMServer  # its own model server: everything it served is this Chatchat's bill
+    users: tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def stoppable(tmp_path_factory: pytest.TempPathFactory, tiktoken_cache: Path
+              ) -> Iterator[tuple[dict[str, StoppableChatchat], ServeProcess]]:  # fmt: skip
+    """One Chatchat per way of stopping it (each is stopped), started at once, exporting to one serve.
+
+    Default tokenmeter settings apart from the exporter: identity goes to hops only.
+    """
+    assert VENV is not None
+    work = tmp_path_factory.mktemp("chatchat-stops")
+    serve = ServeProcess(work / "serve").start()
+    registry = TokenizerRegistry(ModelCatalog.load(None))
+    stacks: dict[str, StoppableChatchat] = {}
+    try:
+        for mode in [*GRACEFUL_STOPS, KILLED]:
+            upstream = DemoLLMServer(registry).start()
+            root = work / mode
+            root.mkdir()
+            port = configure(root, VENV, upstream.base_url, LLMS, EMBEDDINGS)
+            chatchat = ChatchatProcess(root, VENV, port, {
+                "OTEL_SERVICE_NAME": "chatchat", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": serve.otlp_http, "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_METRIC_EXPORT_INTERVAL": NO_PERIODIC_EXPORT_MS if mode == KILLED else DOCS_EXPORT_INTERVAL_MS,
+                "TOKENMETER_HASH_KEY": "chatchat-test", "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
+            })  # fmt: skip
+            stacks[mode] = StoppableChatchat(chatchat.launch(), upstream, (f"{mode}-ann", f"{mode}-ben"))
+        for stoppable_chatchat in stacks.values():
+            stoppable_chatchat.chatchat.wait_until_ready()
+        yield stacks, serve
+    finally:
+        for stoppable_chatchat in stacks.values():
+            stoppable_chatchat.chatchat.stop()
+            stoppable_chatchat.upstream.stop()
+        serve.stop()
+
+
+def use_chatchat(stack: StoppableChatchat) -> int:
+    """Plain, streamed, /v1 and agent chat (a hop to Chatchat's own /v1) as two users; returns the tokens served."""
+    chatchat, (ann, ben) = stack.chatchat, stack.users
+    assert chat(chatchat, ann, "研发部").status_code == 200
+    streamed = chat(chatchat, ben, "销售部", stream=True)
+    assert streamed.status_code == 200 and "data:" in streamed.text
+    v1 = chatchat.post("/v1/chat/completions", {"model": LLMS[1], "messages": [{"role": "user", "content": QUESTION}]},
+                       ben, "销售部")  # fmt: skip
+    assert v1.status_code == 200, v1.text
+    agent = chat(chatchat, ann, "研发部", tools=["calculate"], stream=True)
+    assert agent.status_code == 200, agent.text
+    # The default TOKENMETER_PROPAGATE: no user id reached the model server, only Chatchat's own /v1.
+    assert set(stack.upstream.tokens_by_user) == {""}, dict(stack.upstream.tokens_by_user)
+    return sum(stack.upstream.tokens_by_user.values())
+
+
+def stored_tokens(serve: ServeProcess, users: tuple[str, ...]) -> int:
+    by_user = stored_tokens_by_user(serve)
+    return sum(by_user.get(user, 0) for user in users)
+
+
+@pytest.mark.parametrize("mode", list(GRACEFUL_STOPS))
+def test_stopping_chatchat_right_after_its_last_answer_loses_no_usage(
+    stoppable: tuple[dict[str, StoppableChatchat], ServeProcess], mode: str,
+) -> None:
+    stacks, serve = stoppable
+    stack = stacks[mode]
+    served = use_chatchat(stack)
+    signal_number, to = GRACEFUL_STOPS[mode]
+    stack.chatchat.stop_with(signal_number, to=to)  # long before the next periodic export (10 s)
+    stack.chatchat.wait_for_exit()
+    assert "Sending SIGKILL" in stack.chatchat.log_tail(200_000)  # Chatchat's own kill still ran, after ours
+    # the store ingests asynchronously
+    wait_for(lambda: stored_tokens(serve, stack.users) >= served, timeout=60, interval=0.5)
+    assert stored_tokens(serve, stack.users) == served, stack.chatchat.log_tail()
+
+
+def test_a_killed_api_server_had_exported_all_but_its_last_second(
+    stoppable: tuple[dict[str, StoppableChatchat], ServeProcess],
+) -> None:
+    """SIGKILL leaves no time to flush. With no periodic export (1 h interval), the usage reaches the
+    store while Chatchat runs only through the debounced export (TOKENMETER_USAGE_FLUSH_SECONDS, 1 s)."""
+    stacks, serve = stoppable
+    stack = stacks[KILLED]
+    served = use_chatchat(stack)
+    stored = wait_for(lambda: stored_tokens(serve, stack.users) >= served, timeout=60, interval=0.5)
+    assert stored, stack.chatchat.log_tail()
+    stack.chatchat.stop_with(signal.SIGKILL, to="api")
+    stack.chatchat.wait_for_exit()  # the launcher ends when its server is gone
+    assert stored_tokens(serve, stack.users) == served

@@ -465,9 +465,12 @@ def test_content_is_recorded_only_when_opted_in(
     assert REPLY_TEXT in span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES]
 
 
-def test_context_headers_go_to_loopback_servers_only_when_allowed(
+@pytest.mark.parametrize("instrumented", [{"propagate": "loopback"}], indirect=True)
+def test_context_headers_go_to_loopback_servers_when_opted_in(
     instrumented: Telemetry, openai_server: OpenAICompatibleServer
 ) -> None:
+    """TOKENMETER_PROPAGATE=loopback: every loopback model server gets them (the default, hops only:
+    test_propagation.py)."""
     with tokenmeter.attribution(user='o"neil;x=1', department="研发部"):
         client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
     headers = openai_server.requests[-1].headers

@@ -28,6 +28,7 @@ from tokenmeter.instrumentation.metering import Metering, MeteringOptions
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target, patch, unpatch
 from tokenmeter.instrumentation.quota_client import QuotaClient
 from tokenmeter.instrumentation.quota_gate import QuotaGate
+from tokenmeter.instrumentation.usage_flush import UsageFlusher, usage_flusher
 from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, Instruments, create_instruments, meter_from
 from tokenmeter.safety import logger, report_internal_error
 from tokenmeter.settings import Settings, capture_message_content, enforcer_client_token, get_settings
@@ -91,6 +92,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _targets: list[Target] = []  # noqa: RUF012 - replaced, never mutated in place
     _accounting: AccountingPipeline | None = None
     _quota: QuotaGate | None = None
+    _usage_flusher: UsageFlusher | None = None
     # The host's providers tokenmeter emits to, flushed with it (on SIGTERM above all).
     _host_providers: tuple[Any, ...] = ()
     _exit_hooks_installed = False
@@ -113,6 +115,9 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             accounting_meter = meter_from(self._accounting.provider, VERSION)
         else:
             accounting_meter = spec_meter
+        # Export the usage counters soon after calls finish, from the provider they are on.
+        usage_provider = self._accounting.provider if self._accounting is not None else meter_provider
+        self._usage_flusher = usage_flusher(usage_provider, settings.usage_flush_seconds)
         catalog = _load_catalog(settings)
         registry = kwargs.get("registry") or TokenizerRegistry(catalog, allow_download=settings.allow_download)
         if settings.preload_models:
@@ -126,6 +131,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             registry=registry,
             hasher=ContentHasher(key),
             finalizer=self._finalizer,
+            usage_recorded=self._usage_flusher.notify if self._usage_flusher is not None else None,
             options=MeteringOptions(
                 capture_content=capture_message_content(),
                 count_locally=settings.local_count,
@@ -151,6 +157,9 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._targets = []
         if "langchain_core.callbacks" in sys.modules:
             _register_langchain(None)
+        if self._usage_flusher is not None:
+            self._usage_flusher.close()
+            self._usage_flusher = None
         self.flush()  # first: the finisher releases reservations through the quota client
         self._host_providers = ()  # the host may shut them down now; the exit hook must not flush them
         if self._quota is not None:
@@ -177,12 +186,18 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 done = False
         return done
 
+    def _flush_at_exit(self) -> None:
+        # The debounced export stops first: it must not race the providers' own shutdown at exit.
+        if self._usage_flusher is not None:
+            self._usage_flusher.close()
+        self.flush()
+
     def _install_exit_hooks(self) -> None:
         """Flush at exit, and on SIGTERM: servers such as Chatchat's are stopped by signal."""
         if self._exit_hooks_installed:
             return
         type(self)._exit_hooks_installed = True
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
         if threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGTERM)

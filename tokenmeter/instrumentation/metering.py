@@ -104,7 +104,9 @@ class Metering:
         hasher: ContentHasher,
         finalizer: BackgroundFinalizer,
         options: MeteringOptions,
+        usage_recorded: Callable[[], None] | None = None,
     ) -> None:
+        """``usage_recorded`` runs after a call's usage counters are recorded (the debounced export)."""
         self._tracer = tracer
         self._instruments = instruments
         self._catalog = catalog
@@ -112,6 +114,7 @@ class Metering:
         self._hasher = hasher
         self._finalizer = finalizer
         self._options = options
+        self._usage_recorded = usage_recorded
 
     # --- caller's thread -------------------------------------------------------
 
@@ -194,6 +197,8 @@ class Metering:
         span = call.span
         try:
             self._record(call)
+            if not call.hop and self._usage_recorded is not None:  # a hop adds no usage
+                self._usage_recorded()
         finally:
             span.end(end_time=call.end_ns)
             if call.on_finished is not None:

@@ -47,7 +47,7 @@ TARGETS = (
 @dataclass(frozen=True)
 class RequestOptions:
     stream_usage: str  # "off" | "inject"
-    propagate: str  # "loopback" | "always" | "never"
+    propagate: str  # "hops" | "loopback" | "always" | "never"
     quota: QuotaGate | None = None  # checks each call with the enforcer (TOKENMETER_ENFORCER_URL)
 
 
@@ -71,7 +71,7 @@ def _prepare_request(call: LLMCall, kwargs: dict[str, Any], options: RequestOpti
         stream_options["include_usage"] = True
         kwargs = {**kwargs, "stream_options": stream_options}
         call.hide_usage_chunk = True
-    if should_propagate(options.propagate, call.server_address):
+    if should_propagate(options.propagate, call.server_address, hop=call.hop):
         kwargs = with_context_headers(kwargs)
     return kwargs
 

@@ -1,9 +1,14 @@
 """Add trace context and attribution baggage to outgoing LLM requests.
 
-Chatchat calls its own OpenAI-compatible `/v1` routes over loopback; the
+Chatchat calls its own OpenAI-compatible `/v1` routes over loopback (a hop); the
 `traceparent` and `baggage` headers let the receiving side know who the call is
-for and that it is already metered. By default they go only to loopback
-servers, so user ids are never sent to a third-party API.
+for. The baggage carries the user id and department, so by default it goes only to
+hops (``TOKENMETER_HOP_SERVERS`` and what integrations register): a model server on
+loopback is no safer a recipient than a remote one, since a local proxy such as
+one-api may forward the headers to a third-party API.
+
+Policies, each sending to a superset of the one before: ``never``; ``hops``
+(default); ``loopback`` (hops and every loopback server); ``always``.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def should_propagate(policy: str, host: str | None) -> bool:
+def should_propagate(policy: str, host: str | None, *, hop: bool) -> bool:
+    """Whether a request to ``host`` (a hop server or not) gets the context headers under ``policy``."""
     if policy == "always":
         return True
     if policy == "loopback":
-        return is_loopback_host(host)
+        return hop or is_loopback_host(host)
+    if policy == "hops":
+        return hop
     return False
 
 

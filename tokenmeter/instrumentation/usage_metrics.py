@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
 
 from tokenmeter import semconv
+from tokenmeter.instrumentation.usage_flush import changed_series_exporter
 from tokenmeter.safety import report_internal_error, warn_once
 
 SERVICE_INSTANCE_ID = "service.instance.id"
@@ -146,9 +147,10 @@ class AccountingPipeline:
                 "are recorded but not exported",
             )
         interval = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000"))
+        # Wrapped: the debounced flush (usage_flush.py) sends only the series that changed.
         self.readers = [
             PeriodicExportingMetricReader(
-                exporter,  # type: ignore[arg-type]
+                changed_series_exporter(exporter),
                 export_interval_millis=interval,
                 cardinality_limits=cardinality_limits(cardinality_limit),
             )

@@ -15,6 +15,10 @@ Registered as the ``tokenmeter_chatchat`` OpenTelemetry instrumentor (active onl
 - runs the tasks of ``run_in_thread_pool`` (knowledge-base ingestion embeds documents in
   a thread pool) in the caller's context, so their embeddings belong to the request's user.
 
+In the ``chatchat start`` launcher it makes stopping graceful: the launcher SIGKILLs its
+servers when it is stopped; with :mod:`tokenmeter.integrations.chatchat_launcher` it sends
+SIGTERM first and waits, so the API server exports its usage before it ends.
+
 Nothing is imported from Chatchat until Chatchat imports it itself.
 """
 
@@ -30,6 +34,7 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
+from tokenmeter.integrations.chatchat_launcher import STARTUP_MODULE, make_stops_graceful
 from tokenmeter.safety import report_internal_error
 
 logger = logging.getLogger(__name__)
@@ -128,6 +133,7 @@ class ChatchatInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         type(self)._hooked = True
         wrapt.register_post_import_hook(_on_server_app, SERVER_APP_MODULE)
         wrapt.register_post_import_hook(_on_utils, UTILS_MODULE)
+        wrapt.register_post_import_hook(make_stops_graceful, STARTUP_MODULE)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         # The hooks stay (wrapt cannot remove them); the middleware stays on an app that exists.
