@@ -63,6 +63,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/usage_query_latency.py
 	$(BIN)/python bench/quota_decision_latency.py
 	$(BIN)/python bench/quota_check_http.py
+	$(BIN)/python bench/quota_check_inapp.py
 	$(BIN)/python bench/dashboard_panels.py
 
 demo: $(BIN)/.installed

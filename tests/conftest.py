@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
 
 from openai_server import OpenAICompatibleServer  # noqa: E402
+from zookeeper_server import ZooKeeperServer, ZooKeeperUnavailableError  # noqa: E402
 
 from tokenmeter.attribution import default_app  # noqa: E402
 
@@ -51,3 +53,21 @@ def migrated_store(tmp_path: Path) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    """A real standalone ZooKeeper server on a loopback port, shared by the test session (tests use
+    paths of their own). Debian's `zookeeper`: `.ci/run` installs it and sets
+    TOKENMETER_REQUIRE_ZOOKEEPER=1, so there a missing server fails instead of skipping."""
+    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
+    try:
+        server.start()
+    except ZooKeeperUnavailableError as exc:
+        if os.environ.get("TOKENMETER_REQUIRE_ZOOKEEPER"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -92,7 +92,7 @@ def checking(store_url: str, policy: Path) -> Iterator[tuple[EnforcerService, Co
 
     def keep_checking() -> None:
         while not stop.is_set():
-            decision, _reservation, _stale = service.check(NEXT_CALL)
+            decision = service.check(NEXT_CALL).decision
             decisions[decision.action] += 1
 
     threads = [threading.Thread(target=keep_checking) for _ in range(2)]

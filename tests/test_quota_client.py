@@ -26,6 +26,7 @@ from enforcer_process import TOKEN, EnforcerProcess, migrate
 from openai_server import OpenAICompatibleServer
 from ready_process import free_port
 from telemetry_fixtures import Telemetry, make_telemetry
+from waiting import wait_for
 
 import tokenmeter
 from tokenmeter import semconv
@@ -143,16 +144,23 @@ def test_fail_opens_are_reported_to_the_enforcer_once_it_answers(tmp_path: Path)
 
 class SlowEnforcer:
     """An enforcer stand-in on loopback: answers check n after ``delays[n]`` seconds (0 once
-    they run out) with a deny decision, and counts the checks it received."""
+    they run out) with a deny decision, and counts the checks it received and the releases."""
 
     def __init__(self, delays: list[float]) -> None:
         self.delays = list(delays)
         self.checks = 0
+        self.releases: list[dict[str, Any]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.path == "/v1/release":
+                    outer.releases.append(json.loads(body))
+                    self.send_response(200)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 outer.checks += 1
                 delay = outer.delays.pop(0) if outer.delays else 0.0
                 time.sleep(delay)
@@ -189,6 +197,9 @@ def test_one_slow_check_does_not_stop_the_next_call_from_asking() -> None:
         second = client.check(key, 10, 10)
         assert (second.action, second.fail_open) == ("deny", False)
         assert enforcer.checks == 2
+        # the check given up on is released by the id the client gave it: it must not hold room
+        assert wait_for(lambda: len(enforcer.releases) == 1)
+        assert enforcer.releases[0]["client_fail_open"] == 0 and enforcer.releases[0]["check_id"]
     finally:
         client.close()
         enforcer.close()

@@ -61,11 +61,17 @@ def add_quota_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def add_enforcer_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `serve` and `enforcer`; defaults come from the TOKENMETER_ENFORCER_* settings."""
+    from tokenmeter.enforcer.service import DEFAULT_LEASE_MAX_CALLS, DEFAULT_LEASE_SECONDS
+
     parser.add_argument("--refresh-interval", type=float, metavar="SECONDS",
                         help="how often usage is read from the store (default 5)")  # fmt: skip
     parser.add_argument("--settle-seconds", type=float, metavar="SECONDS",
                         help="how long a finished call stays reserved, until the store shows its usage "
                              "(default 90: the SDK's 60 s export interval plus ingest)")  # fmt: skip
+    parser.add_argument("--lease-calls", type=int, default=DEFAULT_LEASE_MAX_CALLS, metavar="N",
+                        help="an app may decide up to N calls like one it asked about by itself, for "
+                             f"{DEFAULT_LEASE_SECONDS:g} s, while every budget is far from its first warning "
+                             f"threshold; 1 turns leases off (default {DEFAULT_LEASE_MAX_CALLS})")  # fmt: skip
 
 
 def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
@@ -76,16 +82,21 @@ def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
     settle = args.settle_seconds if args.settle_seconds is not None else settings.enforcer_settle_seconds
     if refresh <= 0 or settle < 0:
         raise ValueError("--refresh-interval must be above 0 and --settle-seconds at least 0")
+    if args.lease_calls < 1:
+        raise ValueError(f"--lease-calls must be 1 (no leases) or more, got {args.lease_calls}")
     return EnforcerOptions(
         policy_path=policy,
         refresh_seconds=refresh,
         settle_seconds=settle,
         clock_offset_seconds=settings.enforcer_clock_offset,
+        lease_max_calls=args.lease_calls,
+        coordination_url=settings.coordination_url,
     )
 
 
 def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     from tokenmeter.catalog import CatalogError, ModelCatalog
+    from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
     from tokenmeter.enforcer.process import EnforcerConfig, run_enforcer
     from tokenmeter.serve.process import ServeError
@@ -109,6 +120,9 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
         catalog = ModelCatalog.load(settings.models)
         logging.getLogger("tokenmeter").setLevel(logging.INFO)
         return run_enforcer(config, catalog, progress=_stderr)
+    except CoordinationError as exc:  # the coordination server is down or unreachable: like a store failure
+        _stderr(f"tokenmeter enforcer: {exc}")
+        return EXIT_UNAVAILABLE
     except (ValueError, PolicyError, CatalogError, ServeError, StoreConfigError) as exc:
         _stderr(f"tokenmeter enforcer: {exc}")
         return EXIT_BAD_INPUT

@@ -47,6 +47,7 @@ class QuotaVerdict:
     reason: str = ""
     reservation_id: str | None = None
     fail_open: bool = False  # the enforcer did not answer; the call went ahead
+    lease_id: str | None = None  # decided in the app from a lease (instrumentation/quota_leases.py)
 
     def usage_text(self, language: Language) -> str:
         """'1,000 / 1,000 tokens' or '812.5 / 800 CNY' (the limit that applies)."""

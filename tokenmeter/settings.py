@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     # When the enforcer cannot answer in time: "open" lets the call through (counted),
     # "closed" refuses it with QuotaUnavailable.
     fail_mode: Literal["open", "closed"] = "open"
-    enforcer_timeout: float = Field(default=0.05, gt=0, le=30)  # seconds per check
+    # Seconds one check may take in all (connection, request, answer). A stalled or busy enforcer
+    # answers within it; only past it (or when unreachable) does a call follow fail_mode.
+    enforcer_timeout: float = Field(default=2.0, gt=0, le=30)
     # How long the client reuses a deny/degrade answer, and waits before trying an
     # unreachable enforcer again (calls meanwhile follow fail_mode).
     enforcer_cache_seconds: float = Field(default=1.0, ge=0, le=300)
@@ -73,6 +75,9 @@ class Settings(BaseSettings):
     enforcer_settle_seconds: float = Field(default=90.0, ge=0, le=86400)
     # Shift the enforcer's calendar by this many seconds: rollover drills and tests only.
     enforcer_clock_offset: float = 0.0
+    # More than one enforcer on one store: zk://host:2181[,host2:2181]/path of ClickHouse Keeper or
+    # ZooKeeper, through which the replicas share budget headroom (docs/quotas.md).
+    coordination_url: str | None = None
 
     # `tokenmeter serve`: bearer token for its usage API (read endpoints reveal usage).
     # Unset: serve makes one and writes it to <data dir>/api-token (mode 0600), where

@@ -12,8 +12,15 @@ Rules (docs/quotas.md):
   time zone). Numbers from an earlier period count as 0: the rollover is exact at the
   boundary even before the next snapshot arrives.
 - A budget is exceeded when used + reserved reaches its limit (tokens or cost, whichever
-  first). A call is allowed while there is room, so concurrent calls overshoot by at most
-  one call's estimate per enforcer (each allowed check is reserved at once).
+  first). A call is allowed while there is room, whatever its own size, so a budget is
+  passed by at most the last admitted call's estimate (each allowed check is reserved at
+  once). A call that does not fit in what is left is still admitted: its estimate reserves
+  ``max_tokens`` of output, usually far more than the call uses, so refusing by estimate
+  would refuse calls that fit.
+- A lease (:func:`lease_calls`): an ``allow`` far from every applicable budget's first
+  warning threshold may reserve room for several calls like it at once; the app decides
+  those locally. A lease takes at most a quarter of the room left before the threshold,
+  so the calls that approach it are decided one by one.
 - The most restrictive exceeded budget wins (deny > degrade > downgrade). A downgrade
   follows the route table (chains allowed) and re-checks the cheaper model; with no route
   left the budget's fallback applies. Without an exceeded budget, crossing a warning
@@ -65,6 +72,11 @@ class Usage:
 
     def is_zero(self) -> bool:
         return self.tokens == 0 and not any(self.cost.values())
+
+    def times(self, count: int) -> Usage:
+        if count == 1:
+            return self
+        return Usage(self.tokens * count, {currency: amount * count for currency, amount in self.cost.items()})
 
 
 _ZERO: Final = Usage()
@@ -233,19 +245,52 @@ def decide(
     return _decide(policy, snapshot, reservations, request, now)[0]
 
 
-def decide_and_hold(
+# A lease takes at most 1/LEASE_SHARE of the room left before a budget's first warning threshold.
+LEASE_SHARE: Final = 4
+
+
+def decide_and_lease(
     policy: Policy,
     snapshot: UsageSnapshot,
     reservations: Mapping[UsageKey, Usage],
     request: CheckRequest,
     now: datetime,
-) -> tuple[Decision, dict[UsageKey, Usage]]:
-    """The decision, and what to reserve for it (:func:`reservation_for`) from the same pass."""
+    *,
+    max_calls: int = 1,
+) -> tuple[Decision, dict[UsageKey, Usage], int]:
+    """The decision, what to reserve for it (the estimate against every budget that applies to the effective
+    model, :func:`reservation_for`, from the same pass), and for how many calls like it room may be held
+    (``max_calls`` at most; 1: this call only; 0: nothing, the call does not go ahead)."""
     decision, states = _decide(policy, snapshot, reservations, request, now)
     if decision.action in {"degrade", "deny"}:
-        return decision, {}
+        return decision, {}, 0
     estimate = _estimate(request, decision)
-    return decision, {(state.budget.name, state.subject): estimate for state in states}
+    hold = {(state.budget.name, state.subject): estimate for state in states}
+    calls = lease_calls(policy, states, estimate, max_calls) if decision.action == "allow" and max_calls > 1 else 1
+    return decision, hold, calls
+
+
+def lease_calls(policy: Policy, states: list[_BudgetState], estimate: Usage, max_calls: int) -> int:
+    """How many calls of ``estimate`` one lease may hold room for (1: decide each call by itself).
+
+    Every applicable budget must have room for them within a quarter of what is left before its
+    first warning threshold: many app processes can hold leases, and the calls that come near a
+    threshold or the limit are decided one by one. No applicable budget: ``max_calls`` (nothing held).
+    """
+    calls = max_calls
+    for state in states:
+        first = min(policy.warn_thresholds(state.budget), default=1.0)
+        limit, used = state.limit, state.used
+        if limit.tokens is not None and estimate.tokens > 0:
+            room = first * limit.tokens - used.tokens
+            calls = min(calls, int(room // (LEASE_SHARE * estimate.tokens)))
+        amount = estimate.cost.get(limit.currency) if limit.cost is not None and limit.currency else None
+        if amount and limit.cost is not None and limit.currency is not None:
+            room_cost = Decimal(str(first)) * limit.cost - used.cost.get(limit.currency, Decimal(0))
+            calls = min(calls, int(room_cost // (LEASE_SHARE * amount)))
+        if calls <= 1:
+            return 1
+    return max(calls, 1)
 
 
 def _estimate(request: CheckRequest, decision: Decision) -> Usage:

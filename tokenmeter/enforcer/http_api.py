@@ -3,7 +3,9 @@
 - ``POST /v1/check``: body :class:`~tokenmeter.enforcer.wire.CheckBody`; answers the
   decision document (``decision``, ``effective_model``, ``budget``, ``used_*``,
   ``limit_*``, ``ratio``, ``reason``, ``resets_at``, ``reservation_id``).
-- ``POST /v1/release``: ``{"reservation_id": …}`` when the call is done.
+- ``POST /v1/release``: ``{"reservation_id": …}`` when the call (or a lease) is done, with
+  ``unused_tokens`` for a lease's calls never made; ``{"check_id": …}`` when the client gave
+  up waiting for its check's answer.
 - ``GET /v1/usage[?budget=&subject=]``: used, reserved, limit and ratio per budget and subject.
 - ``GET /v1/policy``: the policy in force, its file, checksum and the last reload error.
 
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -66,20 +69,23 @@ def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: s
         body = await _body(request, CheckBody)
         if isinstance(body, Response):
             return body
-        decision, reservation_id, stale = service.check(body, started)
-        return Response(
-            json.dumps(
-                decision_document(decision, reservation_id, timezone=service.enforcer.policy.timezone, stale=stale),
-                ensure_ascii=False,
-            ),
-            media_type="application/json",
-        )
+        answer = service.check(body, started, blocking=False)
+        if answer is None:  # a lease to grow on the coordination server: wait on a worker thread, not the loop
+            answer = await run_in_threadpool(service.check, body, started)
+        assert answer is not None
+        lease = answer.lease_document(service.options.lease_seconds)
+        timezone = service.enforcer.policy.timezone
+        document = decision_document(answer.decision, answer.reservation_id, timezone=timezone, stale=answer.stale,
+                                     lease=lease)  # fmt: skip
+        return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")
 
     async def release(request: Request) -> Response:
         body = await _body(request, ReleaseBody)
         if isinstance(body, Response):
             return body
-        return JSONResponse({"released": service.release(body.reservation_id)})
+        released = service.release(body.reservation_id, check_id=body.check_id, unused_tokens=body.unused_tokens,
+                                   client_fail_open=body.client_fail_open)  # fmt: skip
+        return JSONResponse({"released": released})
 
     async def usage(request: Request) -> Response:
         params = request.query_params

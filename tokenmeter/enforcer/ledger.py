@@ -10,6 +10,13 @@ reservation settling, from both (which errs towards refusing early).
 
 Totals are kept as running sums and expired from two time-ordered queues, so a check
 costs the same with 10 or 500,000 reservations in flight (5,000 checks/s x 90 s settle).
+
+A reservation may name the client's own id for its check (``check_id``): a client that gave
+up waiting for the answer releases by that id, and since that call never ran its reservation
+is dropped at once, instead of holding room until ``timeout_seconds`` (a release that overtakes
+its check: :mod:`~tokenmeter.enforcer.check_receipts`). A release may also say how much of a
+reservation went unused (a lease's calls that were never made): that part is dropped at once,
+the rest settles like any finished call.
 """
 
 from __future__ import annotations
@@ -55,8 +62,10 @@ class ReservationLedger:
         # Both queues are in clock order because entries are appended as the clock advances.
         self._by_creation: deque[tuple[float, str]] = deque()
         self._by_release: deque[tuple[float, str]] = deque()
+        self._check_ids: dict[str, str] = {}  # the client's check id -> reservation id
+        self._checks_of: dict[str, str] = {}  # reservation id -> check id
 
-    def reserve(self, amounts: Mapping[UsageKey, Usage]) -> str | None:
+    def reserve(self, amounts: Mapping[UsageKey, Usage], check_id: str | None = None) -> str | None:
         """Hold ``amounts``; returns the reservation id (None when there is nothing to hold)."""
         if not amounts:
             return None
@@ -71,16 +80,45 @@ class ReservationLedger:
                 raise ValueError("a reservation holds one estimate against each of its budgets")
             self._reservations[reservation_id] = (tuple(amounts), usage.tokens, tuple(usage.cost.items()), now)
             self._by_creation.append((now, reservation_id))
+            if check_id is not None:
+                self._check_ids[check_id] = reservation_id
+                self._checks_of[reservation_id] = check_id
         return reservation_id
 
-    def release(self, reservation_id: str) -> bool:
-        """The call finished; its usage is on its way to the store. False for an unknown id."""
+    def release(self, reservation_id: str, unused_tokens: int = 0) -> bool:
+        """The call finished; its usage is on its way to the store. False for an unknown id.
+
+        ``unused_tokens`` of the reservation were never spent (a lease's calls not made): they are
+        dropped now, with the same share of its cost; the rest settles.
+        """
         with self._lock:
             if reservation_id not in self._reservations or reservation_id in self._released:
                 return False
+            if unused_tokens > 0:
+                self._give_back(reservation_id, unused_tokens)
             self._released.add(reservation_id)
             self._by_release.append((self._clock(), reservation_id))
             return True
+
+    def release_check(self, check_id: str) -> bool:
+        """The client gave up waiting for this check's answer: its call never ran, so whatever the
+        check reserved is dropped at once (nothing to settle). False when it held nothing."""
+        with self._lock:
+            reservation_id = self._check_ids.get(check_id)
+            if reservation_id is None:
+                return False
+            self._drop(reservation_id)
+            return True
+
+    def _give_back(self, reservation_id: str, unused_tokens: int) -> None:
+        keys, tokens, costs, created_at = self._reservations[reservation_id]
+        unused_tokens = min(unused_tokens, tokens)
+        share = Decimal(unused_tokens) / tokens if tokens else Decimal(0)
+        unused = Usage(unused_tokens, {currency: amount * share for currency, amount in costs})
+        for key in keys:
+            self._held[key] = self._held[key].minus(unused)
+        left = Usage(tokens, dict(costs)).minus(unused)
+        self._reservations[reservation_id] = (keys, left.tokens, tuple(left.cost.items()), created_at)
 
     def totals(self, snapshot_started_at: float) -> Mapping[UsageKey, Usage]:
         """What is still held, for a decision made with a snapshot whose query started then.
@@ -101,6 +139,9 @@ class ReservationLedger:
         if reservation is None:  # already dropped through the other queue
             return
         self._released.discard(reservation_id)
+        check_id = self._checks_of.pop(reservation_id, None)
+        if check_id is not None:
+            self._check_ids.pop(check_id, None)
         keys, tokens, costs, _created_at = reservation
         usage = Usage(tokens, dict(costs))
         for key in keys:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_TABLES = ("usage_counter_minutely", "quota_events", "quota_utilisation")
+REQUIRED_TABLES = ("usage_counter_minutely", "quota_events", "quota_utilisation", "enforcer_replicas")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from tokenmeter.enforcer.check_receipts import CheckReceipts
+from tokenmeter.enforcer.coordination import Coordinator
 from tokenmeter.enforcer.decision import BudgetUsage, CheckRequest, Decision, Usage
 from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.enforcer_stats import EnforcerStats
@@ -41,6 +43,8 @@ from tokenmeter.enforcer.policy_file import (
     read_policy_at_start,
 )
 from tokenmeter.enforcer.quota_events import QuotaEventLog
+from tokenmeter.enforcer.replica_presence import ReplicaPresence, own_replica_id
+from tokenmeter.enforcer.shared_headroom import SharedHeadroom
 from tokenmeter.enforcer.wire import CheckBody, decimal_text
 from tokenmeter.pricing import Price, cost_of
 
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_SECONDS: Final = 5.0
+DEFAULT_LEASE_MAX_CALLS: Final = 8
+DEFAULT_LEASE_SECONDS: Final = 2.0
 UTILISATION_WRITE_SECONDS: Final = 30.0
 UTILISATION_COLUMNS: Final = (
     "updated_at", "budget", "scope", "subject", "period", "period_start", "resets_at", "used_tokens",
@@ -59,6 +65,22 @@ UTILISATION_COLUMNS: Final = (
     "replica",
 )  # fmt: skip
 _FIRST_REFRESH_WAIT_SECONDS: Final = 30.0
+
+
+class CheckAnswer(NamedTuple):
+    decision: Decision
+    reservation_id: str | None
+    stale: bool  # the usage snapshot is older than stale_after
+    lease_calls: int = 1  # > 1: the reservation holds room for this many calls like this one
+    lease_tokens: int = 0  # tokens the lease holds in all (lease_calls x this call's estimate)
+    default_output_tokens: int = 0  # the output estimate of a call of this model that gives no max_tokens
+
+    def lease_document(self, seconds: float) -> dict[str, Any] | None:
+        """What the app needs to decide the lease's calls itself; None without a lease."""
+        if self.lease_calls <= 1:
+            return None
+        return {"calls": self.lease_calls, "seconds": seconds, "tokens": self.lease_tokens,
+                "default_output_tokens": self.default_output_tokens}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,13 @@ class EnforcerOptions:
     # A snapshot older than this no longer counts as knowing the usage: checks answered
     # with it are counted as fail-open. Default: three refreshes, at least 30 s.
     stale_after_seconds: float | None = None
+    # An app may decide this many calls like one it asked about locally (a lease), when every
+    # budget is far from its first warning threshold (decision.lease_calls). 1: no leases.
+    lease_max_calls: int = DEFAULT_LEASE_MAX_CALLS
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long the app may use a lease
+    # zk://host:2181/path: replicas share budget headroom through ClickHouse Keeper / ZooKeeper.
+    # None: this enforcer is alone on its store (one serve, or one `tokenmeter enforcer`).
+    coordination_url: str | None = None
     # A changed policy file is read once it has not changed for this long (a file renamed
     # into place, or SIGHUP: at once); see tokenmeter/enforcer/policy_file.py.
     policy_settle_seconds: float = DEFAULT_POLICY_SETTLE_SECONDS
@@ -121,10 +150,17 @@ class EnforcerService:
             ReservationLedger(options.settle_seconds, options.reservation_timeout_seconds, clock=clock),
             now=lambda: datetime.now(UTC) + offset,
             clock=clock,
+            headroom=_shared_headroom(options),  # raises CoordinationError: the server is named in it
         )
         self.stats = EnforcerStats()
         self.stats.count_policy_load("loaded")
         self.events = QuotaEventLog(replica or default_replica_name())
+        headroom = self.enforcer.headroom
+        self.presence = ReplicaPresence(
+            headroom.coordinator.replica_id if headroom is not None else own_replica_id(),
+            headroom.coordinator.url.display() if headroom is not None else None,
+        )
+        self.receipts = CheckReceipts(seconds=options.reservation_timeout_seconds, clock=clock)
         self.last_policy_error: str | None = None
         self.last_refresh_error: str | None = None
         self._prices: dict[str, Price | None] = {}
@@ -151,6 +187,8 @@ class EnforcerService:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.enforcer.headroom is not None:
+            self.enforcer.headroom.coordinator.close()  # gives its leases back
 
     def request_reload(self) -> None:
         """Reload the policy file on the refresh thread soon (SIGHUP)."""
@@ -199,6 +237,7 @@ class EnforcerService:
             if outcome is not None:
                 self._reload(client, outcome)
         snapshot = self.enforcer.refresh(client)
+        self.enforcer.give_back_headroom()
         if self._clock() >= self._next_utilisation_write:
             self.write_utilisation(client)
         if self.last_refresh_error is not None:
@@ -210,6 +249,7 @@ class EnforcerService:
     def write_utilisation(self, client: Client) -> int:
         """Every budget's state into ``quota_utilisation`` (dashboards read limits and ratios there)."""
         self._next_utilisation_write = self._clock() + UTILISATION_WRITE_SECONDS
+        self.presence.beat(client)  # the same cadence: other enforcers on this store are seen within 90 s
         states = self.enforcer.budget_states()
         if not states:
             return 0
@@ -254,8 +294,9 @@ class EnforcerService:
 
     # --- requests ----------------------------------------------------------------
 
-    def check(self, body: CheckBody, started: float | None = None) -> tuple[Decision, str | None, bool]:
-        """(decision, reservation id, stale) for one call; never touches the store."""
+    def check(self, body: CheckBody, started: float | None = None, *, blocking: bool = True) -> CheckAnswer | None:
+        """The answer for one call; never touches the store. With replicas a check may need to grow a lease
+        on the coordination server: with ``blocking=False`` it then returns None (retry it on a thread)."""
         started = time.perf_counter() if started is None else started
         policy = self.enforcer.policy
         output = policy.output_estimate(body.model, body.max_output_tokens)
@@ -268,18 +309,40 @@ class EnforcerService:
             max_output_tokens=output,
             estimated_costs=self._estimated_costs(policy, body.model, body.input_tokens, output),
         )
-        result = self.enforcer.check(request, reserve=not body.dry_run)
+        # A check its client gave up on before it arrived: nobody waits for it; hold and count nothing.
+        arrived = body.check_id is None or self.receipts.arrive(body.check_id)
+        result = self.enforcer.check(request, reserve=arrived and not body.dry_run, check_id=body.check_id,
+                                     lease_max_calls=self.options.lease_max_calls if body.lease else 1,
+                                     blocking=blocking)  # fmt: skip
+        if result is None:
+            return None
         stale = self.enforcer.snapshot_age() > self.options.stale_after
         if stale and policy.budgets:
             self.stats.count_fail_open("enforcer")
-        self.stats.count_fail_open("client", body.client_fail_open)
-        if not body.dry_run:
+        if arrived:
+            self.stats.count_fail_open("client", body.client_fail_open)
+        if not body.dry_run and arrived:
             self.events.on_decision(request, result.decision, result.decided_at)
         self.stats.count_check(result.decision.action, time.perf_counter() - started)
-        return result.decision, result.reservation_id, stale
+        if result.lease_calls <= 1 or result.reservation_id is None:
+            return CheckAnswer(result.decision, result.reservation_id, stale)
+        estimate = body.input_tokens + output
+        return CheckAnswer(result.decision, result.reservation_id, stale, result.lease_calls,
+                           result.lease_calls * estimate, policy.output_estimate(body.model, None))  # fmt: skip
 
-    def release(self, reservation_id: str) -> bool:
-        return self.enforcer.release(reservation_id)
+    def release(self, reservation_id: str | None = None, *, check_id: str | None = None, unused_tokens: int = 0,
+                client_fail_open: int = 0) -> bool:  # fmt: skip
+        """A call (or a lease) finished, by reservation id; or, by the client's check id, a check whose
+        answer the client never got: its call never ran (dropped at once), and the fail-opens it was
+        reporting are counted now unless the check arrived and counted them."""
+        if reservation_id is not None:
+            return self.enforcer.release(reservation_id, unused_tokens)
+        if check_id is None:
+            return False
+        if self.receipts.give_up(check_id):
+            return self.enforcer.release_check(check_id)
+        self.stats.count_fail_open("client", client_fail_open)
+        return False
 
     def _estimated_costs(self, policy: Policy, model: str, input_tokens: int, output_tokens: int
                          ) -> dict[str, tuple[Decimal, str]]:  # fmt: skip
@@ -333,6 +396,8 @@ class EnforcerService:
             "policy_error": self.last_policy_error,
             "store_error": self.last_refresh_error,
             "snapshot_age_seconds": _seconds(self.enforcer.snapshot_age()),
+            "replica": self.presence.replica,
+            "warnings": list(self.presence.warnings),
         }
 
     def store_problems(self) -> list[str]:
@@ -345,7 +410,23 @@ class EnforcerService:
             known = "none yet" if age == float("inf") else f"{age:.0f} s old"
             problems.append(f"the enforcer's usage snapshot is stale ({known}; stale after "
                             f"{self.options.stale_after:g} s)")  # fmt: skip
+        if self.enforcer.headroom is not None:
+            problems += self.enforcer.headroom.problems()
         return problems
+
+    def _headroom_gauges(self) -> dict[str, tuple[str, float]]:
+        headroom = self.enforcer.headroom
+        if headroom is None:
+            return {}
+        return {
+            "tokenmeter_enforcer_lease_grows": ("Leases grown on the coordination server, since start.",
+                                                float(headroom.grows)),
+            "tokenmeter_enforcer_lease_lowerings": ("Spare lease room given back, since start.",
+                                                    float(headroom.lowerings)),
+            "tokenmeter_enforcer_coordination_failures": ("Checks decided on this replica's numbers because the "
+                                                          "coordination server could not be used, since start.",
+                                                          float(headroom.failures)),
+        }  # fmt: skip
 
     def render_metrics(self) -> str:
         utilisation = [
@@ -360,8 +441,22 @@ class EnforcerService:
             "tokenmeter_enforcer_events_pending": ("Quota events not yet written.", float(self.events.pending())),
             "tokenmeter_enforcer_events_dropped": ("Quota events dropped (store down, buffer full).",
                                                    float(self.events.dropped)),
+            **self._headroom_gauges(),
+            "tokenmeter_enforcer_uncoordinated_replicas": (
+                "Other enforcers on this store that do not share budget headroom with this one.",
+                float(len(self.presence.warnings))),
         }  # fmt: skip
         return self.stats.render(utilisation, gauges)
+
+
+def _shared_headroom(options: EnforcerOptions) -> SharedHeadroom | None:
+    if options.coordination_url is None:
+        return None
+    coordinator = Coordinator(options.coordination_url, options.settle_seconds)
+    coordinator.start()
+    logger.warning("enforcer: sharing budget headroom as replica %s through %s", coordinator.replica_id,
+                   coordinator.url.display())  # fmt: skip
+    return SharedHeadroom(coordinator)
 
 
 def _seconds(value: float) -> float | None:

@@ -191,6 +191,16 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._usage_flusher is not None:
             self._usage_flusher.close()
         self.flush()
+        self._give_back_leases()
+
+    def _give_back_leases(self) -> None:
+        """Quota leases no call is using go back to the enforcer now, not when it times them out."""
+        if self._quota is not None:
+            try:
+                self._quota.client.leases.end_all()
+                self._quota.client.flush_sends(timeout_s=2.0)
+            except Exception as exc:
+                report_internal_error("quota lease return", exc)
 
     def _install_exit_hooks(self) -> None:
         """Flush at exit, and on SIGTERM: servers such as Chatchat's are stopped by signal."""
@@ -204,6 +214,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
             self.flush(timeout_s=5.0)
+            self._give_back_leases()
             if previous == signal.SIG_IGN:
                 return
             if callable(previous):

@@ -1,19 +1,22 @@
-"""The app's client of the enforcer: one short ``POST /v1/check`` before each LLM call.
+"""The app's client of the enforcer: one ``POST /v1/check`` before each LLM call, or none.
 
-Never slows or breaks the chat path more than its timeout (default 50 ms per phase):
+A slow enforcer is not a down enforcer, and slowness must not turn into unchecked calls:
 
-- ``deny`` and ``degrade`` answers are reused for ``cache_seconds`` (a script hammering
-  a spent budget does not hammer the enforcer); ``allow`` / ``warn`` / ``downgrade`` are
-  not, because each of those calls must hold its own reservation;
-- an enforcer that cannot be reached or answers with an error is not asked again for
-  ``cache_seconds``; one that is only slow (a check timed out) is skipped that way after
-  ``SLOW_CHECKS_BEFORE_SKIP`` timeouts in a row (and after each further timeout until it
-  answers), so one slow answer under load does not let a second of calls through
-  unchecked; calls in between follow the fail mode at once
-  (``open``: go ahead, counted; ``closed``: refuse);
-- fail-open calls are reported to the enforcer with the next check that gets through,
-  so its ``/metrics`` shows them too;
-- releases go out from the background finisher, never from the caller's thread.
+- each check waits up to ``timeout`` (default 2 s, ``TOKENMETER_ENFORCER_TIMEOUT``) in all,
+  not per phase (:mod:`~tokenmeter.instrumentation.enforcer_connection`): an enforcer
+  paused for a few hundred milliseconds, or queueing a burst of checks, still answers in time;
+- a call goes ahead unchecked (``open``, counted) or is refused (``closed``) only when the
+  enforcer cannot be reached or answers with an error (then it is not asked again for
+  ``cache_seconds``), or gave no answer within the timeout (after
+  ``SLOW_CHECKS_BEFORE_SKIP`` such checks in a row it is not asked for ``cache_seconds``);
+- a check the client gave up on is released by the id the client gave it, so a call that
+  never ran does not hold its room in the enforcer;
+- ``deny`` and ``degrade`` answers are reused for ``cache_seconds`` (a script hammering a
+  spent budget does not hammer the enforcer);
+- an ``allow`` may come with a lease (:mod:`~tokenmeter.instrumentation.quota_leases`): room
+  for several calls like it, decided here in microseconds;
+- fail-open calls are reported to the enforcer with the next check that gets an answer;
+- releases go out without anyone waiting for them.
 
 Requests to the enforcer are made with instrumentation suppressed: they are not LLM
 calls and must not carry the app's trace context or baggage.
@@ -22,7 +25,11 @@ calls and must not carry the app's trace context or baggage.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import itertools
+import json
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -35,20 +42,26 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokenmeter import semconv
 from tokenmeter.attribution import Attribution
+from tokenmeter.instrumentation.enforcer_connection import EnforcerConnection, NotSentError, enforcer_client
+from tokenmeter.instrumentation.quota_leases import CheckKey, LeaseBook
 from tokenmeter.quota_errors import QuotaVerdict
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT_SECONDS: Final = 2.0  # a whole check; an LLM call takes seconds, a stalled enforcer a fraction
 CACHED_ACTIONS: Final = frozenset({"deny", "degrade"})
-RELEASE_TIMEOUT_SECONDS: Final = 0.5  # on the background finisher: keep it short
-# Timed-out checks in a row before the client stops asking for cache_seconds. Each one
-# costs the caller at most the timeout; an unreachable enforcer is skipped at once.
+# Checks in a row without an answer within the timeout before the client stops asking for
+# cache_seconds. Each one costs its caller the timeout; an unreachable enforcer is skipped at once.
 SLOW_CHECKS_BEFORE_SKIP: Final = 3
-# Timeouts that mean a busy enforcer rather than an absent one (read, write, waiting for a
-# pooled connection, the async path's overall bound); connect failures skip at once.
+# The check's deadline passed (the enforcer is there but did not answer); connect failures skip at once.
 _SLOW_ANSWER_ERRORS: Final = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, TimeoutError)
+# The check never reached the enforcer: nothing to release, its fail-opens still to report.
+_NOT_SENT: Final = (NotSentError,)
 _CACHE_LIMIT: Final = 10_000
-CheckKey = tuple[str, str, str, str]  # (user, department, app, model)
+
+
+class _Refused(Exception):  # noqa: N818 - an answer that is not a decision (HTTP error, not JSON)
+    """The enforcer answered, but not with a decision: it counted and reserved nothing."""
 
 
 def check_key(who: Attribution, model: str) -> CheckKey:
@@ -102,15 +115,14 @@ class QuotaClient:
         url: str,
         token: str | None,
         *,
-        timeout: float = 0.05,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
         fail_mode: str = "open",
         cache_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base = url.rstrip("/")
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._timeout = httpx.Timeout(timeout)
-        self._total_timeout = timeout * 3  # connect + write + read, for the async path's overall bound
+        self._timeout = timeout
         self.fail_mode = fail_mode
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -120,7 +132,11 @@ class QuotaClient:
         self._slow_checks_in_a_row = 0
         self._unreported_fail_open = 0
         self._logged: set[str] = set()
-        self._sync = httpx.Client(headers=self._headers, timeout=self._timeout)
+        # Check ids: a random prefix per client and a counter (unique across processes and restarts).
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self._connection = EnforcerConnection(self._base, self._headers)
+        self.leases = LeaseBook(clock, self._release_lease)
         self._log_filter = _OwnRequestsFilter(self._base)
         logging.getLogger("httpx").addFilter(self._log_filter)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -132,35 +148,39 @@ class QuotaClient:
     def check(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *, dry_run: bool = False
               ) -> QuotaVerdict:  # fmt: skip
         """The decision for one call; ``dry_run`` decides without reserving (a route's pre-check)."""
-        ready = self._before_request(key)
+        ready = self._before_request(key, input_tokens, max_output_tokens, dry_run)
         if isinstance(ready, QuotaVerdict):
             return ready
         body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
         try:
-            with suppress_instrumentation():
-                response = self._sync.post(f"{self._base}/v1/check", json=body)
-        except httpx.HTTPError as exc:
-            return self._unanswered(key, exc)
-        return self._answered(key, response, ready)
+            status, content = self._connection.post("/v1/check", body, self._timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            return self._unanswered(key, exc, body)
+        return self._answered(key, status, content, body)
 
     async def check_async(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *,
                           dry_run: bool = False) -> QuotaVerdict:  # fmt: skip
-        ready = self._before_request(key)
+        ready = self._before_request(key, input_tokens, max_output_tokens, dry_run)
         if isinstance(ready, QuotaVerdict):
             return ready
         client = self._async_client()
         body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
         try:
             with suppress_instrumentation():
-                response = await asyncio.wait_for(
-                    client.post(f"{self._base}/v1/check", json=body), self._total_timeout
-                )
+                response = await asyncio.wait_for(client.post(f"{self._base}/v1/check", json=body), self._timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return self._unanswered(key, NotSentError(str(exc)), body)
         except (httpx.HTTPError, TimeoutError) as exc:
-            return self._unanswered(key, exc)
-        return self._answered(key, response, ready)
+            return self._unanswered(key, exc, body)
+        return self._answered(key, response.status_code, response.content, body)
 
-    def _before_request(self, key: CheckKey) -> QuotaVerdict | int:
-        """A verdict without asking (cached, or the enforcer was just unreachable), else the fail-opens to report."""
+    def _before_request(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, dry_run: bool
+                        ) -> QuotaVerdict | int:  # fmt: skip
+        """A verdict without asking (a lease, the cache, or the enforcer was just unreachable), else the
+        fail-opens to report with this check (taken: given back if the check gets no answer)."""
+        leased = self.leases.take(key, input_tokens, max_output_tokens, spend=not dry_run)
+        if leased is not None:
+            return leased
         now = self._clock()
         with self._lock:
             cached = self._cache.get(key)
@@ -168,39 +188,68 @@ class QuotaClient:
                 return cached[1]
             if now < self._unreachable_until:
                 return self._without_enforcer(key, "the enforcer did not answer moments ago")
-            return self._unreported_fail_open  # subtracted once the enforcer has counted them
+            reported, self._unreported_fail_open = self._unreported_fail_open, 0
+            return reported
 
-    @staticmethod
-    def _body(key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
+    def _body(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
               ) -> dict[str, Any]:  # fmt: skip
         user, department, app, model = key
         return {
             "user": user, "department": department, "app": app, "model": model, "input_tokens": input_tokens,
             "max_output_tokens": max_output_tokens, "client_fail_open": fail_open, "dry_run": dry_run,
+            "check_id": f"{self._id_prefix}{next(self._ids):x}", "lease": not dry_run,
         }  # fmt: skip
 
-    def _answered(self, key: CheckKey, response: httpx.Response, reported: int) -> QuotaVerdict:
-        if response.status_code != 200:
-            problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code == 401:
+    def _answered(self, key: CheckKey, status: int, content: bytes, body: dict[str, Any]) -> QuotaVerdict:
+        if status != 200:
+            problem = f"HTTP {status}: {content[:200].decode('utf-8', 'replace')}"
+            if status == 401:
                 problem += " (set TOKENMETER_ENFORCER_TOKEN to the enforcer's token)"
-            return self._unanswered(key, RuntimeError(problem))
+            return self._unanswered(key, _Refused(problem), body)
         try:
-            verdict = verdict_from_document(response.json(), key[3])
-        except (ValueError, TypeError) as exc:
-            return self._unanswered(key, exc)
+            document = json.loads(content)
+            verdict = verdict_from_document(document, key[3])
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            return self._unanswered(key, _Refused(f"not a decision: {exc}"), body)
         with self._lock:
-            self._unreported_fail_open -= reported
             self._slow_checks_in_a_row = 0
         if verdict.action in CACHED_ACTIONS and self._cache_seconds > 0:
             with self._lock:
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[key] = (self._clock() + self._cache_seconds, verdict)
+        lease = document.get("lease") if isinstance(document, dict) else None
+        if isinstance(lease, dict) and verdict.reservation_id is not None:
+            return self._leased(key, verdict, lease, body)
         return verdict
 
-    def _unanswered(self, key: CheckKey, error: BaseException) -> QuotaVerdict:
+    def _leased(self, key: CheckKey, verdict: QuotaVerdict, lease: Mapping[str, Any], body: dict[str, Any]
+                ) -> QuotaVerdict:  # fmt: skip
+        try:
+            tokens, seconds = int(lease["tokens"]), float(lease["seconds"])
+            default_output = int(lease["default_output_tokens"])
+        except (KeyError, TypeError, ValueError):
+            return verdict  # not a lease this client understands: the reservation is this call's alone
+        output = body["max_output_tokens"] if body["max_output_tokens"] is not None else default_output
+        leased = self.leases.add(key, verdict, tokens=tokens, first_estimate=body["input_tokens"] + output,
+                                 default_output_tokens=default_output, seconds=seconds)  # fmt: skip
+        if leased.lease_id is not None:
+            lease_id = leased.lease_id
+            self._connection.call_later(seconds, lambda: self.leases.expire(lease_id))
+        return leased
+
+    def _unanswered(self, key: CheckKey, error: BaseException, body: dict[str, Any]) -> QuotaVerdict:
+        reported = body["client_fail_open"]
+        if isinstance(error, (*_NOT_SENT, _Refused)):
+            handed_back = reported  # the enforcer never counted them: report them with a later check
+        else:
+            # Sent, no answer in time: the enforcer may have taken the check. Release it by its id (a call
+            # that never ran must not hold room); the release carries the fail-opens it was reporting, and the
+            # enforcer counts them unless the check arrived and counted them itself.
+            handed_back = 0
+            self._connection.send("/v1/release", {"check_id": body["check_id"], "client_fail_open": reported})
         with self._lock:
+            self._unreported_fail_open += handed_back
             # only an answer resets the count: after a skip, one more timeout skips again
             slow = isinstance(error, _SLOW_ANSWER_ERRORS)
             self._slow_checks_in_a_row += int(slow)
@@ -231,23 +280,31 @@ class QuotaClient:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = httpx.AsyncClient(headers=self._headers, timeout=self._timeout)
+            client = enforcer_client(self._headers, self._timeout)
             self._async[loop] = client
         return client
 
     # --- releases ----------------------------------------------------------------
 
+    def finished(self, verdict: QuotaVerdict) -> None:
+        """The call this verdict let through is done: release its reservation or its share of a lease."""
+        if verdict.lease_id is not None:
+            self.leases.finished(verdict.lease_id)
+        elif verdict.reservation_id is not None:
+            self.release(verdict.reservation_id)
+
     def release(self, reservation_id: str) -> None:
-        """The call finished; best effort (an unreleased reservation expires in the enforcer)."""
-        if self._clock() < self._unreachable_until:
-            return  # not now: the finisher thread must not wait on an enforcer that is down
-        try:
-            with suppress_instrumentation():
-                self._sync.post(f"{self._base}/v1/release", json={"reservation_id": reservation_id},
-                                timeout=RELEASE_TIMEOUT_SECONDS)  # fmt: skip
-        except httpx.HTTPError as exc:
-            logger.debug("tokenmeter: releasing reservation %s failed: %s", reservation_id, exc)
+        """The call finished; sent without waiting (an unreleased reservation expires in the enforcer)."""
+        self._connection.send("/v1/release", {"reservation_id": reservation_id})
+
+    def _release_lease(self, reservation_id: str, unused_tokens: int) -> None:
+        self._connection.send("/v1/release", {"reservation_id": reservation_id, "unused_tokens": unused_tokens})
+
+    def flush_sends(self, timeout_s: float = 2.0) -> None:
+        """Wait (``timeout_s`` at most) until queued releases have gone out."""
+        self._connection.flush(timeout_s)
 
     def close(self) -> None:
-        self._sync.close()
+        self.leases.end_all()  # what no call is using goes back now, not when the enforcer times it out
+        self._connection.close()
         logging.getLogger("httpx").removeFilter(self._log_filter)

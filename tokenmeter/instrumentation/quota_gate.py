@@ -14,7 +14,8 @@ After the call's span has started and before the SDK sends the request:
   raises :class:`~tokenmeter.quota_errors.QuotaUnavailable`.
 
 Every decision is on the span and counted in ``tokenmeter.quota.decisions``. The
-reservation is released when the call has finished (from the background finisher).
+reservation (or the call's share of a lease) is released when the call has finished
+(from the background finisher).
 A failure of tokenmeter's own here lets the call go ahead unchanged.
 """
 
@@ -122,8 +123,8 @@ class QuotaGate:
         self._instruments.quota_decisions.add(
             1, {semconv.TM_QUOTA_DECISION: verdict.action, semconv.TM_QUOTA_FAIL_OPEN: verdict.fail_open}
         )
-        if verdict.reservation_id:
-            call.on_finished = functools.partial(self.client.release, verdict.reservation_id)
+        if verdict.reservation_id or verdict.lease_id:
+            call.on_finished = functools.partial(self.client.finished, verdict)
         error = _error_for(verdict, call.operation)
         if error is not None:
             raise error

@@ -279,13 +279,14 @@ def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: C
 def _enforcer_service(config: ServeConfig, open_client: Callable[[], Client]) -> EnforcerService:
     """The enforcer with its policy and the model catalog loaded; touches no store (ServeError when broken)."""
     from tokenmeter.catalog import CatalogError, ModelCatalog
+    from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
     from tokenmeter.settings import get_settings
 
     try:
         catalog = ModelCatalog.load(get_settings().models)
         return EnforcerService(open_client, config.enforcer, catalog)
-    except (PolicyError, CatalogError) as exc:
+    except (PolicyError, CatalogError, CoordinationError) as exc:
         raise ServeError(str(exc)) from None
 
 

@@ -1,0 +1,107 @@
+"""Two in-process enforcer replicas sharing headroom through a real ZooKeeper server: what a refusal costs.
+
+The replicas are `Enforcer`s with real `Coordinator`s on the session's ZooKeeper server; their
+stores are empty (no usage yet), so the leases are the only thing that fills the budget. The
+coordinator of the refusing replica counts its fresh reads of what the others hold (a subclass
+that counts, the reads themselves are real).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from zookeeper_server import ZooKeeperServer
+
+from tokenmeter.enforcer.coordination import Coordinator, LeaseKey
+from tokenmeter.enforcer.decision import CheckRequest, Usage
+from tokenmeter.enforcer.enforcer import Enforcer
+from tokenmeter.enforcer.policy import parse_policy
+from tokenmeter.enforcer.shared_headroom import RECHECK_AFTER_SECONDS, SharedHeadroom
+
+LIMIT = 10_000
+POLICY = parse_policy(f"""
+timezone: UTC
+budgets:
+  - {{name: per-user, scope: user, period: day, limit: {{tokens: {LIMIT}}}, action: deny}}
+""")
+CALL = CheckRequest(user="alice", department="ops", app="kb", model="qwen2.5-7b-instruct", input_tokens=900,
+                    max_output_tokens=100)  # fmt: skip
+
+pytest.importorskip("kazoo", reason="the coordination extra (kazoo) is not installed")
+
+
+class CountingCoordinator(Coordinator):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, settle_seconds=60)
+        self.fresh_reads = 0
+
+    def others(self, key: LeaseKey) -> Usage:
+        self.fresh_reads += 1
+        return super().others(key)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def replicas(zookeeper: ZooKeeperServer) -> Iterator[tuple[Enforcer, Enforcer, Clock]]:
+    url = zookeeper.url(f"headroom-{secrets.token_hex(4)}")
+    clock = Clock()
+    coordinators = [CountingCoordinator(url), CountingCoordinator(url)]
+    for coordinator in coordinators:
+        coordinator.start()
+    try:
+        yield (Enforcer(POLICY, headroom=SharedHeadroom(coordinators[0], clock=clock)),
+               Enforcer(POLICY, headroom=SharedHeadroom(coordinators[1], clock=clock)), clock)  # fmt: skip
+    finally:
+        for coordinator in coordinators:
+            coordinator.close()
+
+
+def admitted(enforcer: Enforcer) -> bool:
+    result = enforcer.check(CALL)
+    assert result is not None
+    return result.decision.action == "allow"
+
+
+def test_a_spent_budget_costs_one_fresh_read_per_interval_not_one_per_check(
+    replicas: tuple[Enforcer, Enforcer, Clock],
+) -> None:
+    first, second, clock = replicas
+    assert admitted(first)  # first leases the call and spare room for more: second counts it as held
+    while admitted(second):
+        pass
+    assert second.headroom is not None
+    coordinator = second.headroom.coordinator
+    assert isinstance(coordinator, CountingCoordinator)
+    reads = coordinator.fresh_reads
+    # A script hammering the spent budget: refused without a round trip to the coordination server each time.
+    assert not any(admitted(second) for _ in range(50))
+    assert coordinator.fresh_reads - reads <= 1
+    clock.now += RECHECK_AFTER_SECONDS + 0.1
+    assert not admitted(second)
+    assert coordinator.fresh_reads - reads <= 2
+
+
+def test_room_another_replica_gave_back_is_seen_after_the_interval(
+    replicas: tuple[Enforcer, Enforcer, Clock],
+) -> None:
+    first, second, clock = replicas
+    first_result = first.check(CALL)  # first holds the call and spare room for more
+    assert first_result is not None and first_result.reservation_id is not None
+    while admitted(second):
+        pass
+    # first's call ends and its spare goes back (idle long enough): the room is free on the server
+    assert first.release(first_result.reservation_id, unused_tokens=CALL.estimated_tokens)
+    clock.now += 3600
+    first.give_back_headroom()
+    # second last read first's lease moments ago; past the interval a refusal reads again and admits
+    clock.now += RECHECK_AFTER_SECONDS + 0.1
+    assert admitted(second)
