@@ -10,10 +10,17 @@ Side by side in one run:
 - paced: 1,000 checks/s for ``--seconds`` on 16 connections; latency from the moment each
   request was written, and from its scheduled time (a stalled server cannot hide its
   queue; this one also includes the generator's own timer slack of up to 1 ms);
-- peak: ``--connections`` connections sending back-to-back, for ``GET /healthz`` (the
-  HTTP floor: uvicorn + Starlette with no work) and for ``POST /v1/check``.
+- back-to-back on 1, 10 and 100 connections: requests/s and each check's latency, for
+  ``GET /healthz`` (the HTTP floor: uvicorn + Starlette with no work) and ``POST /v1/check``.
 
-    .venv/bin/python bench/quota_check_http.py [--seconds 10] [--connections 32]
+Before measuring, every one of the users asks once (with Keeper leases, a user's first check
+grows a lease on the server: a network round trip; later checks are decided from it).
+
+Then the same against a serve that leases budget headroom from a real ZooKeeper server
+(``TOKENMETER_COORDINATION_URL``, as each of several replicas would; Debian's ``zookeeper``,
+started here; skipped when it is not installed).
+
+    .venv/bin/python bench/quota_check_http.py [--seconds 10]
 """
 
 from __future__ import annotations
@@ -30,21 +37,30 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from zookeeper_server import ZooKeeperServer, ZooKeeperUnavailableError
+
 DOCS_POLICY = Path(__file__).resolve().parents[1] / "docs" / "quotas.md"
 DEPARTMENTS = ("研发部", "销售部", "客服部")
 MODELS = ("gpt-4o", "gpt-4o-mini", "deepseek-chat", "qwen2.5-7b-instruct")
+CONCURRENCY = (1, 10, 100)
 
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def start_serve(work: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_serve(work: Path, coordination: str | None = None) -> tuple[subprocess.Popen[str], str, str]:
+    work.mkdir(parents=True, exist_ok=True)
     block = re.search(r"```yaml\n(.*?)```", DOCS_POLICY.read_text(encoding="utf-8"), re.DOTALL)
     assert block is not None
     policy = work / "policy.yaml"
     policy.write_text(block.group(1), encoding="utf-8")
+    os.utime(policy, (time.time() - 10, time.time() - 10))  # settled: serve need not wait for it
     env = {**os.environ, "XDG_DATA_HOME": str(work / "xdg")}
+    if coordination is not None:
+        env["TOKENMETER_COORDINATION_URL"] = coordination
     args = [sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", f"chdb://{work / 'chdb'}",
             "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", "0"]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -120,53 +136,89 @@ async def paced(address: str, requests: list[bytes], rate: float, seconds: float
     return sorted(from_due), sorted(from_send)
 
 
-async def peak(address: str, requests: list[bytes], connections: int, seconds: float) -> float:
+async def peak(address: str, requests: list[bytes], connections: int, seconds: float) -> tuple[float, list[float]]:
+    """Requests per second over ``connections`` connections sending back-to-back, and each
+    request's latency (sorted)."""
     host, port = address.rsplit(":", 1)
-    done = 0
+    latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
     async def worker(offset: int) -> None:
-        nonlocal done
         reader, writer = await asyncio.open_connection(host, int(port))
         index = offset
-        while time.perf_counter() < stop_at:
+        while (sent := time.perf_counter()) < stop_at:
             assert await exchange(reader, writer, requests[index % len(requests)]) == 200
+            latencies.append(time.perf_counter() - sent)
             index += connections
-            done += 1
         writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(offset) for offset in range(connections)))
-    return done / (time.perf_counter() - started)
+    return len(latencies) / (time.perf_counter() - started), sorted(latencies)
+
+
+async def each_once(address: str, requests: list[bytes], connections: int) -> None:
+    """Send each request once over ``connections`` connections (a warm-up: every user has asked)."""
+    host, port = address.rsplit(":", 1)
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for request in requests[offset::connections]:
+            assert await exchange(reader, writer, request) == 200
+        writer.close()
+
+    await asyncio.gather(*(worker(offset) for offset in range(connections)))
 
 
 def percentile(samples: list[float], share: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * share))] * 1000
 
 
+def measure(label: str, address: str, token: str, args: argparse.Namespace) -> None:
+    requests = check_requests(token, 50_000)
+    _log(f"{label}, serve {address}: policy from docs/quotas.md; warming up (every user asks once)")
+    asyncio.run(peak(address, requests, 8, 2.0))  # warm-up
+    asyncio.run(each_once(address, requests[:20_000], 16))
+    from_due, from_send = asyncio.run(paced(address, requests, 1000.0, args.seconds))
+    for name, latencies in (("sent -> answered", from_send), ("due -> answered", from_due)):
+        _log(f"{label}: paced 1,000 checks/s for {args.seconds:.0f} s ({len(latencies):,} checks), {name}: "
+             f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
+             f"max {latencies[-1] * 1000:.2f} ms  (target p99 < 2 ms)")  # fmt: skip
+    for connections in CONCURRENCY:
+        health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
+        checks, latencies = asyncio.run(peak(address, requests, connections, args.seconds))
+        _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
+             f"POST /v1/check {checks:,.0f}/s ({checks / health:.2f}x of the HTTP floor), check p50 "
+             f"{percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
+             f"  (target >= 5,000 checks/s)")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tokenmeter-bench-") as tmp:
-        process, address, token = start_serve(Path(tmp))
+        process, address, token = start_serve(Path(tmp) / "alone")
         try:
-            requests = check_requests(token, 50_000)
-            _log(f"serve {address}: policy from docs/quotas.md; warming up")
-            asyncio.run(peak(address, requests, 8, 2.0))
-            from_due, from_send = asyncio.run(paced(address, requests, 1000.0, args.seconds))
-            for label, latencies in (("sent -> answered", from_send), ("due -> answered", from_due)):
-                _log(f"paced 1,000 checks/s for {args.seconds:.0f} s ({len(latencies):,} checks), {label}: "
-                     f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
-                     f"max {latencies[-1] * 1000:.2f} ms  (target p99 < 2 ms)")  # fmt: skip
-            health = asyncio.run(peak(address, [HEALTH], args.connections, args.seconds))
-            checks = asyncio.run(peak(address, requests, args.connections, args.seconds))
-            _log(f"peak, {args.connections} connections: GET /healthz {health:,.0f}/s, POST /v1/check {checks:,.0f}/s "
-                 f"({checks / health:.2f}x of the HTTP floor)  (target >= 5,000 checks/s)")  # fmt: skip
+            measure("alone", address, token, args)
         finally:
             process.terminate()
             process.wait(60)
+        zookeeper = ZooKeeperServer(Path(tmp) / "zookeeper")
+        try:
+            zookeeper.start()
+        except ZooKeeperUnavailableError as exc:
+            _log(f"no Keeper run: {exc}")
+            return 0
+        try:
+            process, address, token = start_serve(Path(tmp) / "keeper", zookeeper.url("bench"))
+            try:
+                measure("with Keeper leases", address, token, args)
+            finally:
+                process.terminate()
+                process.wait(60)
+        finally:
+            zookeeper.stop()
     return 0
 
 
