@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Collection
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import wrapt
 from opentelemetry import metrics, trace
@@ -35,6 +35,8 @@ from tokenmeter.settings import Settings, capture_message_content, enforcer_clie
 from tokenmeter.tokenizers import TokenizerRegistry
 
 VERSION = "0.1.0"
+# What a SIGTERM may spend on exporting before the process ends (its stopper waits ~30 s before SIGKILL).
+SIGTERM_FLUSH_SECONDS: Final = 5.0
 
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
@@ -193,6 +195,10 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self.flush()
         self._give_back_leases()
 
+    def _flush_at_sigterm(self) -> None:
+        self.flush(timeout_s=SIGTERM_FLUSH_SECONDS)
+        self._give_back_leases()
+
     def _give_back_leases(self) -> None:
         """Quota leases no call is using go back to the enforcer now, not when it times them out."""
         if self._quota is not None:
@@ -213,8 +219,12 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            self.flush(timeout_s=5.0)
-            self._give_back_leases()
+            # The flush runs on a thread of its own, waited for a bounded time: the signal may have
+            # interrupted this (main) thread inside a lock the flush needs (stdout's, an exporter's),
+            # and the process must stop all the same.
+            stopping = threading.Thread(target=self._flush_at_sigterm, name="tokenmeter-sigterm-flush", daemon=True)
+            stopping.start()
+            stopping.join(SIGTERM_FLUSH_SECONDS + 3.0)
             if previous == signal.SIG_IGN:
                 return
             if callable(previous):
