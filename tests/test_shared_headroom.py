@@ -1,4 +1,5 @@
-"""Two in-process enforcer replicas sharing headroom through a real ZooKeeper server: what a refusal costs.
+"""Two in-process enforcer replicas sharing headroom through a real ZooKeeper server: what a refusal
+costs, and what is left behind on the server.
 
 The replicas are `Enforcer`s with real `Coordinator`s on the session's ZooKeeper server; their
 stores are empty (no usage yet), so the leases are the only thing that fills the budget. The
@@ -8,13 +9,15 @@ that counts, the reads themselves are real).
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
 from zookeeper_server import ZooKeeperServer
 
-from tokenmeter.enforcer.coordination import Coordinator, LeaseKey
+from tokenmeter.enforcer.coordination import KEEP_SECONDS, CoordinationUrl, Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import CheckRequest, Usage
 from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.policy import parse_policy
@@ -105,3 +108,29 @@ def test_room_another_replica_gave_back_is_seen_after_the_interval(
     # second last read first's lease moments ago; past the interval a refusal reads again and admits
     clock.now += RECHECK_AFTER_SECONDS + 0.1
     assert admitted(second)
+
+
+def test_lease_nodes_of_past_periods_and_old_departures_are_removed(zookeeper: ZooKeeperServer) -> None:
+    from kazoo.client import KazooClient
+
+    url = CoordinationUrl.parse(zookeeper.url(f"tidy-{secrets.token_hex(4)}"))
+    coordinator = Coordinator(url.display(), settle_seconds=60)
+    coordinator.start()
+    client = KazooClient(hosts=url.hosts)
+    client.start(timeout=10)
+    try:
+        now = time.time()
+        old, current = int(now - KEEP_SECONDS - 86400), int(now - 86400)
+        for period in (old, current):
+            client.create(f"{url.root}/leases/{period}/lease", b"{}", makepath=True)
+        client.create(f"{url.root}/departed/gone-long-ago", json.dumps({"at": now - KEEP_SECONDS - 1}).encode())
+        client.create(f"{url.root}/departed/gone-lately", json.dumps({"at": now - 100}).encode())
+        assert coordinator.tidy() == 2
+        assert sorted(client.get_children(f"{url.root}/leases")) == [str(current)]
+        assert client.get_children(f"{url.root}/departed") == ["gone-lately"]
+        client.create(f"{url.root}/leases/{old}/lease", b"{}", makepath=True)
+        assert coordinator.tidy() == 0  # at most once per TIDY_EVERY_SECONDS
+    finally:
+        client.stop()
+        client.close()
+        coordinator.close()

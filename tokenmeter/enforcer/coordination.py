@@ -18,8 +18,10 @@ A replica is live while its ephemeral node ``<root>/replicas/<id>`` exists. When
 session expired: a crash, SIGKILL, a network split), the first survivor to see it records
 ``<root>/departed/<id>`` with the time; the dead replica's leases keep counting for
 ``settle_seconds`` after that (its calls' usage is then in the store), then stop counting
-and are removed. Nothing here is in the store; ClickHouse Keeper, which every replicated
-ClickHouse cluster already runs, or ZooKeeper serves it.
+and are removed. Lease nodes of past periods and old departure records are removed after
+``KEEP_SECONDS`` (:meth:`Coordinator.tidy`, from the refresh). Nothing here is in the store;
+ClickHouse Keeper, which every replicated ClickHouse cluster already runs, or ZooKeeper
+serves it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
 SESSION_TIMEOUT_SECONDS: Final = 10.0  # a dead replica's session ends within this (the server may clamp it)
 _CAS_ATTEMPTS: Final = 20
+# Past this age a period's lease nodes are no budget's current period (a month is the longest),
+# and a departure record is dropped (a lease node naming that replica still, untouched since, makes
+# the next reader record the departure again: its lease counts settle_seconds more, once).
+KEEP_SECONDS: Final = 32 * 86400.0
+TIDY_EVERY_SECONDS: Final = 3600.0
 
 
 class CoordinationError(Exception):
@@ -115,6 +122,7 @@ class Coordinator:
         self.last_error: str | None = None
         self._client: KazooClient | None = None
         self._lost = False
+        self._next_tidy = float("-inf")
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -274,6 +282,34 @@ class Coordinator:
                     self._own[key] = lease
             return True
         return False
+
+    def tidy(self) -> int:
+        """Remove the lease nodes of periods and the departure records older than ``KEEP_SECONDS`` (at most
+        once per ``TIDY_EVERY_SECONDS``; any replica may do it). Returns how many nodes went."""
+        from kazoo.exceptions import KazooException, NoNodeError
+
+        now = self._clock()
+        if now < self._next_tidy or self._client is None:
+            return 0
+        self._next_tidy = now + TIDY_EVERY_SECONDS
+        client, removed = self._client, 0
+        try:
+            for child in client.get_children(f"{self.url.root}/leases"):
+                if child.isdigit() and int(child) < now - KEEP_SECONDS:
+                    with contextlib.suppress(NoNodeError):
+                        client.delete(f"{self.url.root}/leases/{child}", recursive=True)
+                        removed += 1
+            for replica in client.get_children(f"{self.url.root}/departed"):
+                path = f"{self.url.root}/departed/{replica}"
+                with contextlib.suppress(NoNodeError, ValueError, KeyError, TypeError):
+                    if float(json.loads(client.get(path)[0])["at"]) < now - KEEP_SECONDS:
+                        client.delete(path)
+                        removed += 1
+                        with self._lock:
+                            self._departed.pop(replica, None)
+        except KazooException as exc:
+            self._failed(exc)
+        return removed
 
     def leased_keys(self) -> list[LeaseKey]:
         with self._lock:

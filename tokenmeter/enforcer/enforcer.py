@@ -171,6 +171,7 @@ class Enforcer:
         """Give back spare room of this replica's leases (on the refresh thread; no-op without replicas)."""
         if self.headroom is None:
             return
+        self.headroom.coordinator.tidy()
         # Scan every lease without the check lock (thousands of leases would keep checks waiting on it),
         # then lower the few that are due under it, deciding each again on the numbers of that moment.
         with self._lock:
