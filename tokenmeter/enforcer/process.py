@@ -26,6 +26,7 @@ from starlette.routing import Route
 from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.server.long_lived_heap import freeze_startup_heap
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -122,6 +123,7 @@ def run_enforcer(
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         address = f"http://{socket_address(sock)}"
+        freeze_startup_heap()
         ready.write(json.dumps({"event": "ready", "api": address, "store": location.display, "token": token_source}))
         ready.write("\n")
         ready.flush()
