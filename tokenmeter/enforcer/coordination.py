@@ -286,7 +286,7 @@ class Coordinator:
     def tidy(self) -> int:
         """Remove the lease nodes of periods and the departure records older than ``KEEP_SECONDS`` (at most
         once per ``TIDY_EVERY_SECONDS``; any replica may do it). Returns how many nodes went."""
-        from kazoo.exceptions import KazooException, NoNodeError
+        from kazoo.exceptions import NoNodeError
 
         now = self._clock()
         if now < self._next_tidy or self._client is None:
@@ -307,7 +307,7 @@ class Coordinator:
                         removed += 1
                         with self._lock:
                             self._departed.pop(replica, None)
-        except KazooException as exc:
+        except Exception as exc:  # (kazoo's timeouts are no KazooException) a tidy-up must not fail the refresh
             self._failed(exc)
         return removed
 
