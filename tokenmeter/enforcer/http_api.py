@@ -69,9 +69,10 @@ def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: s
         body = await _body(request, CheckBody)
         if isinstance(body, Response):
             return body
-        answer = service.check(body, started, blocking=False)
+        prepared = service.prepare(body, started)
+        answer = service.decide(prepared, blocking=False)
         if answer is None:  # a lease to grow on the coordination server: wait on a worker thread, not the loop
-            answer = await run_in_threadpool(service.check, body, started)
+            answer = await run_in_threadpool(service.decide, prepared)
         assert answer is not None
         lease = answer.lease_document(service.options.lease_seconds)
         timezone = service.enforcer.policy.timezone

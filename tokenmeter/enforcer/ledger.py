@@ -14,7 +14,8 @@ costs the same with 10 or 500,000 reservations in flight (5,000 checks/s x 90 s 
 A reservation may name the client's own id for its check (``check_id``): a client that gave
 up waiting for the answer releases by that id, and since that call never ran its reservation
 is dropped at once, instead of holding room until ``timeout_seconds`` (a release that overtakes
-its check: :mod:`~tokenmeter.enforcer.check_receipts`). A release may also say how much of a
+its check: :mod:`~tokenmeter.enforcer.check_receipts`; a release that finds nothing yet is
+remembered, so a check still deciding on a worker thread reserves nothing). A release may also say how much of a
 reservation went unused (a lease's calls that were never made): that part is dropped at once,
 the rest settles like any finished call.
 """
@@ -30,6 +31,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Final
 
+from tokenmeter.enforcer.check_receipts import RecentIds
 from tokenmeter.enforcer.decision import Usage, UsageKey
 
 DEFAULT_SETTLE_SECONDS: Final = 90.0  # the SDK's 60 s metric export interval, plus ingest and refresh
@@ -64,12 +66,17 @@ class ReservationLedger:
         self._by_release: deque[tuple[float, str]] = deque()
         self._check_ids: dict[str, str] = {}  # the client's check id -> reservation id
         self._checks_of: dict[str, str] = {}  # reservation id -> check id
+        # Check ids released before their check reserved (it was still deciding): they must hold nothing.
+        self._given_up = RecentIds(seconds=timeout_seconds, clock=clock)
 
     def reserve(self, amounts: Mapping[UsageKey, Usage], check_id: str | None = None) -> str | None:
-        """Hold ``amounts``; returns the reservation id (None when there is nothing to hold)."""
+        """Hold ``amounts``; returns the reservation id (None when there is nothing to hold, or when the
+        client already gave up on this check)."""
         if not amounts:
             return None
         with self._lock:
+            if check_id is not None and self._given_up.take(check_id):
+                return None
             reservation_id = f"{self._id_prefix}{next(self._ids):x}"
             now = self._clock()
             for key, usage in amounts.items():
@@ -102,10 +109,12 @@ class ReservationLedger:
 
     def release_check(self, check_id: str) -> bool:
         """The client gave up waiting for this check's answer: its call never ran, so whatever the
-        check reserved is dropped at once (nothing to settle). False when it held nothing."""
+        check reserved is dropped at once (nothing to settle). False when it held nothing; then a
+        reservation it makes later (it was still deciding) holds nothing either."""
         with self._lock:
             reservation_id = self._check_ids.get(check_id)
             if reservation_id is None:
+                self._given_up.add(check_id)
                 return False
             self._drop(reservation_id)
             return True

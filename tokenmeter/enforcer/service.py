@@ -83,6 +83,13 @@ class CheckAnswer(NamedTuple):
                 "default_output_tokens": self.default_output_tokens}  # fmt: skip
 
 
+class PreparedCheck(NamedTuple):
+    body: CheckBody
+    request: CheckRequest
+    arrived: bool  # False: its client gave it up before it arrived; it holds and counts nothing
+    started: float  # perf_counter when the request came in
+
+
 @dataclass(frozen=True)
 class EnforcerOptions:
     policy_path: Path | None = None  # None: no budgets, every check is allowed
@@ -294,9 +301,14 @@ class EnforcerService:
 
     # --- requests ----------------------------------------------------------------
 
-    def check(self, body: CheckBody, started: float | None = None, *, blocking: bool = True) -> CheckAnswer | None:
-        """The answer for one call; never touches the store. With replicas a check may need to grow a lease
-        on the coordination server: with ``blocking=False`` it then returns None (retry it on a thread)."""
+    def check(self, body: CheckBody) -> CheckAnswer:
+        """The answer for one call, waiting for the coordination server if a lease must grow."""
+        answer = self.decide(self.prepare(body))
+        assert answer is not None
+        return answer
+
+    def prepare(self, body: CheckBody, started: float | None = None) -> PreparedCheck:
+        """What a check asks, with its arrival noted once (:meth:`decide` may be called twice for it)."""
         started = time.perf_counter() if started is None else started
         policy = self.enforcer.policy
         output = policy.output_estimate(body.model, body.max_output_tokens)
@@ -311,6 +323,13 @@ class EnforcerService:
         )
         # A check its client gave up on before it arrived: nobody waits for it; hold and count nothing.
         arrived = body.check_id is None or self.receipts.arrive(body.check_id)
+        return PreparedCheck(body, request, arrived, started)
+
+    def decide(self, check: PreparedCheck, *, blocking: bool = True) -> CheckAnswer | None:
+        """The answer; never touches the store. With replicas a check may need to grow a lease on the
+        coordination server: with ``blocking=False`` it then returns None (decide it again on a thread)."""
+        body, request, arrived = check.body, check.request, check.arrived
+        policy = self.enforcer.policy
         result = self.enforcer.check(request, reserve=arrived and not body.dry_run, check_id=body.check_id,
                                      lease_max_calls=self.options.lease_max_calls if body.lease else 1,
                                      blocking=blocking)  # fmt: skip
@@ -323,10 +342,10 @@ class EnforcerService:
             self.stats.count_fail_open("client", body.client_fail_open)
         if not body.dry_run and arrived:
             self.events.on_decision(request, result.decision, result.decided_at)
-        self.stats.count_check(result.decision.action, time.perf_counter() - started)
+        self.stats.count_check(result.decision.action, time.perf_counter() - check.started)
         if result.lease_calls <= 1 or result.reservation_id is None:
             return CheckAnswer(result.decision, result.reservation_id, stale)
-        estimate = body.input_tokens + output
+        estimate = body.input_tokens + request.max_output_tokens
         return CheckAnswer(result.decision, result.reservation_id, stale, result.lease_calls,
                            result.lease_calls * estimate, policy.output_estimate(body.model, None))  # fmt: skip
 
