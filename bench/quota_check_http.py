@@ -11,7 +11,9 @@ Side by side in one run:
   request was written, and from its scheduled time (a stalled server cannot hide its
   queue; this one also includes the generator's own timer slack of up to 1 ms);
 - back-to-back on 1, 10 and 100 connections: requests/s and each check's latency, for
-  ``GET /healthz`` (the HTTP floor: uvicorn + Starlette with no work) and ``POST /v1/check``.
+  ``GET /healthz`` (the HTTP floor: uvicorn + Starlette with no work) and ``POST /v1/check``,
+  with serve's CPU time per check (from /proc: what the load generator cannot flatter; one
+  core's worth of checks per second is 1 / that).
 
 Before measuring, every one of the users asks once (with Keeper leases, a user's first check
 grows a lease on the server: a network round trip; later checks are decided from it).
@@ -174,7 +176,13 @@ def percentile(samples: list[float], share: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * share))] * 1000
 
 
-def measure(label: str, address: str, token: str, args: argparse.Namespace) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(label: str, process: subprocess.Popen[str], address: str, token: str, args: argparse.Namespace) -> None:
     requests = check_requests(token, 50_000)
     _log(f"{label}, serve {address}: policy from docs/quotas.md; warming up (every user asks once)")
     asyncio.run(peak(address, requests, 8, 2.0))  # warm-up
@@ -186,10 +194,13 @@ def measure(label: str, address: str, token: str, args: argparse.Namespace) -> N
              f"max {latencies[-1] * 1000:.2f} ms  (target p99 < 2 ms)")  # fmt: skip
     for connections in CONCURRENCY:
         health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
+        cpu_before = cpu_seconds(process.pid)
         checks, latencies = asyncio.run(peak(address, requests, connections, args.seconds))
+        cpu_per_check = (cpu_seconds(process.pid) - cpu_before) / len(latencies)
         _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
              f"POST /v1/check {checks:,.0f}/s ({checks / health:.2f}x of the HTTP floor), check p50 "
-             f"{percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
+             f"{percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms; serve's CPU "
+             f"{cpu_per_check * 1e6:.0f} us per check (one core: {1 / cpu_per_check:,.0f}/s)"
              f"  (target >= 5,000 checks/s)")  # fmt: skip
 
 
@@ -200,7 +211,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tokenmeter-bench-") as tmp:
         process, address, token = start_serve(Path(tmp) / "alone")
         try:
-            measure("alone", address, token, args)
+            measure("alone", process, address, token, args)
         finally:
             process.terminate()
             process.wait(60)
@@ -213,7 +224,7 @@ def main() -> int:
         try:
             process, address, token = start_serve(Path(tmp) / "keeper", zookeeper.url("bench"))
             try:
-                measure("with Keeper leases", address, token, args)
+                measure("with Keeper leases", process, address, token, args)
             finally:
                 process.terminate()
                 process.wait(60)

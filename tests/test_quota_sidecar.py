@@ -61,6 +61,8 @@ def test_everything_but_health_needs_the_token(enforcer: EnforcerProcess) -> Non
         wrong = httpx.request(method, f"{enforcer.url}{path}", json={}, timeout=10,
                               headers={"authorization": "Bearer wrong"})  # fmt: skip
         assert wrong.status_code == 401
+    wrong_method = httpx.get(f"{enforcer.url}/v1/check", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert TOKEN not in "".join(enforcer.stderr_lines)
     assert enforcer.info["token"] == "TOKENMETER_ENFORCER_TOKEN"
 

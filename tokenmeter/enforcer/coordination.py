@@ -315,6 +315,11 @@ class Coordinator:
         with self._lock:
             return list(self._own)
 
+    def own_leases(self) -> dict[LeaseKey, Usage]:
+        """A copy of this replica's leases as it last wrote them."""
+        with self._lock:
+            return dict(self._own)
+
     def live_replicas(self) -> int:
         with self._lock:
             return max(1, len(self._live))

@@ -177,8 +177,7 @@ class Enforcer:
         with self._lock:
             policy, snapshot, now = self._policy, self._snapshot, self._now()
             local = dict(self._ledger.totals(self._snapshot_started_at))
-        due = [lease_key for lease_key in self.headroom.coordinator.leased_keys()
-               if self.headroom.spare_due(lease_key, policy, snapshot, local, now) is not None]  # fmt: skip
+        due = self.headroom.due_leases(policy, snapshot, local, now)
         for lease_key in due:
             with self._lock:
                 local = self._ledger.totals(self._snapshot_started_at)

@@ -9,29 +9,26 @@
 - ``GET /v1/usage[?budget=&subject=]``: used, reserved, limit and ratio per budget and subject.
 - ``GET /v1/policy``: the policy in force, its file, checksum and the last reload error.
 
-All need the bearer token. ``/healthz`` (no token) and ``/metrics`` (token) are added by
-the process that serves these routes, together with its own.
+All need the bearer token. Checks and releases are answered in front of Starlette
+(:mod:`tokenmeter.enforcer.check_path`, the hot path); :func:`enforcer_api` puts them there.
+``/healthz`` (no token) and ``/metrics`` (token) are added by the process that serves these
+routes, together with its own.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokenmeter.collector.bearer import BearerToken
+from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.service import EnforcerService
-from tokenmeter.enforcer.wire import CheckBody, ReleaseBody, decision_document
 
 Handler = Callable[[Request], Awaitable[Response]]
-_MAX_BODY_BYTES = 64 * 1024
 
 
 def unauthorized(token_name: str) -> JSONResponse:
@@ -51,43 +48,13 @@ def guarded(bearer: BearerToken, token_name: str, handler: Handler) -> Handler:
     return guarded_handler
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    """The parsed body, or a 400/413 response naming the field and the problem."""
-    raw = await request.body()
-    if len(raw) > _MAX_BODY_BYTES:
-        return JSONResponse({"error": f"request body over {_MAX_BODY_BYTES} bytes"}, status_code=413)
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
-        return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+def enforcer_api(app: Starlette, service: EnforcerService, bearer: BearerToken, token_name: str) -> CheckPath:
+    """``app`` (which has :func:`enforcer_routes`) with checks and releases answered in front of it."""
+    return CheckPath(app, service, bearer, token_name)
 
 
 def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: str) -> list[Route]:
-    async def check(request: Request) -> Response:
-        started = time.perf_counter()
-        body = await _body(request, CheckBody)
-        if isinstance(body, Response):
-            return body
-        prepared = service.prepare(body, started)
-        answer = service.decide(prepared, blocking=False)
-        if answer is None:  # a lease to grow on the coordination server: wait on a worker thread, not the loop
-            answer = await run_in_threadpool(service.decide, prepared)
-        assert answer is not None
-        lease = answer.lease_document(service.options.lease_seconds)
-        timezone = service.enforcer.policy.timezone
-        document = decision_document(answer.decision, answer.reservation_id, timezone=timezone, stale=answer.stale,
-                                     lease=lease)  # fmt: skip
-        return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")
-
-    async def release(request: Request) -> Response:
-        body = await _body(request, ReleaseBody)
-        if isinstance(body, Response):
-            return body
-        released = service.release(body.reservation_id, check_id=body.check_id, unused_tokens=body.unused_tokens,
-                                   client_fail_open=body.client_fail_open)  # fmt: skip
-        return JSONResponse({"released": released})
-
+    """The routes besides checks and releases (those are :class:`~tokenmeter.enforcer.check_path.CheckPath`)."""
     async def usage(request: Request) -> Response:
         params = request.query_params
         return JSONResponse(service.usage_document(params.get("budget"), params.get("subject")))
@@ -96,8 +63,6 @@ def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: s
         return JSONResponse(service.policy_document())
 
     return [
-        Route("/v1/check", guarded(bearer, token_name, check), methods=["POST"]),
-        Route("/v1/release", guarded(bearer, token_name, release), methods=["POST"]),
         Route("/v1/usage", guarded(bearer, token_name, usage), methods=["GET"]),
         Route("/v1/policy", guarded(bearer, token_name, policy), methods=["GET"]),
     ]

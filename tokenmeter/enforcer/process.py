@@ -24,9 +24,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from tokenmeter.collector.bearer import BearerToken
-from tokenmeter.enforcer.http_api import enforcer_routes, guarded
+from tokenmeter.enforcer.check_path import CheckPath
+from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
-from tokenmeter.server.long_lived_heap import freeze_startup_heap
+from tokenmeter.server.interpreter_tuning import tune_when_ready
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -48,7 +49,7 @@ class EnforcerConfig:
     token_file: Path | None = None
 
 
-def enforcer_app(service: EnforcerService, token: str) -> Starlette:
+def enforcer_app(service: EnforcerService, token: str) -> CheckPath:
     if not token:
         raise ValueError("the enforcer API needs a token")
     bearer = BearerToken(token)
@@ -63,13 +64,14 @@ def enforcer_app(service: EnforcerService, token: str) -> Starlette:
     async def metrics(_request: Request) -> Response:
         return PlainTextResponse(service.render_metrics(), media_type="text/plain; version=0.0.4")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", guarded(bearer, hint, metrics), methods=["GET"]),
             *enforcer_routes(service, bearer, hint),
         ]
     )
+    return enforcer_api(app, service, bearer, hint)
 
 
 def missing_tables(client: Client) -> list[str]:
@@ -123,7 +125,7 @@ def run_enforcer(
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         address = f"http://{socket_address(sock)}"
-        freeze_startup_heap()
+        tune_when_ready()
         ready.write(json.dumps({"event": "ready", "api": address, "store": location.display, "token": token_source}))
         ready.write("\n")
         ready.flush()

@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue
-from tokenmeter.enforcer.http_api import enforcer_routes, guarded
+from tokenmeter.enforcer.check_path import CheckPath
+from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
@@ -42,7 +43,7 @@ def api_app(
     store_display: str,
     enforcer: EnforcerService,
     enforcer_token: str | None = None,
-) -> Starlette:
+) -> CheckPath:
     if not api_token:
         raise ValueError("the usage API needs a token")  # usage is never served without one
     api_bearer = BearerToken(api_token)
@@ -92,7 +93,7 @@ def api_app(
             return JSONResponse({"error": "the store could not answer; see the serve log"}, status_code=503)
         return JSONResponse(document)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", guarded(any_bearer, enforcer_token_hint, metrics), methods=["GET"]),
@@ -101,3 +102,4 @@ def api_app(
             *web_routes(reader, lambda handler: guarded(api_bearer, api_token_hint, handler), queue.stats, enforcer),
         ]
     )
+    return enforcer_api(app, enforcer, any_bearer, enforcer_token_hint)

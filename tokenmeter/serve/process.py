@@ -33,7 +33,7 @@ from tokenmeter.collector.limits import (
 )
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS, BodyDeadline
-from tokenmeter.server.long_lived_heap import freeze_startup_heap
+from tokenmeter.server.interpreter_tuning import tune_when_ready
 from tokenmeter.settings import default_api_token_file
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ async def _serve(config: ServeConfig, ready: IO[str], progress: Callable[[str], 
         "otlp_http": f"http://{socket_address(sockets['http'])}",
         "api": f"http://{socket_address(sockets['api'])}",
     }
-    freeze_startup_heap()
+    tune_when_ready()
     ready.write(json.dumps({"event": "ready", **addresses, "store": location.display, "api_token": token_source,
                             "otlp_token": otlp_token_source}))  # fmt: skip
     ready.write("\n")
