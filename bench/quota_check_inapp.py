@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from zookeeper_server import ZooKeeperServer, ZooKeeperUnavailableError
 
-from tokenmeter.instrumentation.quota_client import QuotaClient
+from tokenmeter.instrumentation.quota.client import QuotaClient
 
 POLICY = """
 timezone: UTC

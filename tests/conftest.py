@@ -14,7 +14,7 @@ sys.path.insert(0, str(TESTS_DIR))
 from openai_server import OpenAICompatibleServer  # noqa: E402
 from zookeeper_server import ZooKeeperServer, ZooKeeperUnavailableError  # noqa: E402
 
-from tokenmeter.attribution import default_app  # noqa: E402
+from tokenmeter.instrumentation.attribution import default_app  # noqa: E402
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tokenmeter import semconv
-from tokenmeter.attribution import Attribution, attribution, current_attribution
 from tokenmeter.instrumentation.asgi import IdentityMiddleware
+from tokenmeter.instrumentation.attribution import Attribution, attribution, current_attribution
 from tokenmeter.instrumentation.identity import first_group, is_trusted_peer, resolve_identity
 from tokenmeter.settings import Settings, get_settings
 

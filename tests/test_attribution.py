@@ -15,7 +15,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tokenmeter import semconv
-from tokenmeter.attribution import (
+from tokenmeter.instrumentation.attribution import (
     MAX_VALUE_LENGTH,
     Attribution,
     attribution,

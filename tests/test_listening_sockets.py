@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from tokenmeter.serve.process import bind_socket
+from tokenmeter.server.listening import bind_socket
 
 
 def test_accepted_connections_have_nagle_off() -> None:

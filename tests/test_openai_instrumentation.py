@@ -28,7 +28,7 @@ from telemetry_fixtures import Telemetry, make_telemetry
 import tokenmeter
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
-from tokenmeter.content_hash import canonical_json
+from tokenmeter.instrumentation.content_hash import canonical_json
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry

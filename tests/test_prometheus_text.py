@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenmeter.prometheus_text import Histogram, label_value
+from tokenmeter.server.prometheus_text import Histogram, label_value
 
 
 def test_label_values_escape_what_would_end_or_break_the_label() -> None:

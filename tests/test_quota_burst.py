@@ -37,8 +37,8 @@ import tokenmeter
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
-from tokenmeter.instrumentation.quota_client import QuotaClient
-from tokenmeter.quota_errors import QuotaExceeded
+from tokenmeter.instrumentation.quota.client import QuotaClient
+from tokenmeter.instrumentation.quota.errors import QuotaExceeded
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 from tokenmeter.tokenizers.estimate import estimate_tokens

@@ -32,8 +32,8 @@ import tokenmeter
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
-from tokenmeter.instrumentation.quota_client import QuotaClient
-from tokenmeter.quota_errors import QuotaDegraded, QuotaExceeded, QuotaUnavailable, QuotaVerdict
+from tokenmeter.instrumentation.quota.client import QuotaClient
+from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaExceeded, QuotaUnavailable, QuotaVerdict
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
@@ -257,7 +257,7 @@ def test_messages_name_the_budget_the_usage_and_the_reset_in_both_languages() ->
 def test_the_client_module_stays_light() -> None:
     # Apps import tokenmeter at start-up; the quota client must not pull in the server side.
     server_side = ("chdb", "starlette", "tokenmeter.enforcer")
-    code = ("import sys, tokenmeter.instrumentation.quota_gate; "
+    code = ("import sys, tokenmeter.instrumentation.quota.gate; "
             f"print(sorted(m for m in sys.modules if m.startswith({server_side!r})))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
@@ -303,7 +303,7 @@ def test_the_middleware_answers_429_with_the_message_when_a_call_is_denied(regis
 
 
 def test_the_429_for_a_denial_says_when_to_retry() -> None:
-    from tokenmeter.instrumentation.quota_response import quota_error_response
+    from tokenmeter.instrumentation.quota.responses import quota_error_response
 
     error = QuotaExceeded(_verdict(used_tokens=1000, limit_tokens=1000))
     headers, body = quota_error_response(error, now=datetime(2026, 11, 30, 15, 0, tzinfo=UTC))

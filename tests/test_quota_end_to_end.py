@@ -39,7 +39,7 @@ from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.asgi import IdentityMiddleware
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
-from tokenmeter.quota_errors import QuotaExceeded
+from tokenmeter.instrumentation.quota.errors import QuotaExceeded
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 

@@ -12,8 +12,8 @@ from tokenmeter.enforcer.decision import CheckRequest, Usage, UsageSnapshot, dec
 from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import parse_policy
-from tokenmeter.instrumentation.quota_leases import LeaseBook
-from tokenmeter.quota_errors import QuotaVerdict
+from tokenmeter.instrumentation.quota.errors import QuotaVerdict
+from tokenmeter.instrumentation.quota.leases import LeaseBook
 
 NOW = datetime(2026, 12, 3, 4, 0, tzinfo=UTC)
 POLICY = parse_policy("""

@@ -30,7 +30,7 @@ from serve_process import ServeProcess
 
 from tokenmeter import semconv
 from tokenmeter.cli import build_parser, main
-from tokenmeter.report_command import run_report
+from tokenmeter.cli.report import run_report
 from tokenmeter.reporting import DIMENSIONS, ReportRow, UsageReport, parse_day, render_table, resolve_period
 from tokenmeter.settings import get_settings
 from tokenmeter.store.usage_queries import CostAmount

@@ -166,10 +166,8 @@ class Settings(BaseSettings):
     @field_validator("hop_servers")
     @classmethod
     def _hop_servers(cls, value: list[str]) -> list[str]:
-        from tokenmeter.instrumentation.hop_servers import parse_server
-
         for server in value:
-            parse_server(server)  # a clear error at start, not a silent non-match later
+            split_hop_server(server)  # a clear error at start, not a silent non-match later
         return value
 
     @field_validator("metrics_cardinality_limit")
@@ -205,3 +203,14 @@ def capture_message_content() -> bool:
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings()
+
+
+def split_hop_server(text: str) -> tuple[str, int | None]:
+    """``host:port`` (or ``[::1]:port``, or a bare host: any port) as (host, port); raises ValueError."""
+    text = text.strip()
+    host, separator, port = text.rpartition(":")
+    if not separator or host.endswith(":") or (host.count(":") and not host.startswith("[")):
+        return text, None
+    if not port.isdigit() or not host:
+        raise ValueError(f"hop server {text!r} is not host:port")
+    return host, int(port)

@@ -15,7 +15,6 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.counter_guard import CounterGuard
 from tokenmeter.collector.ingest_queue import IngestQueue, QueueClosedError, QueueFullError
 from tokenmeter.collector.limits import (
@@ -24,6 +23,7 @@ from tokenmeter.collector.limits import (
     RETRY_AFTER_SECONDS,
 )
 from tokenmeter.collector.payloads import PayloadError, Signal, decode_protobuf
+from tokenmeter.server.bearer import BearerToken
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.counter_guard import CounterGuard
 from tokenmeter.collector.ingest_queue import (
     IngestQueue,
@@ -36,6 +35,7 @@ from tokenmeter.collector.payloads import (
     Signal,
     decode_body,
 )
+from tokenmeter.server.bearer import BearerToken
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from tokenmeter.prometheus_text import Histogram
+from tokenmeter.server.prometheus_text import Histogram
 
 WRITE_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RATE_WINDOW_SECONDS: Final = 60

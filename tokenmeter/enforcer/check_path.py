@@ -20,9 +20,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.enforcer.wire import CheckBody, ReleaseBody, decision_document
+from tokenmeter.server.bearer import BearerToken
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

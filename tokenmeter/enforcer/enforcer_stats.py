@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Final
 
-from tokenmeter.prometheus_text import Histogram, label_value
+from tokenmeter.server.prometheus_text import Histogram, label_value
 
 CHECK_SECONDS_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 

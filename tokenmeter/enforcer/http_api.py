@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.service import EnforcerService
+from tokenmeter.server.bearer import BearerToken
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.server.bearer import BearerToken
 from tokenmeter.server.interpreter_tuning import tune_when_ready
 
 if TYPE_CHECKING:
@@ -82,13 +82,8 @@ def run_enforcer(
     config: EnforcerConfig, catalog: ModelCatalog, ready: IO[str] = sys.stdout,
     progress: Callable[[str], None] = print,
 ) -> int:  # fmt: skip
-    from tokenmeter.serve.process import (
-        ServeError,
-        bind_socket,
-        load_or_create_api_token,
-        quiet_uvicorn_server,
-        socket_address,
-    )
+    from tokenmeter.server.listening import ServerStartError, bind_socket, quiet_uvicorn_server, socket_address
+    from tokenmeter.server.tokens import load_or_create_api_token
     from tokenmeter.store import open_store, parse_store_url
 
     location = parse_store_url(config.clickhouse_url)
@@ -103,7 +98,7 @@ def run_enforcer(
     finally:
         probe.close()
     if missing:
-        raise ServeError(
+        raise ServerStartError(
             f"store {location.display} has no {', '.join(missing)}: run `tokenmeter db migrate "
             f"--clickhouse-url {location.display}` first"
         )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from tokenmeter.log_once import LogOnce
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
@@ -52,7 +54,7 @@ class ReplicaPresence:
         self.coordination = coordination or ""
         self.warnings: list[str] = []
         self.others: list[OtherReplica] = []
-        self._warned: set[str] = set()
+        self._warned = LogOnce(logger)
 
     def beat(self, client: Client) -> None:
         """Write this enforcer's heartbeat and look at the others' (on the refresh thread)."""
@@ -66,9 +68,7 @@ class ReplicaPresence:
                          self.coordination]  # fmt: skip
         self.warnings = [self._warning(other) for other in uncoordinated]
         for other, warning in zip(uncoordinated, self.warnings, strict=True):
-            if other.replica not in self._warned:
-                self._warned.add(other.replica)
-                logger.error("tokenmeter: %s", warning)
+            self._warned.log(other.replica, logging.ERROR, "tokenmeter: %s", warning)
 
     def _warning(self, other: OtherReplica) -> str:
         theirs = other.coordination or "none"

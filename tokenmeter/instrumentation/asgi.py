@@ -3,12 +3,12 @@
 Pure ASGI: works with Starlette, FastAPI (Chatchat) or any ASGI app, with no
 framework imported. Identity comes from :func:`~tokenmeter.instrumentation.identity.resolve_identity`;
 everything the request runs, including tasks it starts, then sees it through
-:func:`tokenmeter.attribution.current_attribution`.
+:func:`tokenmeter.instrumentation.attribution.current_attribution`.
 
 The middleware never changes what the host app does, with one exception on purpose:
-a quota error (:class:`~tokenmeter.quota_errors.QuotaExceeded`, ``QuotaDegraded``,
+a quota error (:class:`~tokenmeter.instrumentation.quota.errors.QuotaExceeded`, ``QuotaDegraded``,
 ``QuotaUnavailable``) that escapes the app before its response started becomes a 429
-with the message for the user (:mod:`tokenmeter.instrumentation.quota_response`); warn
+with the message for the user (:mod:`tokenmeter.instrumentation.quota.responses`); warn
 and downgrade decisions add an ``X-Tokenmeter-Quota`` header. A failure inside the
 middleware is logged once and the app called as if the middleware were not there.
 """
@@ -23,7 +23,7 @@ from typing import Any, Final, TypeAlias
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from tokenmeter.attribution import attribution
+from tokenmeter.instrumentation.attribution import attribution
 from tokenmeter.instrumentation.identity import (
     HeaderSource,
     header_map,
@@ -31,10 +31,11 @@ from tokenmeter.instrumentation.identity import (
     is_trusted_peer,
     resolve_identity,
 )
-from tokenmeter.instrumentation.quota_gate import collecting_notices, notice_header
-from tokenmeter.instrumentation.quota_response import STATUS as QUOTA_STATUS
-from tokenmeter.instrumentation.quota_response import quota_error_response
-from tokenmeter.quota_errors import QuotaError, QuotaVerdict
+from tokenmeter.instrumentation.quota.errors import QuotaError, QuotaVerdict
+from tokenmeter.instrumentation.quota.gate import collecting_notices, notice_header
+from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
+from tokenmeter.instrumentation.quota.responses import quota_error_response
+from tokenmeter.log_once import LogOnce
 from tokenmeter.settings import Settings, get_settings
 
 __all__ = ["ASGIApp", "IdentityMiddleware"]
@@ -64,7 +65,7 @@ class IdentityMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app = app
         self._settings = settings if settings is not None else _process_settings()
-        self._failures: set[str] = set()
+        self._failures = LogOnce(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") not in _IDENTIFIED_SCOPES or self._settings is None:
@@ -140,16 +141,8 @@ class IdentityMiddleware:
 
     def _log_once(self, error: Exception, consequence: str) -> None:
         """A warning the first time a kind of failure happens here, debug after that."""
-        kind = f"{type(error).__qualname__}: {consequence}"
-        if kind in self._failures:
-            logger.debug("tokenmeter: identity middleware failed again (%s)", kind)
-            return
-        self._failures.add(kind)
-        logger.warning(
-            "tokenmeter: identity middleware failed; %s (logged once, the request goes on)",
-            consequence,
-            exc_info=error,
-        )
+        self._failures.warning((type(error), consequence), "tokenmeter: identity middleware failed; %s (logged once, "
+                               "the request goes on)", consequence, exc_info=error)  # fmt: skip
 
 
 def _with_quota_header(send: Send, notices: list[QuotaVerdict]) -> Send:

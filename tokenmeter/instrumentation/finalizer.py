@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.safety import report_internal_error
 
 Job = Callable[[], None]
 

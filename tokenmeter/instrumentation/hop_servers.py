@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable
 
 from tokenmeter.instrumentation.propagation import is_loopback_host
+from tokenmeter.settings import split_hop_server
 
 _LOOPBACK = "loopback"
 
@@ -28,14 +29,8 @@ def _key(host: str, port: int | None) -> tuple[str, int | None]:
 
 
 def parse_server(text: str) -> tuple[str, int | None]:
-    """``host:port`` (or ``[::1]:port``, or a bare host: any port); raises ValueError."""
-    text = text.strip()
-    host, separator, port = text.rpartition(":")
-    if not separator or host.endswith(":") or (host.count(":") and not host.startswith("[")):
-        return _key(text, None)
-    if not port.isdigit() or not host:
-        raise ValueError(f"hop server {text!r} is not host:port")
-    return _key(host, int(port))
+    """``host:port`` (or ``[::1]:port``, or a bare host: any port), as compared; raises ValueError."""
+    return _key(*split_hop_server(text))
 
 
 class HopServers:

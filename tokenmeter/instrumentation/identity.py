@@ -26,7 +26,8 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
-from tokenmeter.attribution import Attribution, sanitize
+from tokenmeter.instrumentation.attribution import Attribution, sanitize
+from tokenmeter.log_once import LogOnce
 from tokenmeter.settings import Settings
 
 __all__ = [
@@ -50,16 +51,12 @@ HeaderSource: TypeAlias = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
 _EMPTY: Final = Attribution()
 _BAGGAGE_HEADER: Final = "baggage"
 _HMAC_PREFIX: Final = "HS"
-_logged_once: set[str] = set()
+_lasting_problems = LogOnce(logger)
 
 
 def _warn_once(key: str, message: str, *args: object) -> None:
     """A warning for a lasting problem (a setting, a missing package), logged once per process."""
-    if key in _logged_once:
-        logger.debug(message, *args)
-        return
-    _logged_once.add(key)
-    logger.warning(message, *args, exc_info=True)
+    _lasting_problems.warning(key, message, *args, exc_info=True)
 
 
 def resolve_identity(headers: HeaderSource, client_host: str | None, settings: Settings) -> Attribution:

@@ -21,16 +21,16 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter import semconv
 from tokenmeter.catalog import CatalogError, ModelCatalog
-from tokenmeter.content_hash import ContentHasher
+from tokenmeter.instrumentation.content_hash import ContentHasher
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
 from tokenmeter.instrumentation.metering import Metering, MeteringOptions
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target, patch, unpatch
-from tokenmeter.instrumentation.quota_client import QuotaClient
-from tokenmeter.instrumentation.quota_gate import QuotaGate
+from tokenmeter.instrumentation.quota.client import QuotaClient
+from tokenmeter.instrumentation.quota.gate import QuotaGate
+from tokenmeter.instrumentation.safety import logger, report_internal_error
 from tokenmeter.instrumentation.usage_flush import UsageFlusher, usage_flusher
 from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, Instruments, create_instruments, meter_from
-from tokenmeter.safety import logger, report_internal_error
 from tokenmeter.settings import Settings, capture_message_content, enforcer_client_token, get_settings
 from tokenmeter.tokenizers import TokenizerRegistry
 

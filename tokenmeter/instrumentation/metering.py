@@ -19,9 +19,9 @@ from typing import Any, Literal
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from tokenmeter import semconv
-from tokenmeter.attribution import Attribution, current_attribution
 from tokenmeter.catalog import ModelCatalog
-from tokenmeter.content_hash import ContentHasher, canonical_json
+from tokenmeter.instrumentation.attribution import Attribution, current_attribution
+from tokenmeter.instrumentation.content_hash import ContentHasher, canonical_json
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.hop_servers import HopServers
 from tokenmeter.instrumentation.openai_payload import (
@@ -33,9 +33,9 @@ from tokenmeter.instrumentation.openai_payload import (
     response_output_texts,
     server_usage,
 )
+from tokenmeter.instrumentation.safety import report_internal_error
 from tokenmeter.instrumentation.usage_metrics import Instruments
 from tokenmeter.pricing import Cost, cost_of, cost_units
-from tokenmeter.safety import report_internal_error
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
 from tokenmeter.tokenizers.estimate import ESTIMATE_LABEL, estimate_tokens
 

@@ -22,8 +22,8 @@ from tokenmeter.instrumentation.metering import LLMCall, Metering
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_asked_for_usage
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredRawResponse, MeteredStream
 from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
-from tokenmeter.instrumentation.quota_gate import QuotaGate
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.quota.gate import QuotaGate
+from tokenmeter.instrumentation.safety import report_internal_error
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import wrapt
 
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, is_usage_only_chunk
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.safety import report_internal_error
 
 
 class _StreamMeter:

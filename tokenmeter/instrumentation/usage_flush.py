@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from tokenmeter.safety import report_internal_error, warn_once
+from tokenmeter.instrumentation.safety import report_internal_error, warn_once
 
 FlushFunction = Callable[[], bool]
 _SITE = "usage counter flush"

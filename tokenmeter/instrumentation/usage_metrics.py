@@ -25,8 +25,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
 
 from tokenmeter import semconv
+from tokenmeter.instrumentation.safety import report_internal_error, warn_once
 from tokenmeter.instrumentation.usage_flush import changed_series_exporter
-from tokenmeter.safety import report_internal_error, warn_once
 
 SERVICE_INSTANCE_ID = "service.instance.id"
 

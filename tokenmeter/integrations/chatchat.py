@@ -34,8 +34,8 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
+from tokenmeter.instrumentation.safety import report_internal_error
 from tokenmeter.integrations.chatchat_launcher import STARTUP_MODULE, make_stops_graceful
-from tokenmeter.safety import report_internal_error
 
 logger = logging.getLogger(__name__)
 

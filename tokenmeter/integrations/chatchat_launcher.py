@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 from typing import Any, ClassVar, Final
 
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.safety import report_internal_error
 
 logger = logging.getLogger(__name__)
 

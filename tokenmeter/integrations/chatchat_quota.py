@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from tokenmeter.attribution import current_attribution
 from tokenmeter.instrumentation.asgi import ASGIApp, Message, Receive, Scope, Send
-from tokenmeter.instrumentation.quota_client import QuotaClient, check_key
-from tokenmeter.instrumentation.quota_response import STATUS as QUOTA_STATUS
-from tokenmeter.instrumentation.quota_response import quota_error_response
-from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.attribution import current_attribution
+from tokenmeter.instrumentation.quota.client import QuotaClient, check_key
+from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaError, QuotaExceeded
+from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
+from tokenmeter.instrumentation.quota.responses import quota_error_response
+from tokenmeter.instrumentation.safety import report_internal_error
 from tokenmeter.tokenizers.estimate import estimate_tokens
 
 # route -> (field with the model, fields with the input text)

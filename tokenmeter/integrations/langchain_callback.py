@@ -20,7 +20,7 @@ from uuid import UUID
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.metering import LLMCall, Metering
-from tokenmeter.safety import report_internal_error
+from tokenmeter.instrumentation.safety import report_internal_error
 
 _ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
                  "chat": "user"}  # fmt: skip

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tokenmeter.collector.bearer import BearerToken
 from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
+from tokenmeter.server.bearer import BearerToken
 from tokenmeter.web.routes import web_routes
 
 logger = logging.getLogger(__name__)

@@ -9,19 +9,15 @@ new requests, let in-flight ones finish, write everything queued, then exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import json
 import logging
-import os
-import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING
 
 from tokenmeter.collector.limits import (
     DEFAULT_BATCH_BYTES,
@@ -32,13 +28,19 @@ from tokenmeter.collector.limits import (
     DEFAULT_WRITERS,
 )
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
-from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS, BodyDeadline
+from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 from tokenmeter.server.interpreter_tuning import tune_when_ready
-from tokenmeter.settings import default_api_token_file
+from tokenmeter.server.listening import (
+    ServerStartError,
+    bind_socket,
+    is_loopback_address,
+    quiet_uvicorn_server,
+    socket_address,
+)
+from tokenmeter.server.tokens import load_or_create_api_token, load_or_create_token, otlp_token_path
 
 if TYPE_CHECKING:
     import grpc
-    import uvicorn
     from clickhouse_connect.driver.client import Client
 
     from tokenmeter.serve.store_reader import StoreReader
@@ -70,97 +72,6 @@ class ServeConfig:
     body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS
     # gRPC connections are closed after this long (+ body_timeout for calls in flight); clients reconnect.
     grpc_max_connection_age: float = DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS
-
-
-class ServeError(Exception):
-    """serve cannot start; the message names the fix."""
-
-
-OTLP_TOKEN_FILE_NAME: Final = "otlp-token"  # noqa: S105 - a file name
-
-
-def api_token_path(token_dir: Path | None = None) -> Path:
-    return token_dir / default_api_token_file().name if token_dir is not None else default_api_token_file()
-
-
-def otlp_token_path(token_dir: Path | None = None) -> Path:
-    """Where serve writes the OTLP token it makes when it listens beyond loopback."""
-    return (token_dir if token_dir is not None else default_api_token_file().parent) / OTLP_TOKEN_FILE_NAME
-
-
-def is_loopback_address(host: str) -> bool:
-    """Only this machine can connect: 127.0.0.0/8, ::1, localhost (0.0.0.0 and :: are every interface)."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
-
-
-def load_or_create_api_token(token_dir: Path | None = None, path: Path | None = None) -> tuple[str, Path]:
-    """The API token serve writes for local tools (mode 0600); reused across restarts."""
-    return load_or_create_token(path or api_token_path(token_dir))
-
-
-def load_or_create_token(path: Path) -> tuple[str, Path]:
-    """A bearer token kept in ``path`` (mode 0600): read when there, else made; reused across restarts."""
-    if path.exists():
-        if path.stat().st_mode & 0o077:  # readable by others: tighten, and say so
-            logger.warning("%s was readable by other users; setting its mode to 0600", path)
-            path.chmod(0o600)
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token, path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    return token, path
-
-
-def bind_socket(host: str, port: int, what: str, flag: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections
-    # whose socket says TCP; with proto 0 every keep-alive response waited ~40 ms for a
-    # delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ServeError(
-            f"cannot listen for {what} on {host}:{port}: {exc.strerror}; choose another port with {flag}"
-        ) from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def socket_address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def quiet_uvicorn_server(app: object, body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS) -> uvicorn.Server:
-    """uvicorn for one of serve's (or the enforcer's) apps: quiet, and request bodies due within ``body_timeout``."""
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        # serve handles the signals for all its servers at once.
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    config = uvicorn.Config(
-        BodyDeadline(app, body_timeout),  # type: ignore[arg-type]
-        log_level="warning", access_log=False, lifespan="off", http="httptools", timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
-    return server
 
 
 def run_serve(config: ServeConfig, ready: IO[str] = sys.stdout, progress: Callable[[str], None] = print) -> int:
@@ -279,7 +190,7 @@ def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: C
 
 
 def _enforcer_service(config: ServeConfig, open_client: Callable[[], Client]) -> EnforcerService:
-    """The enforcer with its policy and the model catalog loaded; touches no store (ServeError when broken)."""
+    """The enforcer with its policy and the model catalog loaded; touches no store (ServerStartError when broken)."""
     from tokenmeter.catalog import CatalogError, ModelCatalog
     from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
@@ -289,7 +200,7 @@ def _enforcer_service(config: ServeConfig, open_client: Callable[[], Client]) ->
         catalog = ModelCatalog.load(get_settings().models)
         return EnforcerService(open_client, config.enforcer, catalog)
     except (PolicyError, CatalogError, CoordinationError) as exc:
-        raise ServeError(str(exc)) from None
+        raise ServerStartError(str(exc)) from None
 
 
 def _start_enforcer(service: EnforcerService, config: ServeConfig, progress: Callable[[str], None]) -> None:
@@ -338,6 +249,6 @@ async def _start_grpc(server: grpc.aio.Server, probe: socket.socket) -> str:
     probe.close()
     port = server.add_insecure_port(address)
     if port == 0:
-        raise ServeError(f"cannot listen for OTLP/gRPC on {address}; choose another port with --otlp-grpc-port")
+        raise ServerStartError(f"cannot listen for OTLP/gRPC on {address}; choose another port with --otlp-grpc-port")
     await server.start()
     return f"{address.rsplit(':', 1)[0]}:{port}"

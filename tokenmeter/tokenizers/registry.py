@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from tokenmeter.catalog import ModelCatalog, ModelEntry, TokenizerSpec
+from tokenmeter.log_once import LogOnce
 from tokenmeter.semconv import SOURCE_ESTIMATE, SOURCE_TOKENIZER
 from tokenmeter.settings import get_settings
 from tokenmeter.tokenizers.backend import LOCAL_DIRECTORY_FIX, Tokenizer, TokenizerUnavailable
@@ -66,7 +67,7 @@ class TokenizerRegistry:
         self._spec_locks: dict[TokenizerSpec, threading.Lock] = {}
         self._loaded: dict[TokenizerSpec, Tokenizer | TokenizerUnavailable] = {}
         self._by_model: dict[str, Tokenizer | None] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self._warnings = LogOnce(logger)
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -99,12 +100,7 @@ class TokenizerRegistry:
         return loaded
 
     def _warn_once(self, model: str, topic: str, message: str) -> None:
-        key = (model.strip().lower(), topic)
-        with self._lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        logger.warning(message)
+        self._warnings.warning((model.strip().lower(), topic), message)
 
     def _resolve(self, model: str, entry: ModelEntry | None) -> Tokenizer | None:
         if entry is None:

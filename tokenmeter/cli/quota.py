@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from tokenmeter.settings import enforcer_client_token, get_settings
 
-EXIT_OK: Final = 0
-EXIT_UNAVAILABLE: Final = 1
-EXIT_BAD_INPUT: Final = 2
 CHECK_TIMEOUT_SECONDS: Final = 5.0
 
 
@@ -99,7 +97,7 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
     from tokenmeter.enforcer.process import EnforcerConfig, run_enforcer
-    from tokenmeter.serve.process import ServeError
+    from tokenmeter.server.listening import ServerStartError
     from tokenmeter.settings import default_data_dir
     from tokenmeter.store.client import StoreConfigError, parse_store_url, require_existing_store
 
@@ -123,7 +121,7 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     except CoordinationError as exc:  # the coordination server is down or unreachable: like a store failure
         _stderr(f"tokenmeter enforcer: {exc}")
         return EXIT_UNAVAILABLE
-    except (ValueError, PolicyError, CatalogError, ServeError, StoreConfigError) as exc:
+    except (ValueError, PolicyError, CatalogError, ServerStartError, StoreConfigError) as exc:
         _stderr(f"tokenmeter enforcer: {exc}")
         return EXIT_BAD_INPUT
 

@@ -14,6 +14,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Final, TextIO
 
 from tokenmeter.calendar_periods import PERIODS
+from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from tokenmeter.reporting import (
     DIMENSIONS,
     UsageReport,
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
 
     from tokenmeter.store.client import StoreLocation
 
-EXIT_OK: Final = 0
-EXIT_UNAVAILABLE: Final = 1
-EXIT_BAD_INPUT: Final = 2
 FORMATS: Final[tuple[str, ...]] = ("table", "json", "csv")
 # serve answers a month by department in milliseconds; a long wait means something is wrong.
 API_CONNECT_TIMEOUT_SECONDS: Final = 3.0

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tokenmeter.safety import warn_once
+from tokenmeter.instrumentation.safety import warn_once
 
 ALGORITHM_HMAC = "hmac-sha256"
 ALGORITHM_PLAIN = "sha256"

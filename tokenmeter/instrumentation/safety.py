@@ -8,43 +8,30 @@ work goes on unchanged.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
+
+from tokenmeter.log_once import LogOnce
 
 logger = logging.getLogger("tokenmeter")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_reported_sites: set[str] = set()
-_reported_lock = threading.Lock()
+_errors = LogOnce(logger)
+_warnings = LogOnce(logger)
 
 
 def report_internal_error(site: str, exc: BaseException) -> None:
     """Log an internal error: the first one per site as an error, the rest at debug."""
-    with _reported_lock:
-        first = site not in _reported_sites
-        _reported_sites.add(site)
-    if first:
-        logger.error(
-            "tokenmeter internal error in %s; the application call is unaffected "
-            "(further errors here are logged at debug level)",
-            site,
-            exc_info=exc,
-        )
-    else:
-        logger.debug("tokenmeter internal error in %s", site, exc_info=exc)
+    _errors.log(site, logging.ERROR, "tokenmeter internal error in %s; the application call is unaffected "
+                "(further errors here are logged at debug level)", site, exc_info=exc)  # fmt: skip
 
 
 def warn_once(key: str, message: str, *args: object) -> None:
     """A warning that is worth saying once per process (per key), not per call."""
-    with _reported_lock:
-        if key in _reported_sites:
-            return
-        _reported_sites.add(key)
-    logger.warning(message, *args)
+    _warnings.warning(key, message, *args)
 
 
 @contextmanager

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TextIO
 
-EXIT_BAD_INPUT: Final = 2
+from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT
 
 
 def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

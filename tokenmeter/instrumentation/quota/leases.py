@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from tokenmeter.quota_errors import QuotaVerdict
+from tokenmeter.instrumentation.quota.errors import QuotaVerdict
 
 CheckKey = tuple[str, str, str, str]  # (user, department, app, model)
 _LEASE_LIMIT: Final = 10_000  # leases held at once; beyond it new ones are not kept

@@ -7,11 +7,11 @@ After the call's span has started and before the SDK sends the request:
   has not started yet);
 - ``downgrade``: the request's model is replaced by the cheaper one; the span records
   requested and effective model (``gen_ai.request.model`` is what was sent);
-- ``degrade`` / ``deny``: :class:`~tokenmeter.quota_errors.QuotaDegraded` /
-  :class:`~tokenmeter.quota_errors.QuotaExceeded` are raised instead of calling (an
+- ``degrade`` / ``deny``: :class:`~tokenmeter.instrumentation.quota.errors.QuotaDegraded` /
+  :class:`~tokenmeter.instrumentation.quota.errors.QuotaExceeded` are raised instead of calling (an
   embeddings call goes ahead on ``degrade``: retrieval-only answers need it);
 - the enforcer did not answer: ``open`` goes ahead (span: ``fail_open``), ``closed``
-  raises :class:`~tokenmeter.quota_errors.QuotaUnavailable`.
+  raises :class:`~tokenmeter.instrumentation.quota.errors.QuotaUnavailable`.
 
 Every decision is on the span and counted in ``tokenmeter.quota.decisions``. The
 reservation (or the call's share of a lease) is released when the call has finished
@@ -30,10 +30,16 @@ from typing import Any
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.metering import LLMCall
-from tokenmeter.instrumentation.quota_client import CheckKey, QuotaClient, check_key
+from tokenmeter.instrumentation.quota.client import CheckKey, QuotaClient, check_key
+from tokenmeter.instrumentation.quota.errors import (
+    QuotaDegraded,
+    QuotaError,
+    QuotaExceeded,
+    QuotaUnavailable,
+    QuotaVerdict,
+)
+from tokenmeter.instrumentation.safety import report_internal_error
 from tokenmeter.instrumentation.usage_metrics import Instruments
-from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable, QuotaVerdict
-from tokenmeter.safety import report_internal_error
 from tokenmeter.tokenizers.estimate import estimate_tokens
 
 # The decisions worth telling the end user about, for the request being served (ASGI).

@@ -27,11 +27,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
 from tokenmeter.catalog import CatalogError, ModelCatalog, ModelEntry
+from tokenmeter.cli.demo import add_demo_parsers
+from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.cli.quota import add_enforcer_options, add_quota_parsers, enforcer_options
 from tokenmeter.collector.limits import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
@@ -39,18 +42,12 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
-from tokenmeter.demo.commands import add_demo_parsers
 from tokenmeter.pricing import PER_1K, Price
-from tokenmeter.quota_commands import add_enforcer_options, add_quota_parsers, enforcer_options
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 from tokenmeter.settings import get_settings
 from tokenmeter.store.client import StoreConfigError, StoreError
 from tokenmeter.store.migrations import DEFAULT_RAW_TTL_DAYS, MigrationError, RenderOptions
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
-
-EXIT_OK: Final = 0
-EXIT_STORE_ERROR: Final = 1
-EXIT_BAD_INPUT: Final = 2
 
 
 class InputError(Exception):
@@ -178,7 +175,8 @@ def _run_db_migrate(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) ->
 
 
 def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
-    from tokenmeter.serve.process import ServeConfig, ServeError, run_serve
+    from tokenmeter.serve.process import ServeConfig, run_serve
+    from tokenmeter.server.listening import ServerStartError
 
     settings = get_settings()
     if args.ttl_days < 0:
@@ -213,7 +211,7 @@ def _run_serve(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int
 
     try:
         return run_serve(config, progress=progress)
-    except ServeError as exc:
+    except ServerStartError as exc:
         raise InputError(str(exc)) from None
 
 
@@ -293,7 +291,7 @@ def _run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO
 
 
 def _add_report_parser(commands: Any) -> None:
-    from tokenmeter.report_command import add_report_parser, run_report
+    from tokenmeter.cli.report import add_report_parser, run_report
 
     add_report_parser(commands)
     commands.choices["report"].set_defaults(run=lambda args, stdout, _stdin: run_report(args, stdout))
@@ -385,11 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (StoreError, MigrationError) as exc:
         sys.stderr.write(f"tokenmeter {args.command}: {exc}\n")
-        return EXIT_STORE_ERROR
+        return EXIT_UNAVAILABLE
     except ValidationError as exc:
         sys.stderr.write(f"tokenmeter {args.command}: invalid TOKENMETER_* setting: {exc}\n")
         return EXIT_BAD_INPUT
 
-
-if __name__ == "__main__":
-    sys.exit(main())

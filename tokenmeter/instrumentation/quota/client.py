@@ -3,7 +3,7 @@
 A slow enforcer is not a down enforcer, and slowness must not turn into unchecked calls:
 
 - each check waits up to ``timeout`` (default 2 s, ``TOKENMETER_ENFORCER_TIMEOUT``) in all,
-  not per phase (:mod:`~tokenmeter.instrumentation.enforcer_connection`): an enforcer
+  not per phase (:mod:`~tokenmeter.instrumentation.quota.connection`): an enforcer
   paused for a few hundred milliseconds, or queueing a burst of checks, still answers in time;
 - a call goes ahead unchecked (``open``, counted) or is refused (``closed``) only when the
   enforcer cannot be reached or answers with an error (then it is not asked again for
@@ -13,7 +13,7 @@ A slow enforcer is not a down enforcer, and slowness must not turn into unchecke
   never ran does not hold its room in the enforcer;
 - ``deny`` and ``degrade`` answers are reused for ``cache_seconds`` (a script hammering a
   spent budget does not hammer the enforcer);
-- an ``allow`` may come with a lease (:mod:`~tokenmeter.instrumentation.quota_leases`): room
+- an ``allow`` may come with a lease (:mod:`~tokenmeter.instrumentation.quota.leases`): room
   for several calls like it, decided here in microseconds;
 - fail-open calls are reported to the enforcer with the next check that gets an answer;
 - releases go out without anyone waiting for them.
@@ -41,10 +41,11 @@ import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokenmeter import semconv
-from tokenmeter.attribution import Attribution
-from tokenmeter.instrumentation.enforcer_connection import EnforcerConnection, NotSentError, enforcer_client
-from tokenmeter.instrumentation.quota_leases import CheckKey, LeaseBook
-from tokenmeter.quota_errors import QuotaVerdict
+from tokenmeter.instrumentation.attribution import Attribution
+from tokenmeter.instrumentation.quota.connection import EnforcerConnection, NotSentError, enforcer_client
+from tokenmeter.instrumentation.quota.errors import QuotaVerdict
+from tokenmeter.instrumentation.quota.leases import CheckKey, LeaseBook
+from tokenmeter.log_once import LogOnce
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class QuotaClient:
         self._unreachable_until = float("-inf")
         self._slow_checks_in_a_row = 0
         self._unreported_fail_open = 0
-        self._logged: set[str] = set()
+        self._problems = LogOnce(logger)
         # Check ids: a random prefix per client and a counter (unique across processes and restarts).
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
@@ -267,13 +268,9 @@ class QuotaClient:
         return QuotaVerdict(semconv.QUOTA_UNAVAILABLE, key[3], key[3], reason=reason, fail_open=fail_open)
 
     def _log_once(self, kind: str, message: str) -> None:
-        if kind in self._logged:
-            logger.debug("tokenmeter: %s", message)
-            return
-        self._logged.add(kind)
         consequence = "calls go ahead unchecked" if self.fail_mode != "closed" else "calls are refused"
-        logger.warning("tokenmeter: %s; %s while it lasts (TOKENMETER_FAIL_MODE=%s; logged once)",
-                       message, consequence, self.fail_mode)  # fmt: skip
+        self._problems.warning(kind, "tokenmeter: %s; %s while it lasts (TOKENMETER_FAIL_MODE=%s; logged once)",
+                               message, consequence, self.fail_mode)  # fmt: skip
 
     def _async_client(self) -> httpx.AsyncClient:
         # An AsyncClient's connections belong to the loop that made them: one per loop.

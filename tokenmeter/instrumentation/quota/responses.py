@@ -1,7 +1,7 @@
 """The HTTP answer for a call a quota stopped: 429 with the message people read.
 
 Used by the identity middleware when a request handler lets a
-:class:`~tokenmeter.quota_errors.QuotaError` escape before its response started. The
+:class:`~tokenmeter.instrumentation.quota.errors.QuotaError` escape before its response started. The
 body has the OpenAI error shape, so OpenAI clients (and Chatchat's ``/v1`` routes) show
 the message: ``{"error": {"message", "type", "code", "budget", "resets_at"}}``;
 ``Retry-After`` says when the budget resets.
@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime
 from typing import Final
 
-from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaUnavailable
+from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaError, QuotaUnavailable
 
 STATUS: Final = 429
 

@@ -1,0 +1,5 @@
+import sys
+
+from tokenmeter.cli.main import main
+
+sys.exit(main())

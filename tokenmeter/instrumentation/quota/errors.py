@@ -1,0 +1,142 @@
+"""What an app sees when a quota stops a call: typed errors with messages for people.
+
+- :class:`QuotaExceeded` (``deny``): the call was not made. The message says which
+  budget, how much was used of how much, and when it resets, in Chinese and English.
+- :class:`QuotaDegraded` (``degrade``): the call was not made; integrations answer from
+  retrieval only (Chatchat: the knowledge-base hits, without a model's answer).
+- :class:`QuotaUnavailable` (a :class:`QuotaExceeded`): the enforcer could not be asked
+  and ``TOKENMETER_FAIL_MODE=closed``.
+
+``str(error)`` is the Chinese message, then the English one; ``error.message("en")`` and
+``error.message("zh")`` give one language. Every field of the decision is an attribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+Language = Literal["zh", "en"]
+
+_SCOPE_ZH: Final = {"organisation": "组织", "department": "部门", "user": "用户", "app": "应用"}
+_PERIOD_ZH: Final = {"day": "每日", "week": "每周", "month": "每月"}
+_PERIOD_EN: Final = {"day": "per day", "week": "per week", "month": "per month"}
+
+
+@dataclass(frozen=True)
+class QuotaVerdict:
+    """The enforcer's answer for one call, as the app received it."""
+
+    action: str  # allow | warn | downgrade | degrade | deny | unavailable
+    requested_model: str
+    effective_model: str
+    budget: str | None = None
+    scope: str | None = None
+    subject: str | None = None
+    period: str | None = None
+    used_tokens: int = 0
+    limit_tokens: int | None = None
+    used_cost: str | None = None
+    limit_cost: str | None = None
+    currency: str | None = None
+    ratio: float = 0.0
+    resets_at: datetime | None = None
+    timezone: str | None = None
+    reason: str = ""
+    reservation_id: str | None = None
+    fail_open: bool = False  # the enforcer did not answer; the call went ahead
+    lease_id: str | None = None  # decided in the app from a lease (instrumentation/quota/leases.py)
+
+    def usage_text(self, language: Language) -> str:
+        """'1,000 / 1,000 tokens' or '812.5 / 800 CNY' (the limit that applies)."""
+        if self.limit_cost is not None and self.used_cost is not None and self.currency:
+            return f"{self.used_cost} / {self.limit_cost} {self.currency}"
+        if self.limit_tokens is not None:
+            return f"{self.used_tokens:,} / {self.limit_tokens:,} tokens"
+        return "?"
+
+    def resets_text(self) -> str:
+        if self.resets_at is None:
+            return "?"
+        moment = self.resets_at
+        try:
+            if self.timezone:
+                moment = moment.astimezone(ZoneInfo(self.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+        zone = f" ({self.timezone})" if self.timezone else ""
+        return moment.strftime("%Y-%m-%d %H:%M") + zone
+
+
+class QuotaError(Exception):
+    """A quota decision that stops the call; ``verdict`` has the details."""
+
+    def __init__(self, verdict: QuotaVerdict) -> None:
+        self.verdict = verdict
+        super().__init__(f"{self.message('zh')}\n{self.message('en')}")
+
+    @property
+    def budget(self) -> str | None:
+        return self.verdict.budget
+
+    @property
+    def resets_at(self) -> datetime | None:
+        return self.verdict.resets_at
+
+    def message(self, language: Language = "en") -> str:
+        raise NotImplementedError
+
+    def _who(self, language: Language) -> str:
+        verdict = self.verdict
+        if language == "zh":
+            scope = _SCOPE_ZH.get(verdict.scope or "", verdict.scope or "")
+            who = f"{scope} {verdict.subject}" if verdict.subject else scope
+            return f"预算“{verdict.budget}”（{who}，{_PERIOD_ZH.get(verdict.period or '', verdict.period or '')}）"
+        who = f"{verdict.scope} {verdict.subject}" if verdict.subject else "the organisation"
+        return f"budget '{verdict.budget}' ({who}, {_PERIOD_EN.get(verdict.period or '', verdict.period or '')})"
+
+
+class QuotaExceeded(QuotaError):  # noqa: N818 - the name the issue and docs use
+    """``deny``: the budget is used up; the call was not made."""
+
+    def message(self, language: Language = "en") -> str:
+        verdict = self.verdict
+        if language == "zh":
+            return (
+                f"额度已用尽：{self._who('zh')}已使用 {verdict.usage_text('zh')}，"
+                f"将于 {verdict.resets_text()} 重置。"
+            )
+        return (
+            f"Quota exceeded: {self._who('en')} has used {verdict.usage_text('en')}; "
+            f"it resets at {verdict.resets_text()}."
+        )
+
+
+class QuotaDegraded(QuotaError):  # noqa: N818
+    """``degrade``: past the budget the answer comes from retrieval only; the call was not made."""
+
+    def message(self, language: Language = "en") -> str:
+        verdict = self.verdict
+        if language == "zh":
+            return (
+                f"已达额度上限：{self._who('zh')}已使用 {verdict.usage_text('zh')}，"
+                f"在 {verdict.resets_text()} 重置前仅提供知识库检索结果，不调用模型。"
+            )
+        return (
+            f"Quota reached: {self._who('en')} has used {verdict.usage_text('en')}; until it resets at "
+            f"{verdict.resets_text()} answers come from retrieval only, without a model."
+        )
+
+
+class QuotaUnavailable(QuotaExceeded):
+    """The enforcer could not be asked and the deployment refuses unchecked calls (fail mode closed)."""
+
+    def message(self, language: Language = "en") -> str:
+        if language == "zh":
+            return "暂时无法校验调用额度（额度服务不可用），按本系统配置拒绝调用。请稍后重试。"
+        return (
+            "The quota service cannot be reached and this deployment refuses calls it cannot check "
+            "(TOKENMETER_FAIL_MODE=closed). Please try again shortly."
+        )
