@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from pydantic import ValidationError
+
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.quota_wire import CheckBody, wire_json
 from tokenmeter.settings import enforcer_client_token, get_settings
 
 CHECK_TIMEOUT_SECONDS: Final = 5.0
@@ -134,14 +137,17 @@ def run_check_command(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.input_tokens < 0 or (args.max_output_tokens is not None and args.max_output_tokens < 0):
         _stderr("tokenmeter check: token numbers must not be negative")
         return EXIT_BAD_INPUT
-    body: dict[str, Any] = {
-        "user": args.user, "department": args.department, "app": args.app, "model": args.model,
-        "input_tokens": args.input_tokens, "max_output_tokens": args.max_output_tokens, "dry_run": not args.reserve,
-    }  # fmt: skip
+    try:
+        body = CheckBody(user=args.user, department=args.department, app=args.app, model=args.model,
+                         input_tokens=args.input_tokens, max_output_tokens=args.max_output_tokens,
+                         dry_run=not args.reserve)  # fmt: skip
+    except ValidationError as exc:
+        _stderr(f"tokenmeter check: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        return EXIT_BAD_INPUT
     token = enforcer_client_token(settings)
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.post(f"{base}/v1/check", json=body, headers=headers, timeout=CHECK_TIMEOUT_SECONDS)
+        response = httpx.post(f"{base}/v1/check", json=wire_json(body), headers=headers, timeout=CHECK_TIMEOUT_SECONDS)
     except httpx.HTTPError as exc:
         _stderr(f"tokenmeter check: cannot reach the enforcer at {base} ({exc or type(exc).__name__}); "
                 "start `tokenmeter serve` or point --url / TOKENMETER_ENFORCER_URL at it")  # fmt: skip

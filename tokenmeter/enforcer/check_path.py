@@ -21,7 +21,8 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tokenmeter.enforcer.service import EnforcerService
-from tokenmeter.enforcer.wire import CheckBody, ReleaseBody, decision_document
+from tokenmeter.enforcer.wire import decision_document
+from tokenmeter.quota_wire import CheckBody, ReleaseBody
 from tokenmeter.server.bearer import BearerToken
 
 Scope = MutableMapping[str, Any]
@@ -81,7 +82,7 @@ class CheckPath:
         if answer is None:  # a lease to grow on the coordination server: wait on a worker thread, not the loop
             answer = await run_in_threadpool(service.decide, prepared)
         assert answer is not None
-        lease = answer.lease_document(service.options.lease_seconds)
+        lease = answer.lease_terms(service.options.lease_seconds)
         document = decision_document(answer.decision, answer.reservation_id, timezone=service.enforcer.policy.timezone,
                                      stale=answer.stale, lease=lease)  # fmt: skip
         return 200, to_json(document)

@@ -45,8 +45,9 @@ from tokenmeter.enforcer.policy_file import (
 from tokenmeter.enforcer.quota_events import QuotaEventLog
 from tokenmeter.enforcer.replica_presence import ReplicaPresence, own_replica_id
 from tokenmeter.enforcer.shared_headroom import SharedHeadroom
-from tokenmeter.enforcer.wire import CheckBody, decimal_text
+from tokenmeter.enforcer.wire import decimal_text
 from tokenmeter.pricing import Price, cost_of
+from tokenmeter.quota_wire import CheckBody, LeaseTerms
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -75,12 +76,12 @@ class CheckAnswer(NamedTuple):
     lease_tokens: int = 0  # tokens the lease holds in all (lease_calls x this call's estimate)
     default_output_tokens: int = 0  # the output estimate of a call of this model that gives no max_tokens
 
-    def lease_document(self, seconds: float) -> dict[str, Any] | None:
+    def lease_terms(self, seconds: float) -> LeaseTerms | None:
         """What the app needs to decide the lease's calls itself; None without a lease."""
         if self.lease_calls <= 1:
             return None
-        return {"calls": self.lease_calls, "seconds": seconds, "tokens": self.lease_tokens,
-                "default_output_tokens": self.default_output_tokens}  # fmt: skip
+        return LeaseTerms(calls=self.lease_calls, seconds=seconds, tokens=self.lease_tokens,
+                          default_output_tokens=self.default_output_tokens)  # fmt: skip
 
 
 class PreparedCheck(NamedTuple):

@@ -27,15 +27,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import itertools
-import json
 import logging
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -46,6 +44,7 @@ from tokenmeter.instrumentation.quota.connection import EnforcerConnection, NotS
 from tokenmeter.instrumentation.quota.errors import QuotaVerdict
 from tokenmeter.instrumentation.quota.leases import CheckKey, LeaseBook
 from tokenmeter.log_once import LogOnce
+from tokenmeter.quota_wire import CheckBody, DecisionDocument, LeaseTerms, ReleaseBody, wire_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,30 +69,26 @@ def check_key(who: Attribution, model: str) -> CheckKey:
     return who.user or "", who.department or "", who.app or "", model
 
 
-def verdict_from_document(document: Mapping[str, Any], fallback_model: str) -> QuotaVerdict:
-    """The enforcer's decision document as a verdict; raises ValueError when it is not one."""
-    action = document.get("decision")
-    if action not in {"allow", "warn", "downgrade", "degrade", "deny"}:
-        raise ValueError(f"not a decision: {action!r}")
-    resets_at = document.get("resets_at")
+def verdict_from_document(document: DecisionDocument, fallback_model: str) -> QuotaVerdict:
+    """The enforcer's decision document as a verdict."""
     return QuotaVerdict(
-        action=str(action),
-        requested_model=str(document.get("requested_model") or fallback_model),
-        effective_model=str(document.get("effective_model") or fallback_model),
-        budget=document.get("budget"),
-        scope=document.get("scope"),
-        subject=document.get("subject"),
-        period=document.get("period"),
-        used_tokens=int(document.get("used_tokens") or 0),
-        limit_tokens=document.get("limit_tokens"),
-        used_cost=document.get("used_cost"),
-        limit_cost=document.get("limit_cost"),
-        currency=document.get("currency"),
-        ratio=float(document.get("ratio") or 0.0),
-        resets_at=datetime.fromisoformat(resets_at) if resets_at else None,
-        timezone=document.get("timezone"),
-        reason=str(document.get("reason") or ""),
-        reservation_id=document.get("reservation_id"),
+        action=document.decision,
+        requested_model=document.requested_model or fallback_model,
+        effective_model=document.effective_model or fallback_model,
+        budget=document.budget,
+        scope=document.scope,
+        subject=document.subject,
+        period=document.period,
+        used_tokens=document.used_tokens,
+        limit_tokens=document.limit_tokens,
+        used_cost=document.used_cost,
+        limit_cost=document.limit_cost,
+        currency=document.currency,
+        ratio=document.ratio,
+        resets_at=document.resets_at,
+        timezone=document.timezone,
+        reason=document.reason,
+        reservation_id=document.reservation_id,
     )
 
 
@@ -168,7 +163,8 @@ class QuotaClient:
         body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
         try:
             with suppress_instrumentation():
-                response = await asyncio.wait_for(client.post(f"{self._base}/v1/check", json=body), self._timeout)
+                response = await asyncio.wait_for(client.post(f"{self._base}/v1/check", json=wire_json(body)),
+                                                  self._timeout)  # fmt: skip
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             return self._unanswered(key, NotSentError(str(exc)), body)
         except (httpx.HTTPError, TimeoutError) as exc:
@@ -193,25 +189,23 @@ class QuotaClient:
             return reported
 
     def _body(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
-              ) -> dict[str, Any]:  # fmt: skip
+              ) -> CheckBody:  # fmt: skip
         user, department, app, model = key
-        return {
-            "user": user, "department": department, "app": app, "model": model, "input_tokens": input_tokens,
-            "max_output_tokens": max_output_tokens, "client_fail_open": fail_open, "dry_run": dry_run,
-            "check_id": f"{self._id_prefix}{next(self._ids):x}", "lease": not dry_run,
-        }  # fmt: skip
+        return CheckBody(user=user, department=department, app=app, model=model, input_tokens=input_tokens,
+                         max_output_tokens=max_output_tokens, client_fail_open=fail_open, dry_run=dry_run,
+                         check_id=f"{self._id_prefix}{next(self._ids):x}", lease=not dry_run)  # fmt: skip
 
-    def _answered(self, key: CheckKey, status: int, content: bytes, body: dict[str, Any]) -> QuotaVerdict:
+    def _answered(self, key: CheckKey, status: int, content: bytes, body: CheckBody) -> QuotaVerdict:
         if status != 200:
             problem = f"HTTP {status}: {content[:200].decode('utf-8', 'replace')}"
             if status == 401:
                 problem += " (set TOKENMETER_ENFORCER_TOKEN to the enforcer's token)"
             return self._unanswered(key, _Refused(problem), body)
         try:
-            document = json.loads(content)
-            verdict = verdict_from_document(document, key[3])
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            document = DecisionDocument.model_validate_json(content)
+        except ValueError as exc:  # (pydantic's ValidationError is one)
             return self._unanswered(key, _Refused(f"not a decision: {exc}"), body)
+        verdict = verdict_from_document(document, key[3])
         with self._lock:
             self._slow_checks_in_a_row = 0
         if verdict.action in CACHED_ACTIONS and self._cache_seconds > 0:
@@ -219,28 +213,22 @@ class QuotaClient:
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[key] = (self._clock() + self._cache_seconds, verdict)
-        lease = document.get("lease") if isinstance(document, dict) else None
-        if isinstance(lease, dict) and verdict.reservation_id is not None:
-            return self._leased(key, verdict, lease, body)
+        if document.lease is not None and verdict.reservation_id is not None:
+            return self._leased(key, verdict, document.lease, body)
         return verdict
 
-    def _leased(self, key: CheckKey, verdict: QuotaVerdict, lease: Mapping[str, Any], body: dict[str, Any]
-                ) -> QuotaVerdict:  # fmt: skip
-        try:
-            tokens, seconds = int(lease["tokens"]), float(lease["seconds"])
-            default_output = int(lease["default_output_tokens"])
-        except (KeyError, TypeError, ValueError):
-            return verdict  # not a lease this client understands: the reservation is this call's alone
-        output = body["max_output_tokens"] if body["max_output_tokens"] is not None else default_output
-        leased = self.leases.add(key, verdict, tokens=tokens, first_estimate=body["input_tokens"] + output,
+    def _leased(self, key: CheckKey, verdict: QuotaVerdict, lease: LeaseTerms, body: CheckBody) -> QuotaVerdict:
+        seconds, default_output = lease.seconds, lease.default_output_tokens
+        output = body.max_output_tokens if body.max_output_tokens is not None else default_output
+        leased = self.leases.add(key, verdict, tokens=lease.tokens, first_estimate=body.input_tokens + output,
                                  default_output_tokens=default_output, seconds=seconds)  # fmt: skip
         if leased.lease_id is not None:
             lease_id = leased.lease_id
             self._connection.call_later(seconds, lambda: self.leases.expire(lease_id))
         return leased
 
-    def _unanswered(self, key: CheckKey, error: BaseException, body: dict[str, Any]) -> QuotaVerdict:
-        reported = body["client_fail_open"]
+    def _unanswered(self, key: CheckKey, error: BaseException, body: CheckBody) -> QuotaVerdict:
+        reported = body.client_fail_open
         if isinstance(error, (*_NOT_SENT, _Refused)):
             handed_back = reported  # the enforcer never counted them: report them with a later check
         else:
@@ -248,7 +236,7 @@ class QuotaClient:
             # that never ran must not hold room); the release carries the fail-opens it was reporting, and the
             # enforcer counts them unless the check arrived and counted them itself.
             handed_back = 0
-            self._connection.send("/v1/release", {"check_id": body["check_id"], "client_fail_open": reported})
+            self._connection.send("/v1/release", ReleaseBody(check_id=body.check_id, client_fail_open=reported))
         with self._lock:
             self._unreported_fail_open += handed_back
             # only an answer resets the count: after a skip, one more timeout skips again
@@ -292,10 +280,10 @@ class QuotaClient:
 
     def release(self, reservation_id: str) -> None:
         """The call finished; sent without waiting (an unreleased reservation expires in the enforcer)."""
-        self._connection.send("/v1/release", {"reservation_id": reservation_id})
+        self._connection.send("/v1/release", ReleaseBody(reservation_id=reservation_id))
 
     def _release_lease(self, reservation_id: str, unused_tokens: int) -> None:
-        self._connection.send("/v1/release", {"reservation_id": reservation_id, "unused_tokens": unused_tokens})
+        self._connection.send("/v1/release", ReleaseBody(reservation_id=reservation_id, unused_tokens=unused_tokens))
 
     def flush_sends(self, timeout_s: float = 2.0) -> None:
         """Wait (``timeout_s`` at most) until queued releases have gone out."""

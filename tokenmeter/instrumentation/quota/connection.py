@@ -17,18 +17,20 @@ from __future__ import annotations
 import heapq
 import http.client
 import itertools
-import json
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from pydantic import BaseModel
+
+from tokenmeter.quota_wire import wire_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +73,10 @@ class EnforcerConnection:
 
     # --- the caller's check ------------------------------------------------------
 
-    def post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, bytes]:
+    def post(self, path: str, body: BaseModel, timeout: float) -> tuple[int, bytes]:
         """(status, body) within ``timeout`` seconds in all; raises TimeoutError, NotSentError or OSError."""
         deadline = time.monotonic() + timeout
-        payload = json.dumps(body).encode()
+        payload = wire_bytes(body)
         connection = self._thread_connection()
         reused = connection.sock is not None
         try:
@@ -117,13 +119,13 @@ class EnforcerConnection:
 
     # --- what nobody waits for ---------------------------------------------------
 
-    def send(self, path: str, body: dict[str, Any]) -> None:
+    def send(self, path: str, body: BaseModel) -> None:
         """POST on the sender thread; failures are logged at debug level (a reservation then expires)."""
         with self._lock:
             self._ensure_sender_locked()
             if len(self._queue) >= _SENDS_QUEUED_LIMIT:
                 self._queue.popleft()
-            self._queue.append((path, json.dumps(body).encode()))
+            self._queue.append((path, wire_bytes(body)))
             self._lock.notify()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
