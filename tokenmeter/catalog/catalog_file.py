@@ -1,4 +1,4 @@
-"""Reading a catalog YAML file into ``ModelEntry`` values, strictly.
+"""Reading a catalog YAML file into ``ModelEntry`` values, strictly (pydantic models).
 
 Every problem raises ``CatalogError`` with a message that names the file, the entry
 (1-based index and its ``match``), the field and what would fix it, e.g.::
@@ -10,61 +10,280 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
-from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, NoReturn, cast
+from typing import Annotated, Any, Final, Literal
 
 import regex
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic.functional_validators import AfterValidator, BeforeValidator, PlainValidator, model_validator
+from pydantic.types import Discriminator, StringConstraints, Tag
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from tokenmeter.catalog.entry import (
-    BUILTIN_ORIGIN,
-    CHAT_FORMATS,
-    TOKENIZER_KINDS,
-    ModelEntry,
-    TokenizerKind,
-    TokenizerSpec,
-)
+from tokenmeter.catalog.entry import BUILTIN_ORIGIN, CHAT_FORMATS, TOKENIZER_KINDS, ModelEntry, TokenizerSpec
 from tokenmeter.catalog.file_refs import is_package_ref, split_package_ref
 from tokenmeter.pricing import PER_1K, PER_1M, Price
 
 REGEX_PREFIX: Final = "re:"
-ENTRY_FIELDS: Final = ("match", "provider", "tokenizer", "chat_format", "price", "note")
-PRICE_FIELDS: Final = ("input", "output", "per", "currency", "virtual")
-TOKENIZER_FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    "tiktoken": ("kind", "encoding"),
-    "tiktoken_file": ("kind", "path", "pat_str", "special_tokens", "normalize"),
-    "huggingface": ("kind", "path", "hub_id", "trust_remote_code", "chat_template"),
-}
 _PER_VALUES: Final[dict[str, int]] = {"1K": PER_1K, "1M": PER_1M}
-_CURRENCY = re.compile(r"^[A-Z]{3,8}$")
-_NORMALIZATIONS: Final = ("NFC", "NFKC")
+
+# What each field must be, by path. Any pydantic error on or inside a field is reported as
+# "<path> <text>", with {kind} the YAML kind of the wrong value, {value} the value, {got} both.
+_NON_EMPTY = "must be a non-empty string, got {got}"
+_AMOUNT = 'must be a non-negative number such as "0.5" or 0.5, got {got}'
+_EXPECTED: Final[dict[str, str]] = {
+    "": 'must be a mapping with at least a "match" key, got {kind}',
+    "match": 'is required: a glob such as "qwen2.5-*" or a regular expression such as "re:^qwen.*$", got {got}',
+    "provider": _NON_EMPTY,
+    "tokenizer": 'must be a mapping with a "kind" key, got {kind}',
+    "tokenizer.kind": f"must be one of {', '.join(TOKENIZER_KINDS)}, got {{value}}",
+    "tokenizer.encoding": _NON_EMPTY,
+    "tokenizer.path": "must be a path or a list of candidate paths (first existing wins), got {got}",
+    "tokenizer.pat_str": "is required for kind tiktoken_file: the tokenizer's split regex",
+    "tokenizer.special_tokens": "must be {{start: <first id>, tokens: [...]}} or a mapping of token to id "
+    'such as {{"<|endoftext|>": 100257}}, got {got}',
+    "tokenizer.special_tokens.start": "must be a non-negative integer id, got {value}",
+    "tokenizer.special_tokens.tokens": 'must be a list of strings or {{format: "<|extra_{{i}}|>", count: 205}}, '
+    "got {got}",
+    "tokenizer.normalize": "must be NFC or NFKC or absent, got {value}",
+    "tokenizer.hub_id": _NON_EMPTY,
+    "tokenizer.trust_remote_code": "must be true or false, got {value}",
+    "tokenizer.chat_template": _NON_EMPTY,
+    "chat_format": f"must be one of {', '.join(CHAT_FORMATS)}, got {{value}}",
+    "price": "must be a mapping with input, output, per and currency, got {kind}",
+    "price.input": _AMOUNT,
+    "price.output": _AMOUNT,
+    "price.per": 'must be "1K" or "1M", got {value}',
+    "price.currency": 'must be a currency code such as "USD" or "CNY", got {value}',
+    "price.virtual": "must be true or false, got {value}",
+    "note": _NON_EMPTY,
+}
+_MISSING: Final[dict[str, str]] = {  # absent (or null), these get a hint of their own
+    "tokenizer.encoding": 'is required for kind tiktoken, e.g. "cl100k_base"',
+    "tokenizer.path": 'is required for kind tiktoken_file: a .tiktoken file or "package:<package>/<relative path>"',
+}
+_TAGS: Final = frozenset((*TOKENIZER_KINDS, "range"))  # union branches, as named in an error's location
 
 
 class CatalogError(ValueError):
     """A model catalog file that cannot be used; the message names file, entry, field and fix."""
 
 
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return repr(value)
+def _problem(message: str) -> PydanticCustomError:
+    """A complete message of a validator's own (field path included), reported as it is."""
+    return PydanticCustomError("catalog", message)
 
 
-_KIND_NAMES: Final[tuple[tuple[type | tuple[type, ...], str], ...]] = (
-    (type(None), "null"),
-    (bool, "true/false"),
-    ((int, float), "a number"),
-    (str, "a string"),
-    (list, "a list"),
-    (dict, "a mapping"),
+_Text = Annotated[str, StringConstraints(pattern=r"\S")]  # not blank; kept as written
+_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# Exact: a YAML 0.1 is a float, and Decimal(0.1) is not 0.1, so a float is read through str().
+_FLOAT_AS_TEXT = BeforeValidator(
+    lambda value: str(value) if isinstance(value, float) and math.isfinite(value) else value
 )
+_Amount = Annotated[Decimal, _FLOAT_AS_TEXT, Field(strict=False, ge=0)]
+
+
+def _regex_match(pattern: str) -> str:
+    try:
+        if pattern.startswith(REGEX_PREFIX):
+            re.compile(pattern[len(REGEX_PREFIX) :], re.IGNORECASE)
+    except re.error as exc:
+        raise _problem(f"match is not a valid regular expression after 're:': {exc}") from None
+    return pattern
+
+
+def _per(value: object) -> int:
+    per = _PER_VALUES.get(value.strip().upper()) if isinstance(value, str) else value
+    if type(per) is not int or per not in (PER_1K, PER_1M):  # no bool, no float
+        raise ValueError(value)
+    return per
+
+
+def _paths(value: object, info: ValidationInfo) -> tuple[str, ...]:
+    """One path or a list of candidates; a relative path is relative to the catalog file."""
+    refs = [] if value is None else value if isinstance(value, list) else [value]
+    needed = value is None and info.data.get("kind") == "tiktoken_file"  # `path: null` is no path either
+    if needed or value == [] or not all(isinstance(ref, str) and ref.strip() for ref in refs):
+        raise ValueError(value)
+    return tuple(_file_ref(ref.strip(), info.context["base_dir"]) for ref in refs)
+
+
+def _file_ref(ref: str, base_dir: Path | None) -> str:
+    if not is_package_ref(ref):
+        path = Path(ref).expanduser()
+        return str(path if base_dir is None else base_dir / path)  # an absolute path stays as it is
+    try:
+        split_package_ref(ref)
+    except ValueError as exc:
+        raise _problem(f"tokenizer.path: {exc}") from None
+    return ref
+
+
+def _split_regex(pat_str: str) -> str:
+    try:
+        # tiktoken compiles pat_str with Rust fancy-regex; the `regex` module (a tiktoken
+        # dependency) understands the same \p{...} classes and catches syntax errors early.
+        regex.compile(pat_str)
+    except regex.error as exc:
+        raise _problem(f"tokenizer.pat_str is not a valid regular expression: {exc}") from None
+    return pat_str
+
+
+class _Strict(BaseModel):
+    # strict: YAML has typed every scalar already, so "1" is no number here and 1 no string.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        # Checked before the fields, as before, to name the allowed ones and a likely fix:
+        # pydantic's own extra="forbid" error does neither.
+        unknown = [str(key) for key in data if key not in cls.model_fields] if isinstance(data, dict) else []
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], cls.model_fields, n=1)
+            fix = (f' (did you mean "{hint[0]}"?)' if hint else "") + f"; allowed: {', '.join(cls.model_fields)}"
+            raise PydanticCustomError("unknown_field", "unknown field", {"field": unknown[0], "fix": fix})
+        return data
+
+
+class _Repeat(_Strict):  # {format: "<|extra_{i}|>", count: 205}: tokens numbered 0 to count - 1
+    format: Annotated[str, StringConstraints(pattern=r"\{i\}")]
+    count: int = Field(gt=0)
+
+    def names(self) -> list[str]:
+        return [self.format.replace("{i}", str(i)) for i in range(self.count)]
+
+
+class _SpecialRange(_Strict):  # {start: <first id>, tokens: [...]}: consecutive ids
+    start: int = Field(ge=0)
+    tokens: list[Annotated[str, StringConstraints(min_length=1)] | _Repeat]
+
+
+def _special_pairs(tokens: _SpecialRange | dict[str, int]) -> tuple[tuple[str, int], ...]:
+    if isinstance(tokens, dict):
+        pairs = tuple(tokens.items())
+    else:
+        names = [name for item in tokens.tokens for name in ([item] if isinstance(item, str) else item.names())]
+        pairs = tuple((name, tokens.start + offset) for offset, name in enumerate(names))
+    if len(dict(pairs)) != len(pairs) or len({token_id for _, token_id in pairs}) != len(pairs):
+        raise _problem("tokenizer.special_tokens lists a token or an id twice")
+    return pairs
+
+
+def _special_form(value: Any) -> str:
+    # A mapping of only start and tokens is the range form; any other mapping is token -> id.
+    ranged = isinstance(value, dict) and "tokens" in value and set(value) <= {"start", "tokens"}
+    return "range" if ranged else "pairs"
+
+
+_SpecialTokens = Annotated[
+    Annotated[_SpecialRange, Tag("range")] | Annotated[dict[str, int], Tag("pairs")],
+    Discriminator(_special_form),
+    AfterValidator(_special_pairs),
+    BeforeValidator(lambda value: {} if value is None else value),  # `special_tokens: null`: none
+]
+_Paths = Annotated[tuple[str, ...], PlainValidator(_paths)]
+
+
+class _Tiktoken(_Strict):
+    kind: Literal["tiktoken"]
+    encoding: _Name
+
+
+class _TiktokenFile(_Strict):
+    kind: Literal["tiktoken_file"]
+    path: _Paths
+    pat_str: Annotated[str, StringConstraints(min_length=1), AfterValidator(_split_regex)]
+    special_tokens: _SpecialTokens = ()
+    normalize: Literal["NFC", "NFKC"] | None = None
+
+
+class _HuggingFace(_Strict):
+    kind: Literal["huggingface"]
+    path: _Paths = ()
+    hub_id: _Text | None = None
+    trust_remote_code: bool = False
+    chat_template: _Text | None = None
+
+
+class _Price(_Strict):
+    input: _Amount
+    output: _Amount
+    per: Annotated[int, PlainValidator(_per)]
+    currency: Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{3,8}$")]
+    virtual: bool = False
+
+
+class _Entry(_Strict):
+    match: Annotated[_Name, AfterValidator(_regex_match)]
+    provider: _Text | None = None
+    tokenizer: Annotated[_Tiktoken | _TiktokenFile | _HuggingFace, Field(discriminator="kind")] | None = None
+    chat_format: Literal[*CHAT_FORMATS] | None = None
+    price: _Price | None = None
+    note: _Text | None = None
+
+    @model_validator(mode="after")
+    def _template_needs_huggingface(self) -> _Entry:
+        if self.chat_format == "template" and not isinstance(self.tokenizer, _HuggingFace):
+            raise _problem('chat_format "template" needs a tokenizer of kind huggingface (it uses its chat template)')
+        return self
+
+    def to_entry(self, origin: str) -> ModelEntry:
+        # The tokenizer's and the price's fields are those of TokenizerSpec and Price.
+        return ModelEntry(
+            pattern=self.match,
+            provider=self.provider,
+            tokenizer=TokenizerSpec(**dict(self.tokenizer)) if self.tokenizer is not None else None,
+            chat_format=self.chat_format,
+            price=Price(**dict(self.price)) if self.price is not None else None,
+            note=self.note,
+            origin=origin,
+        )
+
+
+def _show(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 def _kind_of(value: object) -> str:
-    return next((name for kinds, name in _KIND_NAMES if isinstance(value, kinds)), type(value).__name__)
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _field_path(location: Sequence[int | str]) -> str:
+    """The field an error is on: ``("tokenizer", "tiktoken_file", "special_tokens", "range", "start")``
+    -> ``tokenizer.special_tokens.start``. Union tags and list indexes are skipped; below a known
+    field, anything else (a mapping's key, a union member) is part of its value."""
+    path = ""
+    for part in location:
+        longer = f"{path}.{part}" if path else str(part)
+        if longer in _EXPECTED:
+            path = longer
+        elif not (isinstance(part, int) or part in _TAGS):
+            break
+    return path
+
+
+def _describe(error: ErrorDetails) -> str:
+    """A pydantic error in the catalog's words: ``<field> <what it must be>, got <value>``."""
+    kind, path = error["type"], _field_path(error["loc"])
+    value = None if kind == "missing" else error["input"]
+    if kind == "catalog":
+        return error["msg"]
+    if kind == "unknown_field":  # from _Strict._known_fields
+        context = error.get("ctx", {})
+        field = f"{path}.{context['field']}" if path else context["field"]
+        return f"unknown field {field!r}{context['fix']}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # the tokenizer's kind
+        path, value = f"{path}.kind", value.get("kind") if isinstance(value, dict) else None
+    template = (_MISSING.get(path) if value is None else None) or _EXPECTED[path]
+    got = "null" if value is None else f"{_kind_of(value)} {_show(value)}"
+    text = template.format(kind=_kind_of(value), value=_show(value), got=got)
+    return f"{path} {text}" if path else text
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -78,250 +297,20 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str | int | float | bool) or key is None:
                 if key in seen:
-                    mark = key_node.start_mark
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"key {_show(key)} is given twice in one mapping",
-                        mark,
-                    )
+                    message = f"key {_show(key)} is given twice in one mapping"
+                    raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-class _EntryReader:
-    """Validates one entry; ``fail`` raises with the file/entry prefix."""
-
-    def __init__(self, source: str, index: int, raw: object, base_dir: Path | None) -> None:
-        self.source = source
-        self.index = index
-        self.raw = raw
-        self.base_dir = base_dir
-        self.pattern: str | None = None
-
-    def fail(self, message: str) -> NoReturn:
-        where = f"{self.source} entry {self.index}"
-        if self.pattern is not None:
-            where += f" (match {self.pattern!r})"
-        raise CatalogError(f"{where}: {message}")
-
-    def check_keys(self, mapping: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-        for key in mapping:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                did_you_mean = f' (did you mean "{hint[0]}"?)' if hint else ""
-                where = f"{prefix}{key}" if prefix else str(key)
-                self.fail(f"unknown field {where!r}{did_you_mean}; allowed: {', '.join(allowed)}")
-
-    def optional_str(self, mapping: Mapping[str, Any], key: str, prefix: str = "") -> str | None:
-        value = mapping.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.fail(f"{prefix}{key} must be a non-empty string, got {_kind_of(value)} {_show(value)}")
-        return value
-
-    def read(self) -> ModelEntry:
-        raw = self.raw
-        if not isinstance(raw, dict):
-            self.fail(f'must be a mapping with at least a "match" key, got {_kind_of(raw)}')
-        match = raw.get("match")
-        if not isinstance(match, str) or not match.strip():
-            self.fail(
-                'match is required: a glob such as "qwen2.5-*" or a regular expression '
-                'such as "re:^qwen.*$", '
-                f"got {_kind_of(match)} {_show(match)}"
-            )
-        self.pattern = match.strip()
-        self.check_keys(raw, ENTRY_FIELDS, "")
-        if self.pattern.startswith(REGEX_PREFIX):
-            try:
-                re.compile(self.pattern[len(REGEX_PREFIX) :], re.IGNORECASE)
-            except re.error as exc:
-                self.fail(f"match is not a valid regular expression after 're:': {exc}")
-        tokenizer = self.read_tokenizer(raw.get("tokenizer"))
-        chat_format = self.optional_str(raw, "chat_format")
-        if chat_format is not None and chat_format not in CHAT_FORMATS:
-            self.fail(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, got {_show(chat_format)}")
-        if chat_format == "template" and (tokenizer is None or tokenizer.kind != "huggingface"):
-            self.fail('chat_format "template" needs a tokenizer of kind huggingface (it uses its chat template)')
-        return ModelEntry(
-            pattern=self.pattern,
-            provider=self.optional_str(raw, "provider"),
-            tokenizer=tokenizer,
-            chat_format=chat_format,
-            price=self.read_price(raw.get("price")),
-            note=self.optional_str(raw, "note"),
-            origin=BUILTIN_ORIGIN if self.base_dir is None else self.source,
-        )
-
-    # --- price -------------------------------------------------------------------------
-
-    def read_decimal(self, price: Mapping[str, Any], key: str) -> Decimal:
-        value = price.get(key)
-        problem = f'price.{key} must be a non-negative number such as "0.5" or 0.5, got {_kind_of(value)}'
-        if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.fail(problem)
-        try:
-            # str() first: 0.1 in YAML is a float, and Decimal(0.1) would carry its binary error.
-            amount = Decimal(str(value).strip())
-        except InvalidOperation:
-            self.fail(f"{problem} {_show(value)}")
-        if not amount.is_finite() or amount < 0:
-            self.fail(f"{problem} {_show(value)}")
-        return amount
-
-    def read_price(self, price: object) -> Price | None:
-        if price is None:
-            return None
-        if not isinstance(price, dict):
-            self.fail(f"price must be a mapping with input, output, per and currency, got {_kind_of(price)}")
-        self.check_keys(price, PRICE_FIELDS, "price.")
-        input_price = self.read_decimal(price, "input")
-        output_price = self.read_decimal(price, "output")
-        per_raw = price.get("per")
-        per = _PER_VALUES.get(per_raw.strip().upper()) if isinstance(per_raw, str) else None
-        if per is None and isinstance(per_raw, int) and not isinstance(per_raw, bool):
-            per = per_raw if per_raw in (PER_1K, PER_1M) else None
-        if per is None:
-            self.fail(f'price.per must be "1K" or "1M", got {_show(per_raw)}')
-        currency = price.get("currency")
-        if not isinstance(currency, str) or not _CURRENCY.match(currency.strip().upper()):
-            self.fail(f'price.currency must be a currency code such as "USD" or "CNY", got {_show(currency)}')
-        virtual = price.get("virtual", False)
-        if not isinstance(virtual, bool):
-            self.fail(f"price.virtual must be true or false, got {_show(virtual)}")
-        return Price(
-            input=input_price,
-            output=output_price,
-            per=per,
-            currency=currency.strip().upper(),
-            virtual=virtual,
-        )
-
-    # --- tokenizer ---------------------------------------------------------------------
-
-    def read_paths(self, tokenizer: Mapping[str, Any]) -> tuple[str, ...]:
-        value = tokenizer.get("path")
-        if value is None:
-            return ()
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(item, str) and item.strip() for item in items):
-            self.fail(
-                "tokenizer.path must be a path or a list of candidate paths (first existing wins), "
-                f"got {_kind_of(value)} {_show(value)}"
-            )
-        paths: list[str] = []
-        for item in cast(list[str], items):
-            ref = item.strip()
-            if is_package_ref(ref):
-                try:
-                    split_package_ref(ref)
-                except ValueError as exc:
-                    self.fail(f"tokenizer.path: {exc}")
-                paths.append(ref)
-                continue
-            path = Path(ref).expanduser()
-            if not path.is_absolute() and self.base_dir is not None:
-                path = self.base_dir / path  # relative to the catalog file
-            paths.append(str(path))
-        return tuple(paths)
-
-    def read_special_tokens(self, value: object) -> tuple[tuple[str, int], ...]:
-        if value is None:
-            return ()
-        usage = (
-            "tokenizer.special_tokens must be {start: <first id>, tokens: [...]} "
-            'or a mapping of token to id such as {"<|endoftext|>": 100257}'
-        )
-        if not isinstance(value, dict):
-            self.fail(f"{usage}, got {_kind_of(value)}")
-        pairs: list[tuple[str, int]] = []
-        if set(value) <= {"start", "tokens"} and "tokens" in value:
-            start = value.get("start")
-            tokens = value.get("tokens")
-            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-                self.fail(f"tokenizer.special_tokens.start must be a non-negative integer id, got {_show(start)}")
-            if not isinstance(tokens, list):
-                self.fail(f"tokenizer.special_tokens.tokens must be a list, got {_kind_of(tokens)}")
-            names: list[str] = []
-            for item in tokens:
-                names.extend(self.expand_special(item))
-            pairs = [(name, start + offset) for offset, name in enumerate(names)]
-        else:
-            for token, token_id in value.items():
-                if not isinstance(token, str) or not isinstance(token_id, int) or isinstance(token_id, bool):
-                    self.fail(f"{usage}; bad pair {_show(token)}: {_show(token_id)}")
-                pairs.append((token, token_id))
-        seen_tokens = {token for token, _ in pairs}
-        seen_ids = {token_id for _, token_id in pairs}
-        if len(seen_tokens) != len(pairs) or len(seen_ids) != len(pairs):
-            self.fail("tokenizer.special_tokens lists a token or an id twice")
-        return tuple(pairs)
-
-    def expand_special(self, item: object) -> list[str]:
-        if isinstance(item, str) and item:
-            return [item]
-        if isinstance(item, dict) and set(item) == {"format", "count"}:
-            fmt, count = item["format"], item["count"]
-            if isinstance(fmt, str) and "{i}" in fmt and isinstance(count, int) and count > 0:
-                return [fmt.replace("{i}", str(i)) for i in range(count)]
-        self.fail(
-            "tokenizer.special_tokens.tokens items must be strings or "
-            f'{{format: "<|extra_{{i}}|>", count: 205}}, got {_show(item)}'
-        )
-
-    def read_tokenizer(self, tokenizer: object) -> TokenizerSpec | None:
-        if tokenizer is None:
-            return None
-        if not isinstance(tokenizer, dict):
-            self.fail(f'tokenizer must be a mapping with a "kind" key, got {_kind_of(tokenizer)}')
-        kind = tokenizer.get("kind")
-        if kind not in TOKENIZER_KINDS:
-            self.fail(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {_show(kind)}")
-        kind = cast(TokenizerKind, kind)
-        self.check_keys(tokenizer, TOKENIZER_FIELDS[kind], "tokenizer.")
-        if kind == "tiktoken":
-            encoding = self.optional_str(tokenizer, "encoding", "tokenizer.")
-            if encoding is None:
-                self.fail('tokenizer.encoding is required for kind tiktoken, e.g. "cl100k_base"')
-            return TokenizerSpec(kind=kind, encoding=encoding.strip())
-        paths = self.read_paths(tokenizer)
-        if kind == "tiktoken_file":
-            if not paths:
-                self.fail(
-                    "tokenizer.path is required for kind tiktoken_file: a .tiktoken file or "
-                    '"package:<package>/<relative path>"'
-                )
-            pat_str = tokenizer.get("pat_str")
-            if not isinstance(pat_str, str) or not pat_str:
-                self.fail("tokenizer.pat_str is required for kind tiktoken_file: the tokenizer's split regex")
-            try:
-                # tiktoken compiles pat_str with Rust fancy-regex; the `regex` module (a tiktoken
-                # dependency) understands the same \p{...} classes and catches syntax errors early.
-                regex.compile(pat_str)
-            except regex.error as exc:
-                self.fail(f"tokenizer.pat_str is not a valid regular expression: {exc}")
-            normalize = tokenizer.get("normalize")
-            if normalize is not None and normalize not in _NORMALIZATIONS:
-                self.fail(f"tokenizer.normalize must be NFC or NFKC or absent, got {_show(normalize)}")
-            return TokenizerSpec(
-                kind=kind,
-                path=paths,
-                pat_str=pat_str,
-                special_tokens=self.read_special_tokens(tokenizer.get("special_tokens")),
-                normalize=normalize,
-            )
-        trust = tokenizer.get("trust_remote_code", False)
-        if not isinstance(trust, bool):
-            self.fail(f"tokenizer.trust_remote_code must be true or false, got {_show(trust)}")
-        return TokenizerSpec(
-            kind=kind,
-            path=paths,
-            hub_id=self.optional_str(tokenizer, "hub_id", "tokenizer."),
-            trust_remote_code=trust,
-            chat_template=self.optional_str(tokenizer, "chat_template", "tokenizer."),
-        )
+def _read_entry(raw: object, where: str, base_dir: Path | None, origin: str) -> ModelEntry:
+    match = raw.get("match") if isinstance(raw, dict) else None
+    if isinstance(match, str) and match.strip():
+        where += f" (match {match.strip()!r})"
+    try:
+        return _Entry.model_validate(raw, context={"base_dir": base_dir}).to_entry(origin)
+    except ValidationError as exc:
+        raise CatalogError(f"{where}: {_describe(exc.errors()[0])}") from None  # the first problem, as before
 
 
 def parse_catalog(text: str, source: str, base_dir: Path | None) -> list[ModelEntry]:
@@ -340,7 +329,8 @@ def parse_catalog(text: str, source: str, base_dir: Path | None) -> list[ModelEn
             f"{source}: the top level must be a list of model entries (lines starting with '- match: ...'), "
             f"got {_kind_of(document)}"
         )
-    return [_EntryReader(source, index, raw, base_dir).read() for index, raw in enumerate(document, start=1)]
+    origin = BUILTIN_ORIGIN if base_dir is None else source
+    return [_read_entry(raw, f"{source} entry {index}", base_dir, origin) for index, raw in enumerate(document, 1)]
 
 
 def read_catalog_file(path: Path) -> list[ModelEntry]:
