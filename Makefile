@@ -39,6 +39,7 @@ $(CHATCHAT_VENV)/.installed: pyproject.toml
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check tokenmeter tests bench dashboards
+	$(BIN)/ruff format --check tokenmeter tests bench dashboards
 
 pytest: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

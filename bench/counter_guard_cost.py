@@ -47,8 +47,11 @@ def export_request(users: int, time_ns: int, total: int) -> bytes:
                     attributes=attributes({**base, semconv.GEN_AI_TOKEN_TYPE: token_type}),
                     start_time_unix_nano=start, time_unix_nano=time_ns, as_int=total))  # fmt: skip
             for name in (semconv.METRIC_USAGE_COST, semconv.METRIC_USAGE_CALLS):
-                counters[name].append(metrics_pb2.NumberDataPoint(
-                    attributes=attributes(base), start_time_unix_nano=start, time_unix_nano=time_ns, as_int=total))
+                counters[name].append(
+                    metrics_pb2.NumberDataPoint(
+                        attributes=attributes(base), start_time_unix_nano=start, time_unix_nano=time_ns, as_int=total
+                    )
+                )
             histograms.append(metrics_pb2.HistogramDataPoint(
                 attributes=attributes(base), start_time_unix_nano=start, time_unix_nano=time_ns, count=3, sum=900,
                 bucket_counts=[0] * 15, explicit_bounds=[float(b) for b in semconv.TOKEN_USAGE_BUCKETS]))  # fmt: skip
@@ -58,9 +61,16 @@ def export_request(users: int, time_ns: int, total: int) -> bytes:
     metrics += [metrics_pb2.Metric(name=name, histogram=metrics_pb2.Histogram(data_points=histograms,
                                                                               aggregation_temporality=2))
                 for name in (semconv.METRIC_TOKEN_USAGE, semconv.METRIC_OPERATION_DURATION)]  # fmt: skip
-    request = ExportMetricsServiceRequest(resource_metrics=[metrics_pb2.ResourceMetrics(
-        resource=resource("bench-app"),
-        scope_metrics=[metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"), metrics=metrics)])])
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            metrics_pb2.ResourceMetrics(
+                resource=resource("bench-app"),
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"), metrics=metrics)
+                ],
+            )
+        ]
+    )
     return request.SerializeToString()
 
 

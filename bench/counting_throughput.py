@@ -25,8 +25,7 @@ SAMPLES = {
         "并生产出一种新的能以人类智能相似的方式做出反应的智能机器。"
     ),
     "english": (
-        "Retrieval-augmented generation grounds a language model's answer "
-        "in passages fetched from a knowledge base."
+        "Retrieval-augmented generation grounds a language model's answer in passages fetched from a knowledge base."
     ),
     "code": (
         "def top_users(rows: list[dict]) -> list[str]:\n"
@@ -56,7 +55,8 @@ def raw_counters() -> dict[str, tuple[str, Callable[[str], int]]]:
 
         deepseek = PreTrainedTokenizerFast(tokenizer_file=str(Path(spec.origin).parent / "tokenizer.json"))
         counters["tokenizer.json (deepseek)"] = (
-            "deepseek-chat", lambda t: len(deepseek.encode(t, add_special_tokens=False))
+            "deepseek-chat",
+            lambda t: len(deepseek.encode(t, add_special_tokens=False)),
         )
     return counters
 
@@ -79,6 +79,7 @@ def main() -> None:
     print(f"corpus: {len(CORPUS)} texts, {corpus_bytes:,} UTF-8 bytes; {args.rounds} rounds x {args.repeats} passes")
     print(f"{'tokenizer':<28}{'raw MB/s':>10}{'registry MB/s':>15}{'ratio':>8}  counts equal")
     for family, (model, raw) in raw_counters().items():
+
         def via_registry(text: str, model: str = model) -> int:
             return registry.count_text(model, text).tokens
 

@@ -97,9 +97,10 @@ def metric_requests(total: int, per_request: int = 2000) -> list[bytes]:
     made = 0
     while made < total:
         reader = InMemoryMetricReader()
-        provider = MeterProvider(metric_readers=[reader],
-                                 resource=Resource.create({"service.name": "chatchat",
-                                                           "service.instance.id": f"bench-{made}"}))
+        provider = MeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create({"service.name": "chatchat", "service.instance.id": f"bench-{made}"}),
+        )
         counter = provider.get_meter("tokenmeter").create_counter("tokenmeter.usage.tokens", unit="{token}")
         for series in range(per_request):
             counter.add(series + 1, {"enduser.id": f"user{series}", "tokenmeter.department": f"dept{series % 50}",
@@ -192,7 +193,7 @@ def raw_insert_rate(rows_source: Path, table: str, raw_dir: Path) -> tuple[float
     same_as_receiver = without_block_deduplication(target)  # a like-for-like baseline
     started = time.perf_counter()
     for offset in range(0, len(rows), RAW_BATCH_ROWS):
-        target.insert(table, rows[offset:offset + RAW_BATCH_ROWS], column_names=columns, settings=same_as_receiver)
+        target.insert(table, rows[offset : offset + RAW_BATCH_ROWS], column_names=columns, settings=same_as_receiver)
     elapsed = time.perf_counter() - started
     [(stored,)] = target.query(f"SELECT count() FROM {table}").result_rows
     target.close()
@@ -205,8 +206,9 @@ def main() -> int:
     # half over each transport, ~5 s of load each: shorter phases are dominated by warm-up and by when merges fall
     parser.add_argument("--spans", type=int, default=600_000)
     parser.add_argument("--points", type=int, default=200_000)
-    parser.add_argument("--senders", type=int, default=32,
-                        help="concurrent connections per transport (apps exporting at once)")
+    parser.add_argument(
+        "--senders", type=int, default=32, help="concurrent connections per transport (apps exporting at once)"
+    )
     parser.add_argument("--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL, help="serve's --flush-interval")
     parser.add_argument("--writers", type=int, default=DEFAULT_WRITERS, help="serve's --writers")
     args = parser.parse_args()
@@ -241,8 +243,10 @@ def main() -> int:
                               timeout=10).text.splitlines()  # fmt: skip
             write = {line.split()[0]: float(line.split()[1]) for line in stats if "write_seconds_" in line}
             writes = write["tokenmeter_receiver_write_seconds_count"]
-            _log(f"receiver wrote in {writes:.0f} inserts, {write['tokenmeter_receiver_write_seconds_sum']:.1f} s "
-                 f"inside inserts")
+            _log(
+                f"receiver wrote in {writes:.0f} inserts, {write['tokenmeter_receiver_write_seconds_sum']:.1f} s "
+                f"inside inserts"
+            )
         finally:
             stop_serve(process)
         _log("raw: the same rows through clickhouse-connect insert into a fresh chDB store ...")

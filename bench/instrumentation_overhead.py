@@ -59,7 +59,10 @@ def http_module() -> Any:
 def make_client(with_usage: bool) -> openai.OpenAI:
     http = http_module()
     body = {
-        "id": "cmpl-bench", "object": "chat.completion", "created": 0, "model": MODEL,
+        "id": "cmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": REPLY_TEXT}}],
     }
     if with_usage:
@@ -71,7 +74,9 @@ def make_client(with_usage: bool) -> openai.OpenAI:
 
     transport = http.MockTransport(handler)
     return openai.OpenAI(
-        base_url="http://127.0.0.1:9/v1", api_key="sk-bench", max_retries=0,
+        base_url="http://127.0.0.1:9/v1",
+        api_key="sk-bench",
+        max_retries=0,
         http_client=openai.DefaultHttpxClient(transport=transport),
     )
 
@@ -133,8 +138,10 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=40)
     args = parser.parse_args()
     print(f"openai {openai.__version__}; {args.calls} calls per side in {args.blocks} alternating blocks")
-    print(f"{'case':<22}{'plain p50':>11}{'metered p50':>13}{'added p50':>11}"
-          f"{'plain p99':>11}{'metered p99':>13}{'added p99':>11}{'p50 ratio':>11}")
+    print(
+        f"{'case':<22}{'plain p50':>11}{'metered p50':>13}{'added p50':>11}"
+        f"{'plain p99':>11}{'metered p99':>13}{'added p99':>11}{'p50 ratio':>11}"
+    )
     cases = (
         ("server usage, default", True, "sample"),
         ("server usage, always", True, "always"),

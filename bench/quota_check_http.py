@@ -83,7 +83,8 @@ def check_requests(token: str, count: int) -> list[bytes]:
         }, ensure_ascii=False).encode()  # fmt: skip
         requests.append(
             b"POST /v1/check HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
     return requests
 

@@ -118,8 +118,9 @@ def main() -> int:
         try:
             zookeeper.start()
             stack.callback(zookeeper.stop)
-            serves["no leases, Keeper"] = start_serve(directories[3], "--lease-calls", "1",
-                                                      env={"TOKENMETER_COORDINATION_URL": zookeeper.url("bench")})
+            serves["no leases, Keeper"] = start_serve(
+                directories[3], "--lease-calls", "1", env={"TOKENMETER_COORDINATION_URL": zookeeper.url("bench")}
+            )
         except ZooKeeperUnavailableError as exc:
             print(f"without the Keeper runs: {exc}", file=sys.stderr)
         try:

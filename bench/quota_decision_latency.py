@@ -61,8 +61,12 @@ def snapshot_for(policy: Policy, users: int, now: datetime, rng: random.Random) 
 def requests(count: int, users: int, rng: random.Random) -> list[CheckRequest]:
     return [
         CheckRequest(
-            user=f"user-{rng.randrange(users)}", department=rng.choice(DEPARTMENTS), app="chatchat",
-            model=rng.choice(MODELS), input_tokens=rng.randrange(50, 4000), max_output_tokens=1,
+            user=f"user-{rng.randrange(users)}",
+            department=rng.choice(DEPARTMENTS),
+            app="chatchat",
+            model=rng.choice(MODELS),
+            input_tokens=rng.randrange(50, 4000),
+            max_output_tokens=1,
         )
         for _ in range(count)
     ]

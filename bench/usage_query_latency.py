@@ -158,8 +158,10 @@ def main() -> int:
         [(parts,)] = client.query(
             "SELECT count() FROM system.parts WHERE active AND table = 'usage_counter_minutely'"
         ).result_rows
-        _log(f"usage_counter_minutely: {minutely:,} rows in {parts} parts; usage_counter_daily: {daily:,} rows; "
-             f"otel_metrics_sum: {raw:,} rows")
+        _log(
+            f"usage_counter_minutely: {minutely:,} rows in {parts} parts; usage_counter_daily: {daily:,} rows; "
+            f"otel_metrics_sum: {raw:,} rows"
+        )
 
         rng = random.Random(3)
         users = [f"user-{rng.randrange(USERS)}" for _ in range(args.repeat)]

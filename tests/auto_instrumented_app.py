@@ -9,9 +9,7 @@ import time
 import openai
 
 client = openai.OpenAI(base_url=os.environ["TEST_OPENAI_BASE_URL"], api_key="sk-test", max_retries=0)
-client.chat.completions.create(
-    model="qwen2.5-7b-instruct", messages=[{"role": "user", "content": "人工智能是什么？"}]
-)
+client.chat.completions.create(model="qwen2.5-7b-instruct", messages=[{"role": "user", "content": "人工智能是什么？"}])
 for _chunk in client.chat.completions.create(
     model="qwen2.5-7b-instruct", messages=[{"role": "user", "content": "Hello"}], stream=True
 ):

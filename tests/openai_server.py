@@ -102,7 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 choice["text"] = REPLY_TEXT
             payload: dict[str, Any] = {
-                "id": "cmpl-test-1", "object": kind, "created": created, "model": model, "choices": [choice],
+                "id": "cmpl-test-1",
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": [choice],
             }
             if report:
                 payload["usage"] = _usage(body)
@@ -128,12 +132,21 @@ class _Handler(BaseHTTPRequestHandler):
                 choice["delta"] = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             else:
                 choice["text"] = piece
-            self._event({"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model,
-                         "choices": [choice]})
+            self._event(
+                {"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model, "choices": [choice]}
+            )
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if report and wants_usage:
-            self._event({"id": "cmpl-test-1", "object": chunk_kind, "created": created, "model": model,
-                         "choices": [], "usage": _usage(body)})
+            self._event(
+                {
+                    "id": "cmpl-test-1",
+                    "object": chunk_kind,
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(body),
+                }
+            )
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 

@@ -87,8 +87,13 @@ def usage_counter_request(
     """A cumulative tokenmeter.usage.tokens series (input tokens) with (time_ns, running total) points."""
     data_points = [
         metrics_pb2.NumberDataPoint(
-            attributes=attributes({semconv.ENDUSER_ID: user, semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT,
-                                   semconv.GEN_AI_REQUEST_MODEL: "qwen2.5-7b-instruct"}),
+            attributes=attributes(
+                {
+                    semconv.ENDUSER_ID: user,
+                    semconv.GEN_AI_TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT,
+                    semconv.GEN_AI_REQUEST_MODEL: "qwen2.5-7b-instruct",
+                }
+            ),
             start_time_unix_nano=start_ns,
             time_unix_nano=time_ns,
             as_int=total,
@@ -108,17 +113,25 @@ def usage_counter_request(
         resource_metrics=[
             metrics_pb2.ResourceMetrics(
                 resource=resource("test-app", instance),
-                scope_metrics=[metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"),
-                                                        metrics=[metric])],
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"), metrics=[metric])
+                ],
             )
         ]
     )
 
 
-def post(base_url: str, signal: str, body: bytes, *, content_type: str = "application/x-protobuf",
-         headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{base_url}/v1/{signal}", content=body, headers={"content-type": content_type,
-                                                                         **(headers or {})}, timeout=30)
+def post(
+    base_url: str,
+    signal: str,
+    body: bytes,
+    *,
+    content_type: str = "application/x-protobuf",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/v1/{signal}", content=body, headers={"content-type": content_type, **(headers or {})}, timeout=30
+    )
 
 
 def grpc_export(address: str, signal: str, body: bytes, metadata: tuple[tuple[str, str], ...] = ()) -> bytes:

@@ -215,9 +215,7 @@ def test_headers_beat_baggage_field_by_field() -> None:
         "X-Forwarded-User": "from-header",
         "baggage": baggage_header(user="from-baggage", department="ml"),
     }
-    assert resolve_identity(headers, "127.0.0.1", Settings()) == Attribution(
-        user="from-header", department="ml"
-    )
+    assert resolve_identity(headers, "127.0.0.1", Settings()) == Attribution(user="from-header", department="ml")
 
 
 def test_jwt_is_believed_from_any_peer_and_beats_headers() -> None:
@@ -228,9 +226,7 @@ def test_jwt_is_believed_from_any_peer_and_beats_headers() -> None:
         "X-Conversation-Id": "c1",
     }
     assert resolve_identity(headers, "203.0.113.7", settings) == Attribution(user="alice", department="ml")
-    assert resolve_identity(headers, "127.0.0.1", settings) == Attribution(
-        user="alice", department="ml", session="c1"
-    )
+    assert resolve_identity(headers, "127.0.0.1", settings) == Attribution(user="alice", department="ml", session="c1")
 
 
 def test_jwt_is_ignored_when_no_key_is_configured() -> None:
@@ -244,23 +240,29 @@ def test_jwt_is_ignored_when_no_key_is_configured() -> None:
         ({"sub": "alice"}, {}, Attribution(user="alice")),
         ({"uid": 1234}, {"jwt_user_claim": "uid"}, Attribution(user="1234")),
         ({"sub": 1234}, {}, Attribution()),  # PyJWT: "sub" must be a string
-        ({"sub": "alice", "groups": ["/org/ml", "/org/x"]}, {"jwt_department_claim": "groups"},
-         Attribution(user="alice", department="/org/ml")),
-        ({"sub": "alice", "department": "R&D, Europe"}, {},
-         Attribution(user="alice", department="R&D, Europe")),
-        ({"email": "a@example.com", "org": {"dept": "ml"}},
-         {"jwt_user_claim": "email", "jwt_department_claim": "org.dept"},
-         Attribution(user="a@example.com", department="ml")),
-        ({"https://example.com/department": "ml", "sub": "a"},
-         {"jwt_department_claim": "https://example.com/department"}, Attribution(user="a", department="ml")),
+        (
+            {"sub": "alice", "groups": ["/org/ml", "/org/x"]},
+            {"jwt_department_claim": "groups"},
+            Attribution(user="alice", department="/org/ml"),
+        ),
+        ({"sub": "alice", "department": "R&D, Europe"}, {}, Attribution(user="alice", department="R&D, Europe")),
+        (
+            {"email": "a@example.com", "org": {"dept": "ml"}},
+            {"jwt_user_claim": "email", "jwt_department_claim": "org.dept"},
+            Attribution(user="a@example.com", department="ml"),
+        ),
+        (
+            {"https://example.com/department": "ml", "sub": "a"},
+            {"jwt_department_claim": "https://example.com/department"},
+            Attribution(user="a", department="ml"),
+        ),
         ({"sub": {"nested": "object"}, "department": True}, {}, Attribution()),
         ({"sub": "alice", "aud": "chatchat"}, {"jwt_audience": "chatchat"}, Attribution(user="alice")),
         ({"sub": "alice", "aud": "other"}, {"jwt_audience": "chatchat"}, Attribution()),
         ({"sub": "alice"}, {"jwt_audience": "chatchat"}, Attribution()),
         ({"sub": "alice", "aud": "anything"}, {}, Attribution(user="alice")),
         ({"sub": "alice", "exp": dt.datetime.now(tz=dt.UTC) - dt.timedelta(minutes=5)}, {}, Attribution()),
-        ({"sub": "alice", "exp": dt.datetime.now(tz=dt.UTC) + dt.timedelta(minutes=5)}, {},
-         Attribution(user="alice")),
+        ({"sub": "alice", "exp": dt.datetime.now(tz=dt.UTC) + dt.timedelta(minutes=5)}, {}, Attribution(user="alice")),
         ({"sub": "alice", "nbf": dt.datetime.now(tz=dt.UTC) + dt.timedelta(minutes=5)}, {}, Attribution()),
     ],
 )
@@ -344,9 +346,7 @@ def test_public_key_used_as_an_hmac_secret_is_refused(rsa_key: rsa.RSAPrivateKey
     assert resolve_identity(bearer(hs256({"sub": "alice"})), None, with_secret).user == "alice"
 
 
-def test_an_unusable_public_key_is_warned_about_once(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
+def test_an_unusable_public_key_is_warned_about_once(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     settings = Settings(jwt_public_key=missing, jwt_algorithms=["RS256", "HS256"])
     token = jwt.encode(
@@ -363,8 +363,17 @@ def test_an_unusable_public_key_is_warned_about_once(
 @given(
     st.dictionaries(
         st.sampled_from(
-            ["x-forwarded-user", "x-user-id", "x-forwarded-groups", "x-department", "x-tokenmeter-app",
-             "x-conversation-id", "baggage", "authorization", "traceparent"]
+            [
+                "x-forwarded-user",
+                "x-user-id",
+                "x-forwarded-groups",
+                "x-department",
+                "x-tokenmeter-app",
+                "x-conversation-id",
+                "baggage",
+                "authorization",
+                "traceparent",
+            ]
         ),
         st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
     ),
@@ -417,8 +426,7 @@ class EchoApp:
         # So does sync code run in a worker thread the way Starlette runs `def` endpoints.
         seen["thread_user"] = await asyncio.to_thread(lambda: current_attribution().user)
         body = json.dumps(seen).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -441,8 +449,11 @@ async def test_the_app_sees_identity_from_proxy_headers() -> None:
     echo = EchoApp()
     response = await get(
         IdentityMiddleware(echo, Settings()),
-        {"X-Forwarded-User": "张三".encode(), "X-Forwarded-Groups": "研发部,市场部".encode(),
-         "X-Conversation-Id": "c-1"},
+        {
+            "X-Forwarded-User": "张三".encode(),
+            "X-Forwarded-Groups": "研发部,市场部".encode(),
+            "X-Conversation-Id": "c-1",
+        },
     )
     assert response.status_code == 200
     seen = response.json()
@@ -503,9 +514,7 @@ async def test_the_app_sees_identity_from_an_rs256_jwt(rsa_key: rsa.RSAPrivateKe
     ],
     ids=["expired", "bad-signature", "malformed"],
 )
-async def test_an_invalid_jwt_is_ignored_and_the_request_succeeds(
-    token: str, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_an_invalid_jwt_is_ignored_and_the_request_succeeds(token: str, caplog: pytest.LogCaptureFixture) -> None:
     echo = EchoApp()
     with caplog.at_level(logging.DEBUG, logger="tokenmeter"):
         response = await get(
@@ -528,7 +537,10 @@ async def test_the_app_sees_identity_from_incoming_baggage_and_continues_the_tra
     response = await get(IdentityMiddleware(EchoApp(), Settings()), headers)
     seen = response.json()
     assert (seen["user"], seen["department"], seen["app"], seen["session"]) == (
-        'o"brien; 🦊', "ml", "upstream", "s=1,2"
+        'o"brien; 🦊',
+        "ml",
+        "upstream",
+        "s=1,2",
     )
     assert seen["trace_id"] == TRACE_ID
     assert seen["span_id"] == PARENT_SPAN_ID

@@ -123,9 +123,7 @@ def test_nesting_overrides_and_restores() -> None:
             assert inner == Attribution(user="alice", department="ml", session="s1")
             assert current_attribution() == inner
             with attribution(user=None, app="kb"):
-                assert current_attribution() == Attribution(
-                    user="alice", department="ml", app="kb", session="s1"
-                )
+                assert current_attribution() == Attribution(user="alice", department="ml", app="kb", session="s1")
             assert current_attribution() == inner
         assert current_attribution() == outer
     assert current_attribution() == Attribution()

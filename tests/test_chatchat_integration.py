@@ -117,7 +117,8 @@ def stored_tokens_by_user(serve: ServeProcess) -> dict[str, int]:
 
 
 def test_knowledge_base_upload_and_chat_and_a_degraded_user_gets_retrieval_only(
-    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer], tmp_path: Path,
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+    tmp_path: Path,
 ) -> None:
     chatchat, _serve, upstream = stack
     created = chatchat.post("/knowledge_base/create_knowledge_base",
@@ -244,9 +245,7 @@ def test_the_agents_loopback_call_is_a_hop_billed_once(stack: tuple[ChatchatProc
             "SELECT count() FROM otel_traces WHERE SpanAttributes['tokenmeter.hop'] = 'true' "
             "AND SpanAttributes['enduser.id'] = 'frank'"
         ).result_rows[0][0]
-        forwarded = store.query(
-            "SELECT count() FROM llm_usage FINAL WHERE user = 'frank'"
-        ).result_rows[0][0]
+        forwarded = store.query("SELECT count() FROM llm_usage FINAL WHERE user = 'frank'").result_rows[0][0]
         hop_rows = store.query(
             "SELECT count() FROM llm_usage FINAL WHERE span_id IN "
             "(SELECT SpanId FROM otel_traces WHERE SpanAttributes['tokenmeter.hop'] = 'true')"
@@ -338,7 +337,8 @@ def stored_tokens(serve: ServeProcess, users: tuple[str, ...]) -> int:
 
 @pytest.mark.parametrize("mode", list(GRACEFUL_STOPS))
 def test_stopping_chatchat_right_after_its_last_answer_loses_no_usage(
-    stoppable: tuple[dict[str, StoppableChatchat], ServeProcess], mode: str,
+    stoppable: tuple[dict[str, StoppableChatchat], ServeProcess],
+    mode: str,
 ) -> None:
     stacks, serve = stoppable
     stack = stacks[mode]

@@ -90,7 +90,8 @@ def test_a_series_that_goes_down_is_refused_but_a_resent_or_older_point_is_not()
     assert guard.screen(_request([_point("alice", 90, NOW - 2 * 10**9)])).count == 0  # an older export, late
     assert [p.reason for p in guard.screen(_request([_point("alice", 99, NOW)])).rejected] == ["decreased"]
     assert [p.reason for p in guard.screen(_request([_point("alice", 101, NOW - 5 * 10**9)])).rejected] == [
-        "decreased"]  # an earlier time claiming a larger total
+        "decreased"
+    ]  # an earlier time claiming a larger total
     # a restart is a new series (new start time): from 0 again
     assert guard.screen(_request([_point("alice", 1, NOW, start_ns=NOW - 10**9)])).count == 0
     # another process (instance) is another series
@@ -102,7 +103,8 @@ def test_times_out_of_range_are_refused() -> None:
     cases = [NOW + 2 * 86400 * 10**9, 0, 2**64 - 1]
     for moment in cases:
         assert [p.reason for p in guard.screen(_request([_point("alice", 1, moment, start_ns=0)])).rejected] == [
-            "bad_time"], moment
+            "bad_time"
+        ], moment
     assert guard.screen(_request([_point("alice", 1, NOW + 3600 * 10**9)])).count == 0  # an hour of skew is fine
 
 

@@ -118,7 +118,8 @@ def test_usage_panels_equal_the_raw_points(store: Any, name: str) -> None:
     assert {user: calls for user, _dept, _tokens, calls in top_users} == calls_by_user
     per_user = _panel_rows(store, departments_and_users().panel(4).sql, span)
     assert {user: (calls, tokens) for user, _dept, calls, tokens, _per_call in per_user} == {
-        user: (calls_by_user[user], tokens_by_user[user]) for user in tokens_by_user}
+        user: (calls_by_user[user], tokens_by_user[user]) for user in tokens_by_user
+    }
 
     by_model: dict[str, float] = {}
     for _time, model, tokens in _panel_rows(store, board.panel(1).sql, span):
@@ -129,7 +130,8 @@ def test_usage_panels_equal_the_raw_points(store: Any, name: str) -> None:
     one = "user-5"
     filtered = _panel_rows(store, board.panel(4).sql, span, {"user": [one]})
     assert [(user, tokens) for user, _dept, tokens, _calls in filtered] == (
-        [(one, tokens_by_user[one])] if one in tokens_by_user else [])
+        [(one, tokens_by_user[one])] if one in tokens_by_user else []
+    )
 
 
 def test_per_minute_increments_follow_each_point(store: Any) -> None:

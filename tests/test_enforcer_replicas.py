@@ -51,8 +51,15 @@ def replicas(tmp_path: Path, zookeeper) -> Iterator[list[EnforcerProcess]]:  # t
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         list(pool.map(migrate, stores))
     processes = [
-        EnforcerProcess(store, policy, "--settle-seconds", str(SETTLE_SECONDS), "--lease-calls", "1",
-                        env={"TOKENMETER_COORDINATION_URL": url})
+        EnforcerProcess(
+            store,
+            policy,
+            "--settle-seconds",
+            str(SETTLE_SECONDS),
+            "--lease-calls",
+            "1",
+            env={"TOKENMETER_COORDINATION_URL": url},
+        )
         for store in stores
     ]
     try:

@@ -124,10 +124,10 @@ def _insert_metric(client: Any, name: str, extra: dict[str, object], total: int,
 
 
 def test_no_data_fires_until_usage_arrives(migrated_store: Any) -> None:
-    ((), before), = _instances(migrated_store, "tokenmeter-no-data").items()
+    (((), before),) = _instances(migrated_store, "tokenmeter-no-data").items()
     assert _fires("tokenmeter-no-data", before)  # nothing ever arrived
     _insert_metric(migrated_store, semconv.METRIC_USAGE_CALLS, {}, 3, time.time_ns())
-    ((), after), = _instances(migrated_store, "tokenmeter-no-data").items()
+    (((), after),) = _instances(migrated_store, "tokenmeter-no-data").items()
     assert not _fires("tokenmeter-no-data", after)
 
 
@@ -182,6 +182,4 @@ def test_spend_spike_compares_today_with_the_week_before_for_long_running_proces
 
     instances = _instances(migrated_store, "tokenmeter-spend-spike")
     assert instances == {("research",): 5.0, ("sales",): 1.0, ("legal",): 1.5}  # legal: 225 against 1,050 / 7
-    assert {labels for labels, ratio in instances.items() if _fires("tokenmeter-spend-spike", ratio)} == {
-        ("research",)
-    }
+    assert {labels for labels, ratio in instances.items() if _fires("tokenmeter-spend-spike", ratio)} == {("research",)}

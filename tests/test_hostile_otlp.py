@@ -110,7 +110,8 @@ class Stack:
             report, budget = self.report(), self.budget()
             used = [row["used_tokens"] for row in budget["budgets"] if row["subject"] == "alice"]
             if (report == self.expected and used == [ALICE_TOKENS] and not budget["stale"]) or (
-                    time.monotonic() > deadline):
+                time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.2)
         assert report == self.expected
@@ -156,21 +157,31 @@ POISON: list[tuple[str, Any, str]] = [
     ("a negative series", lambda: counter([point("alice", -4000)]), "below 0"),
     ("2**63", lambda: counter([point("alice", 2**63 - 1)]), "above"),
     ("1e300", lambda: counter([point("alice", 1e300)]), "above"),
-    ("a point at the end of time", lambda: counter([point("alice", 5, time_ns=2**63 + 5, start_ns=2**63)]),
-     "its time"),
+    ("a point at the end of time", lambda: counter([point("alice", 5, time_ns=2**63 + 5, start_ns=2**63)]), "its time"),
     ("a point from 1970", lambda: counter([point("alice", 5, time_ns=10**9, start_ns=0)]), "its time"),
     ("a point a year ahead", lambda: counter([point("alice", 5, time_ns=NOW + 365 * 86400 * 10**9)]), "its time"),
     ("a start after the point", lambda: counter([point("alice", 5, start_ns=NOW + 10**9)]), "its time"),
     ("alice's series going down", lambda: counter([point("alice", 10, time_ns=NOW)]), "lower than the series"),
     ("a delta counter", lambda: counter([point("alice", 9000)], temporality=1), "not a cumulative monotonic sum"),
-    ("a non-monotonic sum", lambda: counter([point("alice", 9000)], monotonic=False),
-     "not a cumulative monotonic sum"),
-    ("a gauge under the counter's name", lambda: metrics_pb2.Metric(
-        name=semconv.METRIC_USAGE_TOKENS, gauge=metrics_pb2.Gauge(data_points=[point("alice", 9000)])),
-     "not a cumulative monotonic sum"),
-    ("a point without a value", lambda: counter([metrics_pb2.NumberDataPoint(
-        attributes=attributes({semconv.ENDUSER_ID: "alice"}), start_time_unix_nano=START, time_unix_nano=NOW)]),
-     "no value"),
+    ("a non-monotonic sum", lambda: counter([point("alice", 9000)], monotonic=False), "not a cumulative monotonic sum"),
+    (
+        "a gauge under the counter's name",
+        lambda: metrics_pb2.Metric(
+            name=semconv.METRIC_USAGE_TOKENS, gauge=metrics_pb2.Gauge(data_points=[point("alice", 9000)])
+        ),
+        "not a cumulative monotonic sum",
+    ),
+    (
+        "a point without a value",
+        lambda: counter(
+            [
+                metrics_pb2.NumberDataPoint(
+                    attributes=attributes({semconv.ENDUSER_ID: "alice"}), start_time_unix_nano=START, time_unix_nano=NOW
+                )
+            ]
+        ),
+        "no value",
+    ),
 ]
 
 
@@ -220,13 +231,50 @@ def test_malformed_requests_get_4xx_and_change_nothing(stack: Stack) -> None:
     cases: list[tuple[str, bytes, dict[str, str], int]] = [
         ("garbage", b"\xff\x00garbage\x12\x34", {}, 400),
         ("empty JSON", b"", {"content-type": "application/json"}, 400),
-        ("JSON nested 100k deep", b'{"resourceMetrics": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-         {"content-type": "application/json"}, 400),
-        ("a JSON counter of Infinity", json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
-            "name": semconv.METRIC_USAGE_TOKENS, "sum": {"aggregationTemporality": 2, "isMonotonic": True,
-            "dataPoints": [{"asDouble": "Infinity", "timeUnixNano": str(NOW), "attributes": [
-                {"key": semconv.ENDUSER_ID, "value": {"stringValue": "alice"}}]}]}}]}]}]}).encode(),
-         {"content-type": "application/json"}, 200),
+        (
+            "JSON nested 100k deep",
+            b'{"resourceMetrics": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            {"content-type": "application/json"},
+            400,
+        ),
+        (
+            "a JSON counter of Infinity",
+            json.dumps(
+                {
+                    "resourceMetrics": [
+                        {
+                            "scopeMetrics": [
+                                {
+                                    "metrics": [
+                                        {
+                                            "name": semconv.METRIC_USAGE_TOKENS,
+                                            "sum": {
+                                                "aggregationTemporality": 2,
+                                                "isMonotonic": True,
+                                                "dataPoints": [
+                                                    {
+                                                        "asDouble": "Infinity",
+                                                        "timeUnixNano": str(NOW),
+                                                        "attributes": [
+                                                            {
+                                                                "key": semconv.ENDUSER_ID,
+                                                                "value": {"stringValue": "alice"},
+                                                            }
+                                                        ],
+                                                    }
+                                                ],
+                                            },
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ).encode(),
+            {"content-type": "application/json"},
+            200,
+        ),
         ("gzip bomb", gzip.compress(b"\x00" * 20_000_000), {"content-encoding": "gzip"}, 413),
         ("deflate bomb", zlib.compress(b"\x00" * 20_000_000), {"content-encoding": "deflate"}, 413),
         ("truncated gzip", gzip.compress(valid)[:-12], {"content-encoding": "gzip"}, 400),
@@ -323,8 +371,8 @@ def test_a_grpc_message_that_never_arrives_does_not_hold_the_connection(stack: S
                 if kind == 4 and not flags & 1:  # acknowledge the server's settings, as a live client does
                     connection.sendall(_http2_frame(4, 1, 0, b""))
                 if kind == 6 and not flags & 1:  # and its pings
-                    connection.sendall(_http2_frame(6, 1, 0, received[9:9 + length]))
-                received = received[9 + length:]
+                    connection.sendall(_http2_frame(6, 1, 0, received[9 : 9 + length]))
+                received = received[9 + length :]
         else:
             raise AssertionError("the server held a call with a half-sent message for 30 s")
     # --grpc-max-connection-age 1 and --body-timeout 2: closed after ~3 s

@@ -401,8 +401,11 @@ def test_concurrent_async_calls_keep_their_own_attribution(
 
     asyncio.run(main())
     totals = token_counter(instrumented)
-    assert totals == {(f"user-{i}", kind): n for i in range(20)
-                      for kind, n in (("input", SERVER_PROMPT_TOKENS), ("output", SERVER_COMPLETION_TOKENS))}
+    assert totals == {
+        (f"user-{i}", kind): n
+        for i in range(20)
+        for kind, n in (("input", SERVER_PROMPT_TOKENS), ("output", SERVER_COMPLETION_TOKENS))
+    }
 
 
 # --- pricing, privacy, propagation, resilience -------------------------------------
@@ -446,15 +449,19 @@ def test_prompts_are_never_recorded_only_keyed_hashes(
 
 
 def test_content_is_recorded_only_when_opted_in(
-    registry: TokenizerRegistry, openai_server: OpenAICompatibleServer,
+    registry: TokenizerRegistry,
+    openai_server: OpenAICompatibleServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
     telemetry = make_telemetry()
     instrumentor = TokenmeterInstrumentor()
     instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
-        settings=make_settings(), registry=registry, skip_dep_check=True,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        settings=make_settings(),
+        registry=registry,
+        skip_dep_check=True,
     )
     try:
         client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
@@ -507,8 +514,10 @@ def test_broken_tokenizer_never_reaches_the_host(
     telemetry = make_telemetry()
     instrumentor = TokenmeterInstrumentor()
     instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
-        settings=make_settings(catalog), skip_dep_check=True,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        settings=make_settings(catalog),
+        skip_dep_check=True,
     )
     try:
         with caplog.at_level(logging.WARNING):
@@ -526,8 +535,10 @@ def test_uninstrument_restores_the_sdk(openai_server: OpenAICompatibleServer) ->
     telemetry = make_telemetry()
     instrumentor = TokenmeterInstrumentor()
     instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
-        settings=make_settings(), skip_dep_check=True,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        settings=make_settings(),
+        skip_dep_check=True,
     )
     instrumentor.uninstrument()
     client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)
@@ -557,8 +568,10 @@ def test_a_broken_user_catalog_falls_back_to_the_built_in_one(
     instrumentor = TokenmeterInstrumentor()
     with caplog.at_level(logging.ERROR):
         instrumentor.instrument(
-            tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
-            settings=make_settings(catalog), skip_dep_check=True,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+            settings=make_settings(catalog),
+            skip_dep_check=True,
         )
     try:
         client_for(openai_server).chat.completions.create(model=MODEL, messages=MESSAGES)

@@ -254,8 +254,12 @@ def test_full_queue_answers_429_and_the_sdk_retries(tmp_path: Path) -> None:
         with ThreadPoolExecutor(3) as pool:
             results = list(pool.map(lambda pair: pair[0].export(pair[1]), zip(exporters, batches, strict=True)))
         assert results == [SpanExportResult.SUCCESS] * 3
-        assert _metric(serve, "tokenmeter_receiver_requests_total").get(
-            'tokenmeter_receiver_requests_total{signal="traces",transport="http",outcome="throttled"}', 0) >= 1
+        assert (
+            _metric(serve, "tokenmeter_receiver_requests_total").get(
+                'tokenmeter_receiver_requests_total{signal="traces",transport="http",outcome="throttled"}', 0
+            )
+            >= 1
+        )
     with serve.store() as client:
         [(sdk_spans,)] = client.query("SELECT count() FROM otel_traces WHERE ServiceName LIKE 'sdk-%'").result_rows
         assert sdk_spans == 150  # each exactly once
@@ -275,5 +279,3 @@ def test_sigterm_writes_what_is_queued_before_exit(tmp_path: Path) -> None:
     assert time.monotonic() - started < 20
     with serve.store() as client:
         assert client.query("SELECT count() FROM otel_traces").result_rows == [(10,)]
-
-

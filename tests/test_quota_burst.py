@@ -126,8 +126,7 @@ class MeteredApp:
     def chat(self, user: str, department: str = "ops") -> str:
         with tokenmeter.attribution(user=user, department=department):
             try:
-                self.client.chat.completions.create(
-                    model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
+                self.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
             except QuotaExceeded:
                 return "denied"
         return "answered"

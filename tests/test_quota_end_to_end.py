@@ -89,8 +89,9 @@ class App:
             meter_provider=self.meter_provider,
             # (a generous check timeout: on a loaded CI machine 50 ms can pass and the call would fail open,
             # making the decisions asserted here depend on timing; fail-open is tested in test_quota_client)
-            settings=Settings(enforcer_url=serve.api, enforcer_token=serve.api_token, local_count="fallback",
-                              enforcer_timeout=5),
+            settings=Settings(
+                enforcer_url=serve.api, enforcer_token=serve.api_token, local_count="fallback", enforcer_timeout=5
+            ),
             registry=TokenizerRegistry(ModelCatalog.load(None)),
             skip_dep_check=True,
         )

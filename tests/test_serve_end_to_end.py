@@ -33,8 +33,9 @@ def _instrument() -> str:
     return str(found) if found.exists() else str(shutil.which("opentelemetry-instrument"))
 
 
-def _app_env(server: OpenAICompatibleServer, serve: ServeProcess, plan_file: Path, protocol: str,
-             **extra: str) -> dict[str, str]:
+def _app_env(
+    server: OpenAICompatibleServer, serve: ServeProcess, plan_file: Path, protocol: str, **extra: str
+) -> dict[str, str]:
     endpoint = f"http://{serve.otlp_grpc}" if protocol == "grpc" else serve.otlp_http
     return {
         **os.environ,
@@ -71,8 +72,9 @@ def _expected(plan: Plan) -> dict[str, tuple[int, int, int]]:
 
 
 def _run_app(env: dict[str, str]) -> None:
-    result = subprocess.run([_instrument(), sys.executable, str(APP)], env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
+    result = subprocess.run(
+        [_instrument(), sys.executable, str(APP)], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -105,7 +107,7 @@ def test_usage_from_the_sdk_exporters_equals_server_usage(
     tmp_path: Path, openai_server: OpenAICompatibleServer, protocol: str
 ) -> None:
     plan = _plan(users=4, calls_per_user=3)
-    plan[0].append(["o'brien \"q\" 张三", "研发部", 17])  # quotes and CJK pass through parameterised SQL
+    plan[0].append(['o\'brien "q" 张三', "研发部", 17])  # quotes and CJK pass through parameterised SQL
     with running_serve(tmp_path / "serve") as serve:
         _run_app(_app_env(openai_server, serve, _write_plan(tmp_path, plan), protocol))
     with serve.store() as client:
@@ -118,8 +120,14 @@ def test_usage_from_the_sdk_exporters_equals_server_usage(
 def test_sampled_traces_still_give_exact_totals(tmp_path: Path, openai_server: OpenAICompatibleServer) -> None:
     plan = _plan(users=5, calls_per_user=20)
     with running_serve(tmp_path / "serve") as serve:
-        env = _app_env(openai_server, serve, _write_plan(tmp_path, plan), "grpc",
-                       OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
+        env = _app_env(
+            openai_server,
+            serve,
+            _write_plan(tmp_path, plan),
+            "grpc",
+            OTEL_TRACES_SAMPLER="traceidratio",
+            OTEL_TRACES_SAMPLER_ARG="0.1",
+        )
         _run_app(env)
     with serve.store() as client:
         assert _counter_totals(client) == _expected(plan)  # the bill is exact
@@ -142,10 +150,15 @@ def test_collector_down_then_back_loses_nothing(tmp_path: Path, openai_server: O
     """Calls made while the receiver is down are in the next cumulative export after it is back."""
     plan = _plan(users=3, calls_per_user=5, phases=3)
     serve = ServeProcess(tmp_path / "serve").start()
-    env = _app_env(openai_server, serve, _write_plan(tmp_path, plan), "grpc",
-                   OTEL_EXPORTER_OTLP_TIMEOUT="2")
-    app = subprocess.Popen([_instrument(), sys.executable, str(APP)], env=env, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = _app_env(openai_server, serve, _write_plan(tmp_path, plan), "grpc", OTEL_EXPORTER_OTLP_TIMEOUT="2")
+    app = subprocess.Popen(
+        [_instrument(), sys.executable, str(APP)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert app.stdin is not None and app.stdout is not None
     try:
         assert app.stdout.readline().strip() == "phase 0 done"
@@ -172,13 +185,19 @@ def test_collector_down_then_back_loses_nothing(tmp_path: Path, openai_server: O
         assert _counter_totals(client) == _expected(plan)
 
 
-def test_five_thousand_users_in_one_process_are_exact(
-    tmp_path: Path, openai_server: OpenAICompatibleServer
-) -> None:
+def test_five_thousand_users_in_one_process_are_exact(tmp_path: Path, openai_server: OpenAICompatibleServer) -> None:
     plan = _plan(users=5000, calls_per_user=1)
     with running_serve(tmp_path / "serve") as serve:
-        _run_app(_app_env(openai_server, serve, _write_plan(tmp_path, plan), "grpc",
-                          OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_TRACES_EXPORTER="none"))
+        _run_app(
+            _app_env(
+                openai_server,
+                serve,
+                _write_plan(tmp_path, plan),
+                "grpc",
+                OTEL_METRIC_EXPORT_INTERVAL="600000",
+                OTEL_TRACES_EXPORTER="none",
+            )
+        )
     with serve.store() as client:
         totals = _counter_totals(client)
         assert totals == _expected(plan)

@@ -357,9 +357,11 @@ def test_filters_change_the_numbers(page: Any, served: ServeProcess, seeded: tup
     assert {row["user"] for row in users} == members
     assert {row["user"]: int(float(row["tokens"])) for row in users} == {u: expected.tokens_by_user[u] for u in members}
     assert {row["user"]: int(float(row["tokens"])) for row in users} == {
-        row[0]: int(row[2]) for row in _api_rows(served, "overview", 4, query)}
+        row[0]: int(row[2]) for row in _api_rows(served, "overview", 4, query)
+    }
     assert {k: int(v) for k, v in _legend(page, "overview", 3).items()} == {
-        department: expected.calls_by_department[department]}
+        department: expected.calls_by_department[department]
+    }
     gauges = _panel(page, "departments", 1).locator(".gauges li[data-series]")
     subjects = {gauges.nth(i).get_attribute("data-series") for i in range(gauges.count())}
     wanted = {f"{budget} · {subject or 'organisation'}" for (budget, scope, subject) in expected.utilisation

@@ -251,28 +251,46 @@ def _add_serve_parser(commands: Any) -> None:
         help=f"keep raw otel_* rows N days when creating tables; 0 keeps them (default {DEFAULT_RAW_TTL_DAYS})",
     )
     serve.add_argument(
-        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="N",
         help="largest OTLP request, after decompression; larger ones get 413 (default 64 MiB)",
     )
     serve.add_argument(
-        "--max-queue-bytes", type=int, default=DEFAULT_MAX_PENDING_BYTES, metavar="N",
+        "--max-queue-bytes",
+        type=int,
+        default=DEFAULT_MAX_PENDING_BYTES,
+        metavar="N",
         help="requests waiting to be written; beyond it senders get 429 / RESOURCE_EXHAUSTED (default 256 MiB)",
     )
     serve.add_argument(
-        "--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL, metavar="SECONDS",
+        "--flush-interval",
+        type=float,
+        default=DEFAULT_FLUSH_INTERVAL,
+        metavar="SECONDS",
         help="least time between two inserts; requests arriving meanwhile share the next one (default 0.05)",
     )
     serve.add_argument(
-        "--writers", type=int, default=DEFAULT_WRITERS, metavar="N",
+        "--writers",
+        type=int,
+        default=DEFAULT_WRITERS,
+        metavar="N",
         help=f"concurrent inserts, one store client each (default {DEFAULT_WRITERS})",
     )
     serve.add_argument(
-        "--body-timeout", type=_positive_seconds, default=DEFAULT_BODY_TIMEOUT_SECONDS, metavar="SECONDS",
+        "--body-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_BODY_TIMEOUT_SECONDS,
+        metavar="SECONDS",
         help="a request body (OTLP/HTTP, API) must arrive within this time, else 408 (default 30)",
     )
     serve.add_argument(
-        "--grpc-max-connection-age", type=_positive_seconds, default=DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
-        metavar="SECONDS", help="close OTLP/gRPC connections after this long; clients reconnect (default 300)",
+        "--grpc-max-connection-age",
+        type=_positive_seconds,
+        default=DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS,
+        metavar="SECONDS",
+        help="close OTLP/gRPC connections after this long; clients reconnect (default 300)",
     )
     serve.add_argument("--policy", type=Path, metavar="PATH",
                        help="quota policy YAML (default: TOKENMETER_POLICY; none: every check is allowed)")  # fmt: skip
@@ -387,4 +405,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         sys.stderr.write(f"tokenmeter {args.command}: invalid TOKENMETER_* setting: {exc}\n")
         return EXIT_BAD_INPUT
-

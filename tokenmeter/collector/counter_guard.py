@@ -144,7 +144,7 @@ class CounterGuard:
             points.extend(kept)
 
     def _follow(self, series: bytes, moment: int, total: float) -> str | None:
-        """"decreased" when ``total`` at ``moment`` is not a running total of the series; else remember it."""
+        """ "decreased" when ``total`` at ``moment`` is not a running total of the series; else remember it."""
         last = self._last.get(series)
         if last is not None:
             last_time, last_total = last
@@ -221,9 +221,7 @@ def _series_key(prefix: Any, point: Any, scratch: Any, clear: Callable[[str], No
 def _rejected(metric: str, reason: str, point: Any, value: float | None = None) -> RejectedPoint:
     where = ""
     if point is not None:
-        attributes = ", ".join(
-            f"{attribute.key}={_short(attribute.value)}" for attribute in list(point.attributes)[:4]
-        )
+        attributes = ", ".join(f"{attribute.key}={_short(attribute.value)}" for attribute in list(point.attributes)[:4])
         where = f" {{{attributes}}}" if attributes else ""
     shown = "" if value is None or reason == "no_value" else f" value {value:g}"
     return RejectedPoint(metric, reason, f"{metric}{where}{shown}: {REASONS[reason]}")

@@ -51,9 +51,7 @@ def otlp_http_app(
 ) -> Starlette:
     """The ASGI app serving the three OTLP/HTTP paths (``guard``: share one with the gRPC receiver)."""
     receiver = _HttpReceiver(queue, token, max_request_bytes, guard or CounterGuard())
-    routes = [
-        Route(f"/v1/{signal.value}", receiver.endpoint(signal), methods=["POST"]) for signal in Signal
-    ]
+    routes = [Route(f"/v1/{signal.value}", receiver.endpoint(signal), methods=["POST"]) for signal in Signal]
     return Starlette(routes=routes)
 
 

@@ -202,8 +202,9 @@ class IngestQueue:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(thread.is_alive() for thread in self._threads):
-            logger.error("the ingest writers did not finish within %.0f s; %d requests unwritten", timeout,
-                         len(self._queue))
+            logger.error(
+                "the ingest writers did not finish within %.0f s; %d requests unwritten", timeout, len(self._queue)
+            )
 
     @property
     def pending_bytes(self) -> int:
@@ -306,17 +307,23 @@ class IngestQueue:
                     self._finish(pending, WriteResult("written"))
 
     def _write_one_by_one(self, client: Client, signal: Signal, group: list[_Pending], batch_error: Exception) -> None:
-        logger.warning("insert of %d %s requests failed (%s); retrying them one by one", len(group), signal.value,
-                       _first_line(batch_error))
+        logger.warning(
+            "insert of %d %s requests failed (%s); retrying them one by one",
+            len(group),
+            signal.value,
+            _first_line(batch_error),
+        )
         for pending in group:
             try:
                 insert_payloads(client, signal, [pending.payload], self._schema)
             except Exception as exc:
                 if self._store_answers(client):
-                    logger.warning("refused one %s request the store could not read: %s", signal.value,
-                                   _first_line(exc))
-                    self._finish(pending, WriteResult("rejected", f"the store could not read this request: "
-                                                      f"{_first_line(exc)}"))
+                    logger.warning(
+                        "refused one %s request the store could not read: %s", signal.value, _first_line(exc)
+                    )
+                    self._finish(
+                        pending, WriteResult("rejected", f"the store could not read this request: {_first_line(exc)}")
+                    )
                 else:
                     logger.error("the store is not answering: %s", _first_line(exc))
                     self._finish(pending, WriteResult("unavailable", "the store is not available; retry later"))

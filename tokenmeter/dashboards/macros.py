@@ -101,5 +101,5 @@ def bind(sql: str, selection: Selection, span: TimeRange) -> tuple[str, dict[str
     sql = sql.replace("$__fromTime", "toDateTime({tm_from:Int64})").replace("$__toTime", "toDateTime({tm_to:Int64})")
     sql = sql.replace("$__interval_s", "{tm_interval:UInt32}")
     if "$" in sql:
-        raise MacroError(f"unexpanded macro or variable in: {sql[sql.index('$'):][:60]}")
+        raise MacroError(f"unexpanded macro or variable in: {sql[sql.index('$') :][:60]}")
     return sql, parameters

@@ -234,8 +234,9 @@ def departments_and_users() -> Board:
                currency, ratio, resets_at
         FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget, subject"""
     trend = per_interval("tokenmeter.usage.tokens", "department", "tokens", DEPARTMENT_OR_NONE)
-    per_user = calls_and_tokens("if(user = '', '(none)', user) AS user, any(department) AS department", "user",
-                                "user, department")
+    per_user = calls_and_tokens(
+        "if(user = '', '(none)', user) AS user, any(department) AS department", "user", "user, department"
+    )
     decisions = f"""
         SELECT $__timeInterval(time) AS time, quota_decision AS decision, count() AS calls
         FROM llm_usage FINAL
@@ -272,9 +273,10 @@ def departments_and_users() -> Board:
 
 
 SPAN_FILTERS: Final = filters(
-    "SpanAttributes['gen_ai.request.model']", department="SpanAttributes['tokenmeter.department']",
-    user="SpanAttributes['enduser.id']", app="if(SpanAttributes['tokenmeter.app'] != '', "
-                                            "SpanAttributes['tokenmeter.app'], ServiceName)",
+    "SpanAttributes['gen_ai.request.model']",
+    department="SpanAttributes['tokenmeter.department']",
+    user="SpanAttributes['enduser.id']",
+    app="if(SpanAttributes['tokenmeter.app'] != '', SpanAttributes['tokenmeter.app'], ServiceName)",
 )
 
 
@@ -362,7 +364,7 @@ def pipeline_health() -> Board:
         WHERE $__timeFilter(minute)"""
     rejected = (
         "Not in ClickHouse: scrape `/metrics` of `tokenmeter serve` "
-        "(`tokenmeter_receiver_requests_total{outcome=\"rejected|throttled|unavailable\"}`) and the "
+        '(`tokenmeter_receiver_requests_total{outcome="rejected|throttled|unavailable"}`) and the '
         "collector's own metrics on port 8888 (`otelcol_exporter_send_failed_*`, "
         "`otelcol_exporter_queue_size`) with Prometheus; docs/alerting.md has rules for them."
     )

@@ -285,8 +285,11 @@ def show_dashboard(directory: Path, port: int, console: Any) -> int:
                         "or choose another port with --port") from None  # fmt: skip
     from tokenmeter.web import token_link
 
-    console.print(f"\nWeb dashboard of the demo's data: {token_link(serve.dashboard_url(), serve.token)}",
-                  soft_wrap=True, markup=False)  # one line: terminals make the whole link clickable
+    console.print(
+        f"\nWeb dashboard of the demo's data: {token_link(serve.dashboard_url(), serve.token)}",
+        soft_wrap=True,
+        markup=False,
+    )  # one line: terminals make the whole link clickable
     console.print("  (the link hands the page the demo's API token; Ctrl-C stops serving)")
     stop = threading.Event()
     # Ctrl-C, or the terminal closing (SIGHUP) or a kill (SIGTERM): stop serve too rather than leave it running.

@@ -147,8 +147,11 @@ class Enforcer:
                 stale_refusal = (self.headroom is not None and decision.action in _LIMITED and attempt < 7
                                  and decision.budget is not None and limiting not in rechecked
                                  and self.headroom.worth_rechecking(limiting, claim=blocking))  # fmt: skip
-                growths = [] if self.headroom is None or not reserve or not hold or stale_refusal else (
-                    self.headroom.plan(self._policy, self._snapshot, local, hold, now))
+                growths = (
+                    []
+                    if self.headroom is None or not reserve or not hold or stale_refusal
+                    else (self.headroom.plan(self._policy, self._snapshot, local, hold, now))
+                )
                 if growths and attempt == 7:  # the leases kept changing under it: decide on this replica's numbers
                     assert self.headroom is not None
                     self.headroom.grant_unconfirmed(growths)

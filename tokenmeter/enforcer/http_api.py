@@ -55,6 +55,7 @@ def enforcer_api(app: Starlette, service: EnforcerService, bearer: BearerToken, 
 
 def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: str) -> list[Route]:
     """The routes besides checks and releases (those are :class:`~tokenmeter.enforcer.check_path.CheckPath`)."""
+
     async def usage(request: Request) -> Response:
         params = request.query_params
         return JSONResponse(service.usage_document(params.get("budget"), params.get("subject")))

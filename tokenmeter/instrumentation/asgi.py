@@ -175,7 +175,5 @@ def _process_settings() -> Settings | None:
     try:
         return get_settings()
     except Exception:
-        logger.warning(
-            "tokenmeter: TOKENMETER_* settings are invalid; the identity middleware is off", exc_info=True
-        )
+        logger.warning("tokenmeter: TOKENMETER_* settings are invalid; the identity middleware is off", exc_info=True)
         return None

@@ -176,9 +176,7 @@ class AttributionScope:
 
     def __enter__(self) -> Attribution:
         if self._tokens is not None:
-            raise RuntimeError(
-                "this attribution scope is already entered; call attribution() again for another block"
-            )
+            raise RuntimeError("this attribution scope is already entered; call attribution() again for another block")
         merged = _CURRENT.get().merged(self._fields)
         ctx = otel_context.get_current()
         for key, value in merged.baggage_items().items():

@@ -82,9 +82,7 @@ def header_map(headers: HeaderSource) -> dict[str, list[str]]:
 
     Bytes are read as UTF-8 (how proxies send non-ASCII ids), else Latin-1.
     """
-    items: Iterable[tuple[bytes | str, bytes | str]] = (
-        headers.items() if isinstance(headers, Mapping) else headers
-    )
+    items: Iterable[tuple[bytes | str, bytes | str]] = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, list[str]] = {}
     for raw_name, raw_value in items:
         found.setdefault(_decode(raw_name).strip().lower(), []).append(_decode(raw_value))
@@ -212,8 +210,7 @@ def _public_key(setting: str) -> str | None:
     except OSError:
         _warn_once(
             f"jwt-public-key:{text}",
-            "tokenmeter: TOKENMETER_JWT_PUBLIC_KEY is neither a PEM key nor a readable file (%s); "
-            "JWT identity is off",
+            "tokenmeter: TOKENMETER_JWT_PUBLIC_KEY is neither a PEM key nor a readable file (%s); JWT identity is off",
             text[:80],
         )
         return None

@@ -47,9 +47,7 @@ def _load_catalog(settings: Settings) -> ModelCatalog:
     try:
         return ModelCatalog.load(settings.models)
     except CatalogError as exc:
-        logger.error(
-            "tokenmeter: %s. Using the built-in model catalog only until TOKENMETER_MODELS is fixed.", exc
-        )
+        logger.error("tokenmeter: %s. Using the built-in model catalog only until TOKENMETER_MODELS is fixed.", exc)
         return ModelCatalog.load(None)
 
 

@@ -102,9 +102,7 @@ def _materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
     would arrive empty at the SDK. A list of the same items keeps the request identical.
     """
     replaced = {
-        name: list(value)
-        for name in ("messages", "input", "prompt")
-        if isinstance(value := kwargs.get(name), Iterator)
+        name: list(value) for name in ("messages", "input", "prompt") if isinstance(value := kwargs.get(name), Iterator)
     }
     return {**kwargs, **replaced} if replaced else kwargs
 
@@ -186,9 +184,7 @@ def make_sync_wrapper(metering: Metering, target: Target, options: RequestOption
 
 
 def make_async_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
-    async def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
         call, kwargs, token = _begin(metering, target, instance, kwargs, options)

@@ -64,8 +64,7 @@ def create_instruments(spec_meter: Meter, accounting_meter: Meter) -> Instrument
             semconv.METRIC_USAGE_COST,
             unit="{nano_currency_unit}",
             description=(
-                "Cost in billionths of the currency in tokenmeter.cost.currency "
-                "(an integer, so sums are exact)."
+                "Cost in billionths of the currency in tokenmeter.cost.currency (an integer, so sums are exact)."
             ),
         ),
         usage_calls=accounting_meter.create_counter(

@@ -66,7 +66,11 @@ def quiet_uvicorn_server(app: object, body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     config = uvicorn.Config(
         BodyDeadline(app, body_timeout),  # type: ignore[arg-type]
-        log_level="warning", access_log=False, lifespan="off", http="httptools", timeout_graceful_shutdown=10,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        timeout_graceful_shutdown=10,
     )
     server = _Server(config)
     return server

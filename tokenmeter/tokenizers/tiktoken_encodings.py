@@ -155,4 +155,3 @@ def seed_tiktoken_cache(directory: Path) -> list[str]:
             (directory / tiktoken_cache_key(url)).write_bytes(data)
             written.append(name)
     return written
-

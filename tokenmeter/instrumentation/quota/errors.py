@@ -105,8 +105,7 @@ class QuotaExceeded(QuotaError):  # noqa: N818 - the name the issue and docs use
         verdict = self.verdict
         if language == "zh":
             return (
-                f"额度已用尽：{self._who('zh')}已使用 {verdict.usage_text('zh')}，"
-                f"将于 {verdict.resets_text()} 重置。"
+                f"额度已用尽：{self._who('zh')}已使用 {verdict.usage_text('zh')}，将于 {verdict.resets_text()} 重置。"
             )
         return (
             f"Quota exceeded: {self._who('en')} has used {verdict.usage_text('en')}; "
