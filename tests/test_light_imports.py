@@ -33,7 +33,17 @@ def test_instrument_imports_nothing_heavy() -> None:
 # package of tokenmeter; imports are read from the source (every `import` / `from` statement, also
 # those inside functions and under TYPE_CHECKING), so a lazy import cannot hide a dependency.
 APP_SIDE = ("instrumentation", "integrations", "attribution", "quota_errors")
-SHARED_CORE = ("tokenizers", "catalog", "pricing", "semconv", "calendar_periods", "settings", "log_once", "quota_wire")
+SHARED_CORE = (
+    "tokenizers",
+    "catalog",
+    "pricing",
+    "semconv",
+    "calendar_periods",
+    "settings",
+    "log_once",
+    "quota_wire",
+    "errors",
+)
 SERVER_PARTS = ("store", "collector", "enforcer", "server", "serve", "web", "dashboards", "reporting")
 COMMAND_LINE = ("cli", "demo")
 MUST_NOT_IMPORT: dict[tuple[str, ...], tuple[str, ...]] = {

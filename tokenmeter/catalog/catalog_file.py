@@ -26,6 +26,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tokenmeter.catalog.entry import BUILTIN_ORIGIN, CHAT_FORMATS, TOKENIZER_KINDS, ModelEntry, TokenizerSpec
 from tokenmeter.catalog.file_refs import is_package_ref, split_package_ref
+from tokenmeter.errors import ConfigurationError
 from tokenmeter.pricing import PER_1K, PER_1M, Price
 
 REGEX_PREFIX: Final = "re:"
@@ -69,7 +70,7 @@ _MISSING: Final[dict[str, str]] = {  # absent (or null), these get a hint of the
 _TAGS: Final = frozenset((*TOKENIZER_KINDS, "range"))  # union branches, as named in an error's location
 
 
-class CatalogError(ValueError):
+class CatalogError(ConfigurationError, ValueError):
     """A model catalog file that cannot be used; the message names file, entry, field and fix."""
 
 

@@ -42,6 +42,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.pricing import PER_1K, Price
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 from tokenmeter.settings import get_settings
@@ -50,7 +51,7 @@ from tokenmeter.store.migrations import DEFAULT_RAW_TTL_DAYS, MigrationError, Re
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
 
 
-class InputError(Exception):
+class InputError(TokenmeterError):
     """Bad input from the command line; the message names the problem."""
 
 

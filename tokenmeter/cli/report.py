@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from tokenmeter.calendar_periods import PERIODS
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.reporting import (
     DIMENSIONS,
     UsageReport,
@@ -39,7 +40,7 @@ API_TIMEOUT_SECONDS: Final = 15.0
 TABLE_WIDTH_NOT_A_TERMINAL: Final = 120
 
 
-class ReportError(Exception):
+class ReportError(TokenmeterError):
     """The report cannot be made; the message names the way out."""
 
     def __init__(self, message: str, exit_code: int = EXIT_UNAVAILABLE) -> None:

@@ -44,6 +44,7 @@ from tokenmeter.collector.limits import (
 )
 from tokenmeter.collector.payloads import OtlpPayload, Signal
 from tokenmeter.collector.receiver_stats import ReceiverStats
+from tokenmeter.errors import TokenmeterError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -60,7 +61,7 @@ class WriteResult:
     message: str = ""
 
 
-class QueueFullError(Exception):
+class QueueFullError(TokenmeterError):
     """No room for the request now; the client should retry after ``retry_after`` seconds."""
 
     def __init__(self, retry_after: float) -> None:
@@ -68,7 +69,7 @@ class QueueFullError(Exception):
         self.retry_after = retry_after
 
 
-class QueueClosedError(Exception):
+class QueueClosedError(TokenmeterError):
     """The receiver is shutting down."""
 
 

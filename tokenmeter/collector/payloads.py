@@ -30,6 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tokenmeter.collector.counter_guard import CounterGuard, Screening
 from tokenmeter.collector.limits import DEFAULT_MAX_REQUEST_BYTES
+from tokenmeter.errors import TokenmeterError
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ _RESPONSE_TYPES: Final[dict[Signal, type[Message]]] = {
 }
 
 
-class PayloadError(Exception):
+class PayloadError(TokenmeterError):
     """A request the receiver refuses; ``http_status`` is 400, 413 or 415."""
 
     def __init__(self, http_status: int, message: str) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from tokenmeter.errors import TokenmeterError
+
 # Interval steps for time series, as Grafana picks them: the smallest that keeps a panel
 # under MAX_POINTS points (the counters are per minute, so never below a minute).
 INTERVAL_STEPS: Final = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
@@ -23,7 +25,7 @@ MAX_POINTS: Final = 200
 Selection = Mapping[str, Sequence[str]]  # variable -> chosen values; missing or empty = All
 
 
-class MacroError(ValueError):
+class MacroError(TokenmeterError, ValueError):
     """A panel's SQL uses a macro or variable this expander cannot fill in."""
 
 

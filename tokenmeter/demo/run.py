@@ -24,6 +24,7 @@ from typing import IO, Any, Final
 from tokenmeter import semconv
 from tokenmeter.demo.llm_server import DemoLLMServer
 from tokenmeter.demo.workload import EMBEDDING_MODEL, Call, plan
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.store.client import holder_pid
 
 MARKER: Final = ".tokenmeter-demo"
@@ -33,7 +34,7 @@ DASHBOARD_PORT: Final = 9400  # serve's default API port: the page is at http://
 SILENT_MODELS: Final = frozenset({"qwen2.5-14b-instruct"})  # "an old local server": never reports usage
 
 
-class DemoError(Exception):
+class DemoError(TokenmeterError):
     """The demo cannot go on; the message says why."""
 
 

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.enforcer.wire import decision_document
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.quota_wire import CheckBody, ReleaseBody
 from tokenmeter.server.bearer import BearerToken
 
@@ -35,7 +36,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 
 
-class BodyTooLargeError(Exception):
+class BodyTooLargeError(TokenmeterError):
     pass
 
 

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from tokenmeter.enforcer.decision import Usage
 from tokenmeter.enforcer.replica_presence import own_replica_id
+from tokenmeter.errors import TokenmeterError
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
@@ -59,7 +60,7 @@ KEEP_SECONDS: Final = 32 * 86400.0
 TIDY_EVERY_SECONDS: Final = 3600.0
 
 
-class CoordinationError(Exception):
+class CoordinationError(TokenmeterError):
     """The coordination URL is unusable or the server cannot be reached; the message says which."""
 
 

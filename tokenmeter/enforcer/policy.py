@@ -25,6 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tokenmeter.errors import ConfigurationError
+
 Scope = Literal["organisation", "department", "user", "app"]
 Period = Literal["day", "week", "month"]
 Action = Literal["downgrade", "degrade", "deny"]
@@ -34,7 +36,7 @@ DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
 _GROUP_MEMO_LIMIT: Final = 10_000
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigurationError, ValueError):
     """A policy file that cannot be used; the message names file, line, field and problem."""
 
 

@@ -9,13 +9,14 @@ import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS, BodyDeadline
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-class ServerStartError(Exception):
+class ServerStartError(TokenmeterError):
     """A server cannot start (a port in use, a store not migrated); the message names the fix."""
 
 

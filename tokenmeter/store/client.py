@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import unquote, urlsplit
 
+from tokenmeter.errors import ConfigurationError, TokenmeterError
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
@@ -30,11 +32,11 @@ DEFAULT_HTTP_PORT: Final = 8123
 DEFAULT_HTTPS_PORT: Final = 8443
 
 
-class StoreError(Exception):
+class StoreError(TokenmeterError):
     """The store cannot be opened or used; the message names the fix."""
 
 
-class StoreConfigError(StoreError):
+class StoreConfigError(StoreError, ConfigurationError):
     """TOKENMETER_CLICKHOUSE_URL (or --clickhouse-url) is not a usable store URL."""
 
 

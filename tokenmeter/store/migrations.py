@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.store import counter_points, otlp_sql
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ _ENGINES = frozenset({"MergeTree", "ReplacingMergeTree", "AggregatingMergeTree",
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
 
 
-class MigrationError(Exception):
+class MigrationError(TokenmeterError):
     """A migration cannot be rendered or applied; the message names the file and the fix."""
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from tokenmeter.errors import TokenmeterError
+
 LOCAL_DIRECTORY_FIX = (
     "add an entry for this model to your TOKENMETER_MODELS catalog file with tokenizer.path set to "
     "the model's local directory (the one with tokenizer_config.json); see docs/catalog.md"
 )
 
 
-class TokenizerUnavailable(Exception):  # noqa: N818 - a result ("unavailable"), remembered per tokenizer
+class TokenizerUnavailable(TokenmeterError):  # noqa: N818 - a result ("unavailable"), remembered per tokenizer
     """A tokenizer that cannot be loaded here: ``reason`` says why, ``fix`` what to do."""
 
     def __init__(self, reason: str, fix: str = LOCAL_DIRECTORY_FIX) -> None:

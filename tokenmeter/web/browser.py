@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.web import token_link
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ CHROMIUM_NAMES: Final = ("chromium", "chromium-browser", "google-chrome", "chrom
 DRAW_TIMEOUT_MS: Final = 30_000
 
 
-class BrowserError(RuntimeError):
+class BrowserError(TokenmeterError, RuntimeError):
     """No usable Chromium or Playwright; the message names the install step."""
 
 

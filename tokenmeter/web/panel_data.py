@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tokenmeter.dashboards.macros import Selection, TimeRange, bind
 from tokenmeter.dashboards.panels import Board, Panel, departments_and_users, overview, variable_query
+from tokenmeter.errors import TokenmeterError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -30,7 +31,7 @@ MAX_VALUES_PER_FILTER: Final = 200
 MAX_VALUE_LENGTH: Final = 256
 
 
-class RequestError(ValueError):
+class RequestError(TokenmeterError, ValueError):
     """The page asked for something that cannot be answered (400, with this message)."""
 
 

@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tokenmeter.errors import TokenmeterError
+
 Language = Literal["zh", "en"]
 
 _SCOPE_ZH: Final = {"organisation": "组织", "department": "部门", "user": "用户", "app": "应用"}
@@ -70,7 +72,7 @@ class QuotaVerdict:
         return moment.strftime("%Y-%m-%d %H:%M") + zone
 
 
-class QuotaError(Exception):
+class QuotaError(TokenmeterError):
     """A quota decision that stops the call; ``verdict`` has the details."""
 
     def __init__(self, verdict: QuotaVerdict) -> None:
