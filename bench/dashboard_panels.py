@@ -7,7 +7,7 @@ departments, a month of counter points, ~10 million rows in usage_counter_minute
 for the last day and for the whole month, with no filter and with one user, it times each
 panel's query as the web page runs it (values bound as parameters,
 tokenmeter.dashboards.macros.bind) side by side with Grafana's expansion of the same SQL
-(values pasted in, tests/grafana_macros.py), checks both return the same rows, and prints
+(values pasted in, tests/support/grafana_macros.py), checks both return the same rows, and prints
 per-panel medians, the page total and the ratio web / Grafana.
 
     .venv/bin/python bench/dashboard_panels.py [--rows 10000000] [--repeat 5] [--keep DIR]
@@ -39,7 +39,7 @@ def _load(name: str, path: Path) -> Any:
 
 
 usage_bench = _load("usage_query_latency", HERE / "usage_query_latency.py")
-grafana = _load("grafana_macros", HERE.parent / "tests" / "grafana_macros.py")
+grafana = _load("grafana_macros", HERE.parent / "tests" / "support" / "grafana_macros.py")
 
 
 def _median_ms(run: Any, repeat: int) -> float:

@@ -34,7 +34,7 @@ from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from openai_server import REPLY_TEXT
 
 MODEL = "qwen2.5-7b-instruct"

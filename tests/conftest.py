@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 TESTS_DIR = Path(__file__).parent
-sys.path.insert(0, str(TESTS_DIR))
+# The helpers (servers, processes, fixtures) live in tests/support/ and are imported by their names.
+sys.path.insert(0, str(TESTS_DIR / "support"))
 
 from openai_server import OpenAICompatibleServer  # noqa: E402
 from zookeeper_server import ZooKeeperServer, ZooKeeperUnavailableError  # noqa: E402

@@ -14,7 +14,7 @@ from openai_server import SERVER_PROMPT_TOKENS, OpenAICompatibleServer
 
 from tokenmeter import semconv
 
-APP = Path(__file__).parent / "auto_instrumented_app.py"
+APP = Path(__file__).parent / "support" / "auto_instrumented_app.py"
 
 
 def _instrument_command() -> list[str]:

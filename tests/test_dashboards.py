@@ -2,7 +2,7 @@
 
 The store is filled by the demo (real instrumentation, serve, counters and spans). Each
 panel's SQL and each variable's query is expanded the way Grafana and the ClickHouse
-plugin do (tests/grafana_macros.py) for All, one value, several values and a value with a
+plugin do (tests/support/grafana_macros.py) for All, one value, several values and a value with a
 quote, runs on chDB, and returns the columns its panel type needs.
 """
 

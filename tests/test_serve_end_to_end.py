@@ -23,7 +23,7 @@ from serve_process import ServeProcess, running_serve
 
 from tokenmeter.store.usage_queries import period_usage
 
-APP = Path(__file__).parent / "metered_app.py"
+APP = Path(__file__).parent / "support" / "metered_app.py"
 
 Plan = list[list[list[Any]]]
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-APP = Path(__file__).with_name("sigterm_inside_a_lock_app.py")
+APP = Path(__file__).parent / "support" / "sigterm_inside_a_lock_app.py"
 
 
 def test_sigterm_inside_a_lock_the_flush_needs_still_ends_the_process() -> None:

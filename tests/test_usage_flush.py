@@ -39,7 +39,7 @@ MODEL = "qwen2.5-7b-instruct"
 MESSAGES = [{"role": "user", "content": "人工智能是什么？"}]
 TOKENS_PER_CALL = SERVER_PROMPT_TOKENS + SERVER_COMPLETION_TOKENS
 NEVER_MS = 3_600_000  # the periodic export interval: nothing in these tests waits that long
-APP = Path(__file__).parent / "auto_instrumented_app.py"
+APP = Path(__file__).parent / "support" / "auto_instrumented_app.py"
 
 
 def exported_tokens(exporter: CollectingMetricExporter) -> int:

@@ -207,7 +207,7 @@ class OpenAICompatibleServer:
         self._httpd.server_close()
 
 
-if __name__ == "__main__":  # manual use: python tests/openai_server.py
+if __name__ == "__main__":  # manual use: python tests/support/openai_server.py
     with OpenAICompatibleServer() as srv:
         print(srv.base_url, flush=True)
         threading.Event().wait()
