@@ -1,6 +1,6 @@
 """The enforcer's HTTP API: in `tokenmeter serve` (port 9400) and `tokenmeter enforcer`.
 
-- ``POST /v1/check``: body :class:`~tokenmeter.enforcer.wire.CheckBody`; answers the
+- ``POST /v1/check``: body :class:`~tokenmeter.quota_wire.CheckBody`; answers the
   decision document (``decision``, ``effective_model``, ``budget``, ``used_*``,
   ``limit_*``, ``ratio``, ``reason``, ``resets_at``, ``reservation_id``).
 - ``POST /v1/release``: ``{"reservation_id": …}`` when the call (or a lease) is done, with
