@@ -142,6 +142,28 @@ def test_fail_opens_are_reported_to_the_enforcer_once_it_answers(tmp_path: Path)
     client.close()
 
 
+def test_a_check_the_enforcer_rejects_fails_open_or_closed_as_configured(tmp_path: Path) -> None:
+    # The enforcer validates checks: a user id over its 1,024-character limit gets a 400, which the
+    # client treats like no answer (counted as fail-open, or refused when fail-closed). The client
+    # must not reject the check itself: that would skip the count and let a fail-closed call through.
+    pytest.importorskip("chdb", reason="the enforcer needs the store extra (absent in the openai 1.x venv)")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("budgets: []\n", encoding="utf-8")
+    migrate(tmp_path / "chdb")
+    key = ("u" * 2000, "ops", "kb", "gpt-4o")
+    with EnforcerProcess(tmp_path / "chdb", policy) as enforcer:
+        open_client = QuotaClient(enforcer.url, TOKEN, cache_seconds=0)
+        closed_client = QuotaClient(enforcer.url, TOKEN, cache_seconds=0, fail_mode="closed")
+        try:
+            opened, refused = open_client.check(key, 10, 10), closed_client.check(key, 10, 10)
+        finally:
+            open_client.close()
+            closed_client.close()
+    assert (opened.action, opened.fail_open) == (semconv.QUOTA_UNAVAILABLE, True)
+    assert (refused.action, refused.fail_open) == (semconv.QUOTA_UNAVAILABLE, False)
+    assert "HTTP 400" in opened.reason and "user" in opened.reason
+
+
 class SlowEnforcer:
     """An enforcer stand-in on loopback: answers check n after ``delays[n]`` seconds (0 once
     they run out) with a deny decision, and counts the checks it received and the releases."""

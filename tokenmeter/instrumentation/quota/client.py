@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -191,9 +191,13 @@ class QuotaClient:
     def _body(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
               ) -> CheckBody:  # fmt: skip
         user, department, app, model = key
-        return CheckBody(user=user, department=department, app=app, model=model, input_tokens=input_tokens,
-                         max_output_tokens=max_output_tokens, client_fail_open=fail_open, dry_run=dry_run,
-                         check_id=f"{self._id_prefix}{next(self._ids):x}", lease=not dry_run)  # fmt: skip
+        # Not validated here: the enforcer judges every check, and a check it rejects (a user id over
+        # its limit) fails open or closed like no answer, and is counted; a local error would be neither.
+        return CheckBody.model_construct(
+            user=user, department=department, app=app, model=model, input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens, client_fail_open=fail_open, dry_run=dry_run,
+            check_id=f"{self._id_prefix}{next(self._ids):x}", lease=not dry_run,
+        )  # fmt: skip
 
     def _answered(self, key: CheckKey, status: int, content: bytes, body: CheckBody) -> QuotaVerdict:
         if status != 200:
@@ -236,7 +240,7 @@ class QuotaClient:
             # that never ran must not hold room); the release carries the fail-opens it was reporting, and the
             # enforcer counts them unless the check arrived and counted them itself.
             handed_back = 0
-            self._connection.send("/v1/release", ReleaseBody(check_id=body.check_id, client_fail_open=reported))
+            self._send_release(check_id=body.check_id, client_fail_open=reported)
         with self._lock:
             self._unreported_fail_open += handed_back
             # only an answer resets the count: after a skip, one more timeout skips again
@@ -280,10 +284,14 @@ class QuotaClient:
 
     def release(self, reservation_id: str) -> None:
         """The call finished; sent without waiting (an unreleased reservation expires in the enforcer)."""
-        self._connection.send("/v1/release", ReleaseBody(reservation_id=reservation_id))
+        self._send_release(reservation_id=reservation_id)
 
     def _release_lease(self, reservation_id: str, unused_tokens: int) -> None:
-        self._connection.send("/v1/release", ReleaseBody(reservation_id=reservation_id, unused_tokens=unused_tokens))
+        self._send_release(reservation_id=reservation_id, unused_tokens=unused_tokens)
+
+    def _send_release(self, **fields: Any) -> None:
+        """Sent without waiting; unvalidated like the checks (the enforcer judges it)."""
+        self._connection.send("/v1/release", ReleaseBody.model_construct(**fields))
 
     def flush_sends(self, timeout_s: float = 2.0) -> None:
         """Wait (``timeout_s`` at most) until queued releases have gone out."""
