@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from tokenmeter.enforcer.http_api import unauthorized_document
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.enforcer.wire import decision_document
 from tokenmeter.errors import TokenmeterError
@@ -47,7 +48,7 @@ class CheckPath:
         self._app = app
         self._service = service
         self._bearer = bearer
-        self._unauthorized = to_json({"error": f"missing or wrong bearer token ({token_name})"})
+        self._unauthorized = to_json(unauthorized_document(token_name))
         self._handlers: dict[str, Callable[[bytes, float], Awaitable[tuple[int, bytes]]]] = {
             "/v1/check": self._check,
             "/v1/release": self._release,

@@ -10,7 +10,7 @@
 - ``GET /v1/policy``: the policy in force, its file, checksum and the last reload error.
 
 All need the bearer token. Checks and releases are answered in front of Starlette
-(:mod:`tokenmeter.enforcer.check_path`, the hot path); :func:`enforcer_api` puts them there.
+(:class:`~tokenmeter.enforcer.check_path.CheckPath`, the hot path, wraps the app of these routes).
 ``/healthz`` (no token) and ``/metrics`` (token) are added by the process that serves these
 routes, together with its own.
 """
@@ -19,21 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.server.bearer import BearerToken
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def unauthorized_document(token_name: str) -> dict[str, str]:
+    return {"error": f"missing or wrong bearer token ({token_name})"}
+
+
 def unauthorized(token_name: str) -> JSONResponse:
     return JSONResponse(
-        {"error": f"missing or wrong bearer token ({token_name})"},
+        unauthorized_document(token_name),
         status_code=401,
         headers={"WWW-Authenticate": "Bearer"},
     )
@@ -46,11 +48,6 @@ def guarded(bearer: BearerToken, token_name: str, handler: Handler) -> Handler:
         return await handler(request)
 
     return guarded_handler
-
-
-def enforcer_api(app: Starlette, service: EnforcerService, bearer: BearerToken, token_name: str) -> CheckPath:
-    """``app`` (which has :func:`enforcer_routes`) with checks and releases answered in front of it."""
-    return CheckPath(app, service, bearer, token_name)
 
 
 def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: str) -> list[Route]:

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from tokenmeter.enforcer.check_path import CheckPath
-from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
+from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
 from tokenmeter.server.bearer import BearerToken
 from tokenmeter.server.interpreter_tuning import tune_when_ready
@@ -74,7 +74,7 @@ def enforcer_app(service: EnforcerService, token: str) -> CheckPath:
             *enforcer_routes(service, bearer, hint),
         ]
     )
-    return enforcer_api(app, service, bearer, hint)
+    return CheckPath(app, service, bearer, hint)
 
 
 def missing_tables(client: Client) -> list[str]:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.check_path import CheckPath
-from tokenmeter.enforcer.http_api import enforcer_api, enforcer_routes, guarded
+from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.service import EnforcerService
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
@@ -105,4 +105,4 @@ def api_app(
             *web_routes(reader, lambda handler: guarded(api_bearer, api_token_hint, handler), queue.stats, enforcer),
         ]
     )
-    return enforcer_api(app, enforcer, any_bearer, enforcer_token_hint)
+    return CheckPath(app, enforcer, any_bearer, enforcer_token_hint)
