@@ -171,8 +171,10 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     instrumentor = TokenmeterInstrumentor()
     # propagate="loopback": the demo's own model server counts per user from the baggage (by default only hops get it).
+    # local_count="always": every call is also counted locally, so the drift panel has rows on every run (the
+    # default samples 10 % of calls by trace id, and a small demo could draw none).
     settings = Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key,
-                        propagate="loopback")  # fmt: skip
+                        propagate="loopback", local_count="always")  # fmt: skip
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
                             registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
     try:
