@@ -27,8 +27,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.decision import CheckRequest, Usage, UsageSnapshot, decide, period_bounds
-from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.policy import Policy, parse_policy
 
 DOCS_POLICY = Path(__file__).resolve().parents[1] / "docs" / "quotas.md"

@@ -18,7 +18,7 @@ import pytest
 
 from tokenmeter.enforcer.policy import PolicyError
 from tokenmeter.enforcer.policy_file import LoadedPolicy, PolicyFileWatch, file_state
-from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerOptions, EnforcerService
 from tokenmeter.quota_wire import CheckBody
 from tokenmeter.store import open_store
 from tokenmeter.store.migrations import RenderOptions, migrate

@@ -16,8 +16,8 @@ from otlp_requests import attributes, resource
 from tokenmeter import semconv
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
 from tokenmeter.collector.payloads import Signal, decode_protobuf
+from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.decision import CheckRequest, Usage
-from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import parse_policy
 from tokenmeter.store import open_store

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.check_receipts import CheckReceipts
 from tokenmeter.enforcer.decision import CheckRequest, Usage, UsageSnapshot, decide_and_lease
-from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import parse_policy
 from tokenmeter.instrumentation.quota.errors import QuotaVerdict

@@ -20,7 +20,7 @@ from zookeeper_server import ZooKeeperServer
 
 from tokenmeter.enforcer.decision import Usage
 from tokenmeter.enforcer.ledger import ReservationLedger
-from tokenmeter.enforcer.service import CheckAnswer, EnforcerOptions, EnforcerService
+from tokenmeter.enforcer.quota_service import CheckAnswer, EnforcerOptions, EnforcerService
 from tokenmeter.quota_wire import CheckBody
 
 pytest.importorskip("kazoo", reason="the coordination extra (kazoo) is not installed")

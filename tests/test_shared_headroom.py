@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 from zookeeper_server import ZooKeeperServer
 
+from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.coordination import KEEP_SECONDS, CoordinationUrl, Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import CheckRequest, Usage
-from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.policy import parse_policy
 from tokenmeter.enforcer.shared_headroom import RECHECK_AFTER_SECONDS, SharedHeadroom
 

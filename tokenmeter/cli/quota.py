@@ -62,7 +62,7 @@ def add_quota_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def add_enforcer_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `serve` and `enforcer`; defaults come from the TOKENMETER_ENFORCER_* settings."""
-    from tokenmeter.enforcer.service import DEFAULT_LEASE_MAX_CALLS, DEFAULT_LEASE_SECONDS
+    from tokenmeter.enforcer.quota_service import DEFAULT_LEASE_MAX_CALLS, DEFAULT_LEASE_SECONDS
 
     parser.add_argument("--refresh-interval", type=float, metavar="SECONDS",
                         help="how often usage is read from the store (default 5)")  # fmt: skip
@@ -76,7 +76,7 @@ def add_enforcer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
-    from tokenmeter.enforcer.service import EnforcerOptions
+    from tokenmeter.enforcer.quota_service import EnforcerOptions
 
     settings = get_settings()
     refresh = args.refresh_interval if args.refresh_interval is not None else settings.enforcer_refresh_seconds
@@ -99,7 +99,7 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     from tokenmeter.catalog import CatalogError, ModelCatalog
     from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
-    from tokenmeter.enforcer.process import EnforcerConfig, run_enforcer
+    from tokenmeter.enforcer.sidecar import EnforcerConfig, run_enforcer
     from tokenmeter.server.listening import ServerStartError
     from tokenmeter.settings import default_data_dir
     from tokenmeter.store.client import StoreConfigError, parse_store_url, require_existing_store

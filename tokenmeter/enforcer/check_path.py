@@ -21,7 +21,7 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tokenmeter.enforcer.http_api import unauthorized_document
-from tokenmeter.enforcer.service import EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerService
 from tokenmeter.enforcer.wire import decision_document
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.quota_wire import CheckBody, ReleaseBody

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tokenmeter.enforcer.service import EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerService
 from tokenmeter.server.bearer import BearerToken
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
-from tokenmeter.enforcer.service import EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerService
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
 from tokenmeter.server.bearer import BearerToken

@@ -27,7 +27,7 @@ from tokenmeter.collector.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_WRITERS,
 )
-from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerOptions, EnforcerService
 from tokenmeter.server.body_deadline import DEFAULT_BODY_TIMEOUT_SECONDS
 from tokenmeter.server.interpreter_tuning import tune_when_ready
 from tokenmeter.server.listening import (

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
     from tokenmeter.collector.receiver_stats import ReceiverStats
-    from tokenmeter.enforcer.service import EnforcerService
+    from tokenmeter.enforcer.quota_service import EnforcerService
     from tokenmeter.serve.store_reader import StoreReader
 
 logger = logging.getLogger(__name__)

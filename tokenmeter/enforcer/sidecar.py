@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
-from tokenmeter.enforcer.service import EnforcerOptions, EnforcerService
+from tokenmeter.enforcer.quota_service import EnforcerOptions, EnforcerService
 from tokenmeter.server.bearer import BearerToken
 from tokenmeter.server.interpreter_tuning import tune_when_ready
 

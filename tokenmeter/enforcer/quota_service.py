@@ -1,6 +1,6 @@
 """The enforcer as a running service: policy file, refresh loop, events and metrics.
 
-Around one :class:`~tokenmeter.enforcer.enforcer.Enforcer` it keeps
+Around one :class:`~tokenmeter.enforcer.admission.Enforcer` it keeps
 
 - the policy file: reloaded when it changes (checked every refresh, and once a change
   has settled: :mod:`tokenmeter.enforcer.policy_file`) or on request (SIGHUP); a broken
@@ -28,10 +28,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.check_receipts import CheckReceipts
 from tokenmeter.enforcer.coordination import Coordinator
 from tokenmeter.enforcer.decision import BudgetUsage, CheckRequest, Decision, Usage
-from tokenmeter.enforcer.enforcer import Enforcer
 from tokenmeter.enforcer.enforcer_stats import EnforcerStats
 from tokenmeter.enforcer.ledger import DEFAULT_SETTLE_SECONDS, DEFAULT_TIMEOUT_SECONDS, ReservationLedger
 from tokenmeter.enforcer.policy import Policy, PolicyError
