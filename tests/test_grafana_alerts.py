@@ -19,6 +19,7 @@ from otlp_requests import attributes, usage_counter_request
 from tokenmeter import semconv
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
 from tokenmeter.collector.payloads import Signal, decode_protobuf
+from tokenmeter.dashboards.alert_queries import write_queries
 from tokenmeter.enforcer.decision import Usage, UsageSnapshot, period_bounds
 from tokenmeter.enforcer.policy import parse_policy
 from tokenmeter.enforcer.quota_events import QuotaEventLog
@@ -48,6 +49,10 @@ def test_rules_contact_points_and_policy_are_consistent() -> None:
     assert policy["receiver"] in receivers
     assert {route["receiver"] for route in policy["routes"]} <= receivers
     assert {"severity"} <= {matcher[0] for route in policy["routes"] for matcher in route["object_matchers"]}
+
+
+def test_the_rules_queries_are_what_the_builder_writes() -> None:
+    assert write_queries(TEXT) == TEXT, "alert_rules/grafana/tokenmeter-alerts.yaml is stale: run dashboards/build.py"
 
 
 def test_dollars_are_escaped_and_secrets_come_from_documented_variables() -> None:
@@ -112,8 +117,10 @@ budgets:
     assert not any("carol" in labels or "dave" in labels for labels in levels)
 
 
-def _insert_metric(client: Any, name: str, extra: dict[str, object], total: int, when_ns: int) -> None:
-    request = usage_counter_request("alice", [(when_ns, total)], start_ns=when_ns - 60 * 10**9)
+def _insert_metric(client: Any, name: str, extra: dict[str, object], total: int, when_ns: int,
+                   start_ns: int | None = None) -> None:  # fmt: skip
+    start_ns = when_ns - 60 * 10**9 if start_ns is None else start_ns
+    request = usage_counter_request("alice", [(when_ns, total)], start_ns=start_ns)
     metric = request.resource_metrics[0].scope_metrics[0].metrics[0]
     metric.name = name
     point = metric.sum.data_points[0]
@@ -135,11 +142,24 @@ def test_failing_open_fires_for_the_app_that_let_calls_through(migrated_store: A
     assert _instances(migrated_store, "tokenmeter-failing-open") == {}
     now_ns = time.time_ns()
     fail_open = {semconv.TM_QUOTA_DECISION: "unavailable", semconv.TM_QUOTA_FAIL_OPEN: True}
-    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9)  # long ago
-    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns)  # 5 more just now
+    # One process's running total (one start time): 2 long ago, 5 more just now.
+    started_ns = now_ns - 31 * 60 * 10**9
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9, started_ns)
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns, started_ns)
     instances = _instances(migrated_store, "tokenmeter-failing-open")
     assert instances == {("test-app",): 5.0}
     assert _fires("tokenmeter-failing-open", 5.0)
+
+
+def test_failing_open_counts_a_restarted_process_from_zero(migrated_store: Any) -> None:
+    """A process that let 2 calls through long ago and then stopped takes nothing off its successor's 7."""
+    now_ns = time.time_ns()
+    before = _instances(migrated_store, "tokenmeter-failing-open").get(("test-app",), 0.0)  # the store is shared
+    fail_open = {semconv.TM_QUOTA_DECISION: "unavailable", semconv.TM_QUOTA_FAIL_OPEN: True, "restart": "yes"}
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 2, now_ns - 30 * 60 * 10**9)
+    _insert_metric(migrated_store, semconv.METRIC_QUOTA_DECISIONS, fail_open, 7, now_ns)
+    after = _instances(migrated_store, "tokenmeter-failing-open")[("test-app",)]
+    assert after - before == 7.0
 
 
 def test_spend_spike_query_runs_with_one_number_per_department(migrated_store: Any) -> None:

@@ -29,6 +29,10 @@ SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
 ENDUSER_ID: Final = "enduser.id"
 
+# --- Resource attributes (OpenTelemetry semantic conventions) ------------------
+SERVICE_NAME: Final = "service.name"
+SERVICE_INSTANCE_ID: Final = "service.instance.id"  # a restarted process is a new counter series
+
 # gen_ai.operation.name values
 OPERATION_CHAT: Final = "chat"
 OPERATION_TEXT_COMPLETION: Final = "text_completion"

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from tokenmeter import semconv
 from tokenmeter.store.counter_points import (
     EARLIEST_POINT_NANOS,
     GUARDED_COUNTERS,
@@ -193,7 +194,7 @@ def _points(metric: Any) -> Any:
 
 def _resource_key(resource: Any) -> bytes:
     # The store's series identity: service.name and service.instance.id of the resource.
-    wanted = {"service.name": b"", "service.instance.id": b""}
+    wanted = {semconv.SERVICE_NAME: b"", semconv.SERVICE_INSTANCE_ID: b""}
     for attribute in resource.attributes:
         if attribute.key in wanted:
             wanted[attribute.key] = attribute.value.SerializeToString()

@@ -7,12 +7,11 @@ a query has one text. The SQL uses the macros of grafana-clickhouse-datasource a
 variables (``$__timeFilter``, ``$__timeInterval``, ``$__toTime``, ``$__conditionalAll``,
 ``${var:singlequote}``); :mod:`tokenmeter.dashboards.macros` turns them into parameterised SQL.
 
-Usage comes from the cumulative counters (exact, not affected by trace sampling): per series
-and minute the largest value (``usage_counter_minutely``). A series' usage in the range is
-measured from its baseline, the last value before the range (the day-level table answers
-that for whole days, so a short range never reads the whole history): per interval (time
-series), its largest value in the interval minus the one before; over the whole range
-(tables), its last value minus the baseline.
+Usage comes from the cumulative counters (exact, not affected by trace sampling), measured
+with the store's one rule (:mod:`tokenmeter.store.counter_increase`): over the whole range for
+tables, per interval for time series. A series' maxima before the range come from whole days of
+``usage_counter_daily`` and the rest of the first day, so a short range never reads the whole
+history.
 """
 
 from __future__ import annotations
@@ -20,8 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from tokenmeter.store.counter_points import sane_value_sql
+from tokenmeter import semconv
+from tokenmeter.store.counter_increase import (
+    history_rows,
+    interval_increases,
+    metric_list,
+    raw_rows,
+    series_increases,
+)
+from tokenmeter.store.otlp_sql import attribute
 
+TOKENS, CALLS, COST = semconv.METRIC_USAGE_TOKENS, semconv.METRIC_USAGE_CALLS, semconv.METRIC_USAGE_COST
 FORMAT_TIME_SERIES: Final = 0  # Grafana's target formats
 FORMAT_TABLE: Final = 1
 DIMENSIONS: Final = ("department", "user", "model", "app")  # the dashboards' variables
@@ -96,64 +104,26 @@ LATEST_UTILISATION: Final = f"""
     GROUP BY budget, scope, subject"""
 
 
-def _metric_names(metrics: str | tuple[str, ...]) -> str:
-    return ", ".join(f"'{name}'" for name in ((metrics,) if isinstance(metrics, str) else metrics))
-
-
-def baselines(metrics: str | tuple[str, ...]) -> str:
-    """Per series: its value just before the range (none: the series starts in it, and counts from 0).
-
-    Counters only grow within a series, so that is the largest value before ``$__fromTime``: whole
-    days from ``usage_counter_daily``, the rest of the first day from ``usage_counter_minutely``.
-    The range's own rows never have to be read together with the whole history."""
-    wanted = _metric_names(metrics)
-    return f"""
-    SELECT series_id, max(value) AS baseline FROM (
-        SELECT series_id, max(value_max) AS value FROM usage_counter_daily
-        WHERE metric IN ({wanted}) AND day < toDate($__fromTime, 'UTC') AND {FILTERS}
-        GROUP BY series_id
-        UNION ALL
-        SELECT series_id, max(value_max) AS value FROM usage_counter_minutely
-        WHERE metric IN ({wanted}) AND minute >= toStartOfDay($__fromTime, 'UTC') AND minute < $__fromTime
-          AND {FILTERS}
-        GROUP BY series_id
-    ) GROUP BY series_id"""
-
-
-def _in_range(metrics: str | tuple[str, ...], columns: str, per_interval: bool) -> str:
-    """Each series' largest value in the range (``value``), or in each interval of it (``bucket``)."""
-    keep = ", ".join(f"any({c}) AS {c}" for c in columns.split(", "))
-    bucket = ", $__timeInterval(minute) AS bucket" if per_interval else ""
-    return f"""
-        SELECT series_id{bucket}, any(metric) AS metric, {keep}, max(value_max) AS value
-        FROM (SELECT * FROM usage_counter_minutely
-              WHERE metric IN ({_metric_names(metrics)}) AND $__timeFilter(minute) AND {FILTERS})
-        GROUP BY series_id{", bucket" if per_interval else ""}"""
+def _history(metrics: str | tuple[str, ...]) -> str:
+    """The counter rows a range's increases need (the range's minutes and the series' earlier maxima)."""
+    where = f"metric IN ({metric_list(metrics)}) AND {FILTERS}"
+    return history_rows("$__fromTime", "minute <= $__toTime", where)
 
 
 def increments(metrics: str | tuple[str, ...], columns: str) -> str:
     """Per (series, interval of the range): the counter's increase, with ``metric`` and ``columns``; the
-    interval's start is ``minute``.
-
-    The largest value in an interval minus the one before it (the series' previous interval, or its
-    baseline for its first): the sum of that interval's per-minute increases, from one row per
-    series and interval instead of one per minute."""
+    interval's start is ``minute``. One row per series and interval instead of one per minute."""
+    rule = interval_increases(_history(metrics), "$__fromTime", "$__timeInterval(t)", ("metric", *columns.split(", ")))
     return f"""
-    SELECT bucket AS minute, series_id, metric, {columns},
-           value - greatest(lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY bucket
-                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
-                            baseline) AS increase
-    FROM ({_in_range(metrics, columns, per_interval=True)}) AS points
-    LEFT JOIN ({baselines(metrics)}) AS before USING (series_id)"""
+    SELECT bucket AS minute, series_id, metric, {columns}, used AS increase FROM ({rule})"""
 
 
 def range_increases(metrics: str | tuple[str, ...], columns: str) -> str:
-    """Per series: the counter's increase over the whole range (its last value in the range minus its
-    baseline; the sum of the per-minute increases, without a window over every minute)."""
+    """Per series with points in the range: the counter's increase over the whole range."""
+    rule = series_increases(_history(metrics), "$__fromTime", ("metric", *columns.split(", ")),
+                            having="countIf(t >= $__fromTime) > 0")  # fmt: skip
     return f"""
-    SELECT series_id, metric, {columns}, value - baseline AS increase
-    FROM ({_in_range(metrics, columns, per_interval=False)}) AS totals
-    LEFT JOIN ({baselines(metrics)}) AS before USING (series_id)"""
+    SELECT series_id, metric, {columns}, used AS increase FROM ({rule})"""
 
 
 def per_interval(metric: str, label: str, value: str, label_sql: str | None = None) -> str:
@@ -170,10 +140,9 @@ def calls_and_tokens(select: str, group_by: str, columns: str) -> str:
 
     Ordered ties and all (here and in every panel with a LIMIT): the same rows on every run."""
     return f"""
-        SELECT {select}, sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls,
-               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
+        SELECT {select}, sumIf(increase, metric = '{CALLS}') AS calls, sumIf(increase, metric = '{TOKENS}') AS tokens,
                round(tokens / greatest(calls, 1), 1) AS tokens_per_call
-        FROM ({range_increases(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), columns)})
+        FROM ({range_increases((TOKENS, CALLS), columns)})
         GROUP BY {group_by} ORDER BY tokens DESC, {group_by}"""
 
 
@@ -183,30 +152,29 @@ COST_COLUMNS: Final = (("cost", "cost"), ("used_cost", "cost"), ("limit_cost", "
 
 
 def overview() -> Board:
-    tokens_by_model = per_interval("tokenmeter.usage.tokens", "model", "tokens")
+    tokens_by_model = per_interval(TOKENS, "model", "tokens")
     cost_by_currency = f"""
         SELECT $__timeInterval(minute) AS time,
                concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
                sum(increase) / 1e9 AS cost
-        FROM ({increments("tokenmeter.usage.cost", "currency, virtual, model, department, user, app")})
+        FROM ({increments(COST, "currency, virtual, model, department, user, app")})
         GROUP BY time, currency_kind ORDER BY time"""
-    calls_by_department = per_interval("tokenmeter.usage.calls", "department", "calls", DEPARTMENT_OR_NONE)
+    calls_by_department = per_interval(CALLS, "department", "calls", DEPARTMENT_OR_NONE)
     top_users = f"""
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
-               sumIf(increase, metric = 'tokenmeter.usage.tokens') AS tokens,
-               sumIf(increase, metric = 'tokenmeter.usage.calls') AS calls
-        FROM ({range_increases(("tokenmeter.usage.tokens", "tokenmeter.usage.calls"), "user, department")})
+               sumIf(increase, metric = '{TOKENS}') AS tokens, sumIf(increase, metric = '{CALLS}') AS calls
+        FROM ({range_increases((TOKENS, CALLS), "user, department")})
         GROUP BY user ORDER BY tokens DESC, user LIMIT 20"""
     source_mix = f"""
         SELECT if(s.usage_source = '', '(unknown)', s.usage_source) AS source, sum(i.increase) AS tokens
-        FROM ({range_increases("tokenmeter.usage.tokens", "department, user, model, app")}) AS i
+        FROM ({range_increases(TOKENS, "department, user, model, app")}) AS i
         INNER JOIN (SELECT series_id, any(usage_source) AS usage_source FROM usage_counter_series
                     GROUP BY series_id) AS s ON i.series_id = s.series_id
         GROUP BY source ORDER BY tokens DESC, source"""
     virtual_share = f"""
         SELECT if(virtual, 'virtual (local models)', 'real (invoiced)') AS kind, currency,
                sum(increase) / 1e9 AS cost
-        FROM ({range_increases("tokenmeter.usage.cost", "currency, virtual, department, user, model, app")})
+        FROM ({range_increases(COST, "currency, virtual, department, user, model, app")})
         GROUP BY kind, currency ORDER BY kind, currency"""
     panels = (
         Panel(1, "Tokens by model", "timeseries", tokens_by_model, fmt=FORMAT_TIME_SERIES, grid=(0, 0, 12, 8),
@@ -233,7 +201,7 @@ def departments_and_users() -> Board:
         SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
                currency, ratio, resets_at
         FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget, subject"""
-    trend = per_interval("tokenmeter.usage.tokens", "department", "tokens", DEPARTMENT_OR_NONE)
+    trend = per_interval(TOKENS, "department", "tokens", DEPARTMENT_OR_NONE)
     per_user = calls_and_tokens(
         "if(user = '', '(none)', user) AS user, any(department) AS department", "user", "user, department"
     )
@@ -272,11 +240,15 @@ def departments_and_users() -> Board:
                  "tokenmeter-departments-users.json", panels)  # fmt: skip
 
 
+def _span(key: str) -> str:
+    return attribute("SpanAttributes", key)
+
+
 SPAN_FILTERS: Final = filters(
-    "SpanAttributes['gen_ai.request.model']",
-    department="SpanAttributes['tokenmeter.department']",
-    user="SpanAttributes['enduser.id']",
-    app="if(SpanAttributes['tokenmeter.app'] != '', SpanAttributes['tokenmeter.app'], ServiceName)",
+    _span(semconv.GEN_AI_REQUEST_MODEL),
+    department=_span(semconv.TM_DEPARTMENT),
+    user=_span(semconv.ENDUSER_ID),
+    app=f"if({_span(semconv.TM_APP)} != '', {_span(semconv.TM_APP)}, ServiceName)",
 )
 
 
@@ -285,14 +257,14 @@ def models() -> Board:
     cost_per_call = f"""
         SELECT model, concat(currency, if(virtual, ' (virtual)', '')) AS currency_kind,
                sum(increase) / 1e9 AS cost
-        FROM ({range_increases("tokenmeter.usage.cost", "model, currency, virtual")})
+        FROM ({range_increases(COST, "model, currency, virtual")})
         GROUP BY model, currency_kind ORDER BY cost DESC, model, currency_kind"""
     latency = f"""
-        SELECT $__timeInterval(Timestamp) AS time, SpanAttributes['gen_ai.request.model'] AS model,
+        SELECT $__timeInterval(Timestamp) AS time, {_span(semconv.GEN_AI_REQUEST_MODEL)} AS model,
                quantile(0.95)(Duration) / 1e9 AS p95_seconds
         FROM otel_traces
-        WHERE $__timeFilter(Timestamp) AND ScopeName = 'tokenmeter' AND SpanAttributes['gen_ai.operation.name'] = 'chat'
-          AND SpanAttributes['tokenmeter.hop'] != 'true' AND {SPAN_FILTERS}
+        WHERE $__timeFilter(Timestamp) AND ScopeName = 'tokenmeter' AND {_span(semconv.GEN_AI_OPERATION_NAME)} = 'chat'
+          AND {_span(semconv.TM_HOP)} != 'true' AND {SPAN_FILTERS}
         GROUP BY time, model ORDER BY time"""
     downgrades = f"""
         SELECT request_model AS requested, effective_model AS effective, count() AS calls,
@@ -324,21 +296,10 @@ def models() -> Board:
     return Board("tokenmeter-models", "tokenmeter / Models", "tokenmeter-models.json", panels)
 
 
-def raw_counter_increases(metric: str, label: str) -> str:
-    """Per (series, minute) increase of a counter straight from ``otel_metrics_sum`` (metrics without a table of
-    their own, such as the apps' quota decisions); ``label`` is an attribute expression carried along. Points
-    no counter can hold (``Inf``, negative, beyond 2**53: written by something else than serve's receiver) are
-    skipped, as the accounting views skip them."""
-    return f"""
-    SELECT minute, label, value - lagInFrame(value, 1, 0) OVER (PARTITION BY series ORDER BY minute
-                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS increase
-    FROM (
-        SELECT cityHash64(ServiceName, ResourceAttributes, Attributes, StartTimeUnix) AS series,
-               toStartOfMinute(TimeUnix) AS minute, any({label}) AS label, max(Value) AS value
-        FROM otel_metrics_sum
-        WHERE MetricName = '{metric}' AND TimeUnix <= $__toTime AND {sane_value_sql("Value")}
-        GROUP BY series, minute
-    )"""
+def _app_decisions(label_key: str) -> str:
+    """The apps' quota decision counter per minute of the range and before, one attribute as ``label``."""
+    return raw_rows(semconv.METRIC_QUOTA_DECISIONS, (f"{attribute('Attributes', label_key)} AS label",),
+                    "TimeUnix <= $__toTime", time="toStartOfMinute(TimeUnix)")  # fmt: skip
 
 
 def pipeline_health() -> Board:
@@ -350,18 +311,17 @@ def pipeline_health() -> Board:
             SELECT $__timeInterval(TimeUnix) AS time, 'counter points' AS signal, count() AS rows
             FROM otel_metrics_sum WHERE $__timeFilter(TimeUnix) GROUP BY time
         ) GROUP BY time, signal ORDER BY time"""
-    freshness = """
+    freshness = f"""
         SELECT dateDiff('second', max(TimeUnix), now()) AS seconds_since_last_usage
-        FROM otel_metrics_sum WHERE MetricName = 'tokenmeter.usage.calls'"""
+        FROM otel_metrics_sum WHERE MetricName = '{CALLS}'"""
     decisions = f"""
-        SELECT $__timeInterval(minute) AS time, label AS decision, sum(increase) AS calls
-        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.decision']")})
-        WHERE $__timeFilter(minute)
+        SELECT $__timeInterval(bucket) AS time, label AS decision, sum(used) AS calls
+        FROM ({interval_increases(_app_decisions(semconv.TM_QUOTA_DECISION), "$__fromTime", "t", ("label",))})
         GROUP BY time, decision ORDER BY time"""
     fail_open = f"""
-        SELECT sumIf(increase, label = 'true') AS calls_unchecked, sum(increase) AS calls_checked_or_not
-        FROM ({raw_counter_increases("tokenmeter.quota.decisions", "Attributes['tokenmeter.quota.fail_open']")})
-        WHERE $__timeFilter(minute)"""
+        SELECT sumIf(used, label = 'true') AS calls_unchecked, sum(used) AS calls_checked_or_not
+        FROM ({series_increases(_app_decisions(semconv.TM_QUOTA_FAIL_OPEN), "$__fromTime", ("label",),
+                                having="countIf(t >= $__fromTime) > 0")})"""  # fmt: skip
     rejected = (
         "Not in ClickHouse: scrape `/metrics` of `tokenmeter serve` "
         '(`tokenmeter_receiver_requests_total{outcome="rejected|throttled|unavailable"}`) and the '

@@ -19,6 +19,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
+from tokenmeter import semconv
 from tokenmeter.tokenizers import TokenizerRegistry
 
 ANSWERS: Final = (
@@ -141,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _user(self) -> str:
         for entry in (self.headers.get("baggage") or "").split(","):
             key, _, value = entry.partition("=")
-            if key.strip() == "enduser.id":
+            if key.strip() == semconv.BAGGAGE_USER:
                 return urllib.parse.unquote(value.split(";")[0].strip())
         return ""
 

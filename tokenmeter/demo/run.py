@@ -159,7 +159,8 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     from tokenmeter.tokenizers import TokenizerRegistry
 
     headers = {"authorization": f"Bearer {endpoints.otlp_token}"} if endpoints.otlp_token else None
-    resource = Resource.create({"service.name": "chatchat-demo", "service.instance.id": f"demo-{os.getpid()}"})
+    process = {semconv.SERVICE_NAME: "chatchat-demo", semconv.SERVICE_INSTANCE_ID: f"demo-{os.getpid()}"}
+    resource = Resource.create(process)
     spans = InMemorySpanExporter()  # for the decisions table at the end
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(

@@ -18,15 +18,15 @@ if TYPE_CHECKING:
 DECISION_ORDER: Final = ("allow", "warn", "downgrade", "degrade", "deny", semconv.QUOTA_UNAVAILABLE)
 # Each series of the cumulative token counter, straight from the stored OTLP rows: its
 # largest value is what it counted. Independent of the accounting tables the report reads.
-RAW_TOKENS_SQL: Final = """
+RAW_TOKENS_SQL: Final = f"""
 SELECT subject, toInt64(sum(counted)) FROM (
-    SELECT Attributes[{attribute:String}] AS subject, max(Value) AS counted
+    SELECT Attributes[{{attribute:String}}] AS subject, max(Value) AS counted
     FROM otel_metrics_sum
-    WHERE MetricName = 'tokenmeter.usage.tokens'
+    WHERE MetricName = '{semconv.METRIC_USAGE_TOKENS}'
     GROUP BY MetricName, ServiceName, ResourceAttributes, Attributes, StartTimeUnix
 )
 GROUP BY subject
-"""
+"""  # noqa: S608 - the metric is a semconv constant; the attribute is bound
 
 
 def fetch_report(api: str, token: str, by: str) -> UsageReport:

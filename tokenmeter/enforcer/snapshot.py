@@ -1,8 +1,9 @@
 """Period-to-date usage per (budget, subject) from the store: the decision core's input.
 
 One query per (scope, period) pair of the policy, over ``usage_counter_minutely`` with the
-exact counter rule (docs/accounting.md). Periods begin at local midnight in the policy's
-time zone, so their bounds are whole minutes but not UTC days: the minutely table serves.
+exact counter rule (:mod:`tokenmeter.store.counter_increase`). Periods begin at local midnight
+in the policy's time zone, so their bounds are whole minutes but not UTC days: the minutely
+table serves.
 Rows come back per subject and model, so budgets limited to a model group count only
 their models.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 from tokenmeter import semconv
 from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, period_bounds
 from tokenmeter.enforcer.policy import Budget, Policy
+from tokenmeter.store.counter_increase import MINUTELY, metric_list, series_increases, table_rows
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -27,23 +29,16 @@ _SCOPE_COLUMNS: Final[dict[str, str]] = {"organisation": "''", "department": "de
 
 _USAGE_SQL: Final = """
 SELECT subject, model_name, metric_name, currency_name, toInt64(sum(used)) AS used
-FROM (
-    SELECT
-        any({column}) AS subject,
-        any(model) AS model_name,
-        any(metric) AS metric_name,
-        any(currency) AS currency_name,
-        maxIf(value_max, minute < {{end:DateTime('UTC')}})
-            - maxIf(value_max, minute < {{start:DateTime('UTC')}}) AS used
-    FROM usage_counter_minutely
-    WHERE minute < {{end:DateTime('UTC')}}
-      AND metric IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost')
-      AND {filter}
-    GROUP BY series_id
-    HAVING used != 0
-)
+FROM ({increases})
 GROUP BY subject, model_name, metric_name, currency_name
 """
+_METRICS: Final = metric_list((semconv.METRIC_USAGE_TOKENS, semconv.METRIC_USAGE_COST))
+
+
+def _usage_sql(column: str, condition: str) -> str:
+    rows = table_rows(MINUTELY, "{end:DateTime('UTC')}", f"metric IN ({_METRICS}) AND {condition}")
+    columns = (f"{column} AS subject", "model AS model_name", "metric AS metric_name", "currency AS currency_name")
+    return _USAGE_SQL.format(increases=series_increases(rows, "{start:DateTime('UTC')}", columns))
 
 
 def read_snapshot(client: Client, policy: Policy, now: datetime) -> UsageSnapshot:
@@ -64,7 +59,7 @@ def read_snapshot(client: Client, policy: Policy, now: datetime) -> UsageSnapsho
         if scope != "organisation" and None not in subjects:  # only named subjects: read only theirs
             condition = f"{column} IN {{subjects:Array(String)}}"
             parameters["subjects"] = sorted(s for s in subjects if s is not None)
-        rows = client.query(_USAGE_SQL.format(column=column, filter=condition), parameters=parameters).result_rows
+        rows = client.query(_usage_sql(column, condition), parameters=parameters).result_rows
         for subject, model, metric, currency, amount in rows:
             usage = _usage(str(metric), str(currency), int(amount))
             for budget in budgets:

@@ -23,10 +23,13 @@ placeholder                     single server (chDB or ClickHouse)  ``--cluster 
 ``${otlp_exemplar_columns(e)}``
 ``${sane_counter_value(v)}``,   ``v`` is a value / ``(v, t)`` a point tokenmeter's counters may hold
 ``${sane_counter_point(v, t)}`` (finite, 0 to 2**53, time in 2000-2099: :mod:`tokenmeter.store.counter_points`)
+``${name(C)}``                  the telemetry name :mod:`tokenmeter.semconv` holds as ``C``, quoted:
+                                ``${name(ENDUSER_ID)}`` is ``'enduser.id'``
 ==============================  ==================================  ==========================================
 
-Each applied file is recorded in ``tokenmeter_migrations`` with the SHA-256 of its
-(unrendered) text; a later change to an applied file is an error naming the file.
+Each applied file is recorded in ``tokenmeter_migrations`` with the SHA-256 of its text with
+the names filled in (``${name(C)}`` only: a file that spelled a name before keeps its checksum);
+a later change to an applied file is an error naming the file.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
+from tokenmeter import semconv
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.store import counter_points, otlp_sql
 
@@ -60,6 +64,7 @@ _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENGINES = frozenset({"MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "SummingMergeTree"})
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+_NAME = re.compile(r"\$\{name\((\w*)\)\}")
 
 
 class MigrationError(TokenmeterError):
@@ -78,7 +83,7 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+        return hashlib.sha256(fill_in_names(self.sql, self.file_name).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,22 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+def semconv_name(constant: str) -> str:
+    """``${name(C)}``: the quoted telemetry name of :mod:`tokenmeter.semconv`'s constant ``C``."""
+    value = getattr(semconv, constant, None) if constant.isupper() else None
+    if not isinstance(value, str):
+        raise ValueError(f"tokenmeter.semconv has no name {constant!r}")
+    return f"'{value}'"
+
+
+def fill_in_names(sql: str, source: str = "<sql>") -> str:
+    """The text with every ``${name(C)}`` filled in (the rest of the placeholders left)."""
+    try:
+        return _NAME.sub(lambda match: semconv_name(match.group(1)), sql)
+    except ValueError as exc:
+        raise MigrationError(f"{source}: {exc}") from None
+
+
 def render(sql: str, options: RenderOptions, source: str = "<sql>") -> list[str]:
     """Fill in the placeholders of one migration file; returns its statements."""
     handlers: dict[str, Callable[[list[str]], str]] = {
@@ -139,6 +160,7 @@ def render(sql: str, options: RenderOptions, source: str = "<sql>") -> list[str]
         "otlp_exemplar_columns": lambda args: otlp_sql.exemplar_columns(_one_expression(args)),
         "sane_counter_value": lambda args: counter_points.sane_value_sql(_one_expression(args)),
         "sane_counter_point": lambda args: counter_points.sane_point_sql(*_expressions(args, 2)),
+        "name": lambda args: semconv_name(_one_expression(args)),
     }
 
     def substitute(match: re.Match[str]) -> str:

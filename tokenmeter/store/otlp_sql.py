@@ -95,3 +95,9 @@ def exemplar_columns(exemplars: str) -> str:
     return ",\n    ".join(
         f"arrayMap(_ex -> {expression}, {exemplars}) AS `Exemplars.{name}`" for name, expression in columns.items()
     )
+
+
+def attribute(column: str, key: str) -> str:
+    """One attribute of an exporter-shaped map column, e.g. ``SpanAttributes['enduser.id']``; ``key`` is a
+    :mod:`tokenmeter.semconv` name (never user input)."""
+    return f"{column}['{key}']"

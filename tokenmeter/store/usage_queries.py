@@ -1,13 +1,6 @@
-"""Exact period usage from the cumulative usage counters.
+"""Exact period usage from the cumulative usage counters (the rule: :mod:`tokenmeter.store.counter_increase`).
 
-A counter series (one process's running total for one combination of attributes)
-used, in ``[start, end)``::
-
-    max(value with TimeUnix < end) - max(value with TimeUnix < start)    (0 before its first point)
-
-Maxima are idempotent, so duplicated, overlapping or retried exports cannot change the
-result; a restarted process is a new series from 0, so it adds. Usage is bucketed by
-export time: a call made in the last export interval before ``start`` but exported
+Usage is bucketed by export time: a call made in the last export interval before ``start`` but exported
 after it counts in the new period (docs/storage.md states the bound).
 """
 
@@ -20,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final, Literal
 
 from tokenmeter import semconv
+from tokenmeter.store.counter_increase import DAILY, MINUTELY, series_increases, table_rows
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -32,28 +26,13 @@ _DIMENSION_COLUMNS: Final[dict[str, str]] = {"user": "user", "department": "depa
 
 _PERIOD_SQL: Final = """
 SELECT subject, metric, token_type, currency, virtual, unpriced, toInt64(sum(used)) AS used
-FROM (
-    SELECT
-        series_id,
-        any({column}) AS subject,
-        any(metric) AS metric,
-        any(token_type) AS token_type,
-        any(currency) AS currency,
-        any(virtual) AS virtual,
-        {unpriced} AS unpriced,
-        maxIf(value_max, {time} < {{end:{bound}}})
-            - maxIf(value_max, {time} < {{start:{bound}}}) AS used
-    FROM {table}
-    WHERE {time} < {{end:{bound}}} AND {filter}
-    GROUP BY series_id
-    HAVING used != 0
-)
+FROM ({increases})
 GROUP BY subject, metric, token_type, currency, virtual, unpriced
 ORDER BY subject
 """
 # Calls of unpriced models carry tokenmeter.cost.unpriced on their series; only reports
 # need that (a lookup in usage_counter_series), the enforcer's hot path does not.
-_UNPRICED_SERIES: Final = "any(series_id IN (SELECT series_id FROM usage_counter_series WHERE unpriced))"
+_UNPRICED_SERIES: Final = "series_id IN (SELECT series_id FROM usage_counter_series WHERE unpriced)"
 
 
 @dataclass(frozen=True)
@@ -120,14 +99,14 @@ def period_usage(
     # the same rule with one row per series and day. Its key leads with department; a
     # user's question stays on the minutely table, whose key leads with user.
     daily = by != "user" and start == _midnight(start) and end == _midnight(end)
-    table, time, bound = ("usage_counter_daily", "day", "Date") if daily else ("usage_counter_minutely", "minute",
-                                                                               "DateTime('UTC')")  # fmt: skip
+    table, bound = (DAILY, "Date") if daily else (MINUTELY, "DateTime('UTC')")
     if daily:
         parameters["start"], parameters["end"] = start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
-    sql = _PERIOD_SQL.format(
-        column=column, filter=condition, table=table, time=time, bound=bound,
-        unpriced=_UNPRICED_SERIES if with_unpriced else "false",
-    )  # fmt: skip
+    until, since = f"{{end:{bound}}}", f"{{start:{bound}}}"
+    unpriced = _UNPRICED_SERIES if with_unpriced else "false"
+    increases = series_increases(table_rows(table, until, condition), since, (
+        f"{column} AS subject", "metric", "token_type", "currency", "virtual", f"{unpriced} AS unpriced"))  # fmt: skip
+    sql = _PERIOD_SQL.format(increases=increases)
     rows = client.query(sql, parameters=parameters).result_rows
     return _collect(rows)
 

@@ -61,9 +61,9 @@ FROM (
 FULL OUTER JOIN (
     SELECT
         day, department, user, app,
-        sumIf(value, metric = 'tokenmeter.usage.tokens' AND token_type = 'input') AS counter_input_tokens,
-        sumIf(value, metric = 'tokenmeter.usage.tokens' AND token_type = 'output') AS counter_output_tokens,
-        sumIf(value, metric = 'tokenmeter.usage.calls') AS counter_calls
+        sumIf(value, metric = ${name(METRIC_USAGE_TOKENS)} AND token_type = 'input') AS counter_input_tokens,
+        sumIf(value, metric = ${name(METRIC_USAGE_TOKENS)} AND token_type = 'output') AS counter_output_tokens,
+        sumIf(value, metric = ${name(METRIC_USAGE_CALLS)}) AS counter_calls
     FROM usage_daily
     GROUP BY day, department, user, app
 ) AS counters

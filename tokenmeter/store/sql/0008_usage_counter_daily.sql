@@ -32,21 +32,21 @@ ${distributed(usage_counter_daily, series_id)}
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_counter_daily_mv ${on_cluster} TO ${local(usage_counter_daily)} AS
 SELECT
-    any(Attributes['tokenmeter.department']) AS department,
-    any(Attributes['enduser.id']) AS user,
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     toDate(TimeUnix, 'UTC') AS day,
     any(MetricName) AS metric,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
     max(Value) AS value_max
 FROM ${local(otel_metrics_sum)}
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
 GROUP BY series_id, day
 ;

@@ -50,7 +50,7 @@ SELECT
     transform(span_kind, [0, 1, 2, 3, 4, 5],
               ['SPAN_KIND_UNSPECIFIED', 'SPAN_KIND_INTERNAL', 'SPAN_KIND_SERVER', 'SPAN_KIND_CLIENT',
                'SPAN_KIND_PRODUCER', 'SPAN_KIND_CONSUMER'], '') AS SpanKind,
-    ResourceAttributes['service.name'] AS ServiceName,
+    ResourceAttributes[${name(SERVICE_NAME)}] AS ServiceName,
     ResourceAttributes,
     ScopeName,
     ScopeVersion,

@@ -9,30 +9,30 @@
 
 ALTER TABLE usage_counter_series_mv ${on_cluster} MODIFY QUERY
 SELECT
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     any(MetricName) AS metric,
     any(ServiceName) AS service_name,
-    any(ResourceAttributes['service.instance.id']) AS service_instance_id,
-    any(Attributes['enduser.id']) AS user,
-    any(Attributes['tokenmeter.department']) AS department,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(Attributes['gen_ai.operation.name']) AS operation,
-    any(Attributes['gen_ai.provider.name']) AS provider,
-    any(Attributes['gen_ai.request.model']) AS request_model,
-    any(Attributes['gen_ai.response.model']) AS response_model,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.usage.source']) AS usage_source,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
-    any(Attributes['tokenmeter.cost.unpriced'] = 'true') AS unpriced,
-    any(Attributes['error.type']) AS error_type,
+    any(ResourceAttributes[${name(SERVICE_INSTANCE_ID)}]) AS service_instance_id,
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(Attributes[${name(GEN_AI_OPERATION_NAME)}]) AS operation,
+    any(Attributes[${name(GEN_AI_PROVIDER_NAME)}]) AS provider,
+    any(Attributes[${name(GEN_AI_REQUEST_MODEL)}]) AS request_model,
+    any(Attributes[${name(GEN_AI_RESPONSE_MODEL)}]) AS response_model,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_USAGE_SOURCE)}]) AS usage_source,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
+    any(Attributes[${name(TM_COST_UNPRICED)}] = 'true') AS unpriced,
+    any(Attributes[${name(ERROR_TYPE)}]) AS error_type,
     any(toDateTime64(StartTimeUnix, 9, 'UTC')) AS start_time,
     any(mapSort(Attributes)) AS attributes
 FROM ${local(otel_metrics_sum)}
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
   AND ${sane_counter_point(Value, TimeUnix)}
 GROUP BY series_id
@@ -40,21 +40,21 @@ GROUP BY series_id
 
 ALTER TABLE usage_counter_minutely_mv ${on_cluster} MODIFY QUERY
 SELECT
-    any(Attributes['enduser.id']) AS user,
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     toDateTime(toStartOfMinute(TimeUnix), 'UTC') AS minute,
     any(MetricName) AS metric,
-    any(Attributes['tokenmeter.department']) AS department,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
     max(Value) AS value_max
 FROM ${local(otel_metrics_sum)}
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
   AND ${sane_counter_point(Value, TimeUnix)}
 GROUP BY series_id, minute
@@ -62,21 +62,21 @@ GROUP BY series_id, minute
 
 ALTER TABLE usage_counter_daily_mv ${on_cluster} MODIFY QUERY
 SELECT
-    any(Attributes['tokenmeter.department']) AS department,
-    any(Attributes['enduser.id']) AS user,
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     toDate(TimeUnix, 'UTC') AS day,
     any(MetricName) AS metric,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
     max(Value) AS value_max
 FROM ${local(otel_metrics_sum)}
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
   AND ${sane_counter_point(Value, TimeUnix)}
 GROUP BY series_id, day
@@ -99,58 +99,58 @@ ALTER TABLE ${local(usage_counter_daily)} ${on_cluster}
 -- value; a forged series has none and stays out). Rows written twice change nothing: maxima.
 INSERT INTO usage_counter_minutely
 SELECT
-    any(Attributes['enduser.id']) AS user,
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     toDateTime(toStartOfMinute(TimeUnix), 'UTC') AS minute,
     any(MetricName) AS metric,
-    any(Attributes['tokenmeter.department']) AS department,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
     max(Value) AS value_max
 FROM otel_metrics_sum
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
   AND ${sane_counter_point(Value, TimeUnix)}
   AND (series_id, minute) IN (
-      SELECT cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+      SELECT cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                         toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)),
              toDateTime(toStartOfMinute(TimeUnix), 'UTC')
       FROM otel_metrics_sum
-      WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+      WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
         AND NOT ${sane_counter_value(Value)})
 GROUP BY series_id, minute
 ;
 
 INSERT INTO usage_counter_daily
 SELECT
-    any(Attributes['tokenmeter.department']) AS department,
-    any(Attributes['enduser.id']) AS user,
-    cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+    any(Attributes[${name(TM_DEPARTMENT)}]) AS department,
+    any(Attributes[${name(ENDUSER_ID)}]) AS user,
+    cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)) AS series_id,
     toDate(TimeUnix, 'UTC') AS day,
     any(MetricName) AS metric,
-    any(if(Attributes['tokenmeter.app'] != '', Attributes['tokenmeter.app'], ServiceName)) AS app,
-    any(if(Attributes['gen_ai.response.model'] != '', Attributes['gen_ai.response.model'],
-           Attributes['gen_ai.request.model'])) AS model,
-    any(Attributes['gen_ai.token.type']) AS token_type,
-    any(Attributes['tokenmeter.cost.currency']) AS currency,
-    any(Attributes['tokenmeter.cost.virtual'] = 'true') AS virtual,
+    any(if(Attributes[${name(TM_APP)}] != '', Attributes[${name(TM_APP)}], ServiceName)) AS app,
+    any(if(Attributes[${name(GEN_AI_RESPONSE_MODEL)}] != '', Attributes[${name(GEN_AI_RESPONSE_MODEL)}],
+           Attributes[${name(GEN_AI_REQUEST_MODEL)}])) AS model,
+    any(Attributes[${name(GEN_AI_TOKEN_TYPE)}]) AS token_type,
+    any(Attributes[${name(TM_COST_CURRENCY)}]) AS currency,
+    any(Attributes[${name(TM_COST_VIRTUAL)}] = 'true') AS virtual,
     max(Value) AS value_max
 FROM otel_metrics_sum
-WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
   AND IsMonotonic AND AggregationTemporality = 2
   AND ${sane_counter_point(Value, TimeUnix)}
   AND (series_id, day) IN (
-      SELECT cityHash64(MetricName, ServiceName, ResourceAttributes['service.instance.id'],
+      SELECT cityHash64(MetricName, ServiceName, ResourceAttributes[${name(SERVICE_INSTANCE_ID)}],
                         toString(mapSort(Attributes)), toUnixTimestamp64Nano(StartTimeUnix)),
              toDate(TimeUnix, 'UTC')
       FROM otel_metrics_sum
-      WHERE MetricName IN ('tokenmeter.usage.tokens', 'tokenmeter.usage.cost', 'tokenmeter.usage.calls')
+      WHERE MetricName IN (${name(METRIC_USAGE_TOKENS)}, ${name(METRIC_USAGE_COST)}, ${name(METRIC_USAGE_CALLS)})
         AND NOT ${sane_counter_value(Value)})
 GROUP BY series_id, day
 ;
