@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 
 Job = Callable[[], None]
 
@@ -78,7 +78,5 @@ class BackgroundFinalizer:
 
 
 def _run(job: Job) -> None:
-    try:
+    with contained("call finalization"):
         job()
-    except Exception as exc:
-        report_internal_error("call finalization", exc)

@@ -18,12 +18,13 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from wrapt import wrap_function_wrapper
 
 from tokenmeter import semconv
-from tokenmeter.instrumentation.metering import LLMCall, Metering
+from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.metering import Metering
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_asked_for_usage
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredRawResponse, MeteredStream
 from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
 from tokenmeter.instrumentation.quota.gate import QuotaGate
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def _begin(
     metering: Metering, target: Target, instance: Any, kwargs: dict[str, Any], options: RequestOptions
 ) -> tuple[LLMCall | None, dict[str, Any], object | None]:
     """Start metering; on any internal failure, (None, kwargs, None) and the call goes on unmetered."""
-    try:
-        kwargs = _materialized(kwargs)
+    with contained("call start"):
+        kwargs = _materialized(kwargs)  # kept on failure too: a generator it read is now this list
         host, port = _server_of(instance)
         call = metering.start(target.operation, kwargs, host, port)
         token = context.attach(trace.set_span_in_context(call.span))
@@ -90,9 +91,7 @@ def _begin(
         except Exception:
             context.detach(token)
             raise
-    except Exception as exc:
-        report_internal_error("call start", exc)
-        return None, kwargs, None
+    return None, kwargs, None
 
 
 def _materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -109,14 +108,12 @@ def _materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _detach(token: object | None) -> None:
     if token is not None:
-        try:
+        with contained("context detach"):
             context.detach(token)  # type: ignore[arg-type]
-        except Exception as exc:
-            report_internal_error("context detach", exc)
 
 
 def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -> Any:
-    try:
+    with contained("call result"):
         if call.stream:
             proxy = MeteredAsyncStream if is_async else MeteredStream
 
@@ -130,8 +127,6 @@ def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -
                 finish_unread = functools.partial(_stream_finisher(metering, call), StreamAccumulator(), None)
                 return MeteredRawResponse(result, meter_stream, finish_unread)
         metering.complete(call, _parsed(result))
-    except Exception as exc:
-        report_internal_error("call result", exc)
     return result
 
 
@@ -156,10 +151,8 @@ def _parsed(result: Any) -> Any:
 
 
 def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
-    try:
+    with contained("call failure"):
         metering.fail(call, error)
-    except Exception as exc:
-        report_internal_error("call failure", exc)
 
 
 def make_sync_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:

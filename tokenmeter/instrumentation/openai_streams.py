@@ -17,7 +17,7 @@ from typing import Any
 import wrapt
 
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, is_usage_only_chunk
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained, never_raises
 
 
 class _StreamMeter:
@@ -30,24 +30,19 @@ class _StreamMeter:
         self._done = False
         self._lock = threading.Lock()
 
+    @never_raises("stream chunk", True)  # the caller sees every chunk when tokenmeter fails
     def observe(self, chunk: Any) -> bool:
         """Record a chunk; True if the caller should see it."""
-        try:
-            self.accumulator.observe(chunk)
-            return not (self.hide_usage_chunk and is_usage_only_chunk(chunk))
-        except Exception as exc:
-            report_internal_error("stream chunk", exc)
-            return True
+        self.accumulator.observe(chunk)
+        return not (self.hide_usage_chunk and is_usage_only_chunk(chunk))
 
     def finish(self, error: BaseException | None = None) -> None:
         with self._lock:
             if self._done:
                 return
             self._done = True
-        try:
+        with contained("stream finish"):
             self._finish(self.accumulator, error)
-        except Exception as exc:
-            report_internal_error("stream finish", exc)
 
 
 class MeteredStream(wrapt.ObjectProxy):  # type: ignore[misc]

@@ -34,10 +34,9 @@ from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from tokenmeter.instrumentation.safety import report_internal_error, warn_once
+from tokenmeter.instrumentation.safety import contained, warn_once
 
 FlushFunction = Callable[[], bool]
-_SITE = "usage counter flush"
 
 
 class UsageFlusher:
@@ -89,15 +88,13 @@ class UsageFlusher:
             self._export()
 
     def _export(self) -> None:
-        try:
+        with contained("usage counter flush"):
             if self._flush() is False:
                 warn_once(
                     "usage-flush-incomplete",
                     "tokenmeter: exporting the usage counters failed or timed out; the next export "
                     "carries the same totals (counters are cumulative)",
                 )
-        except Exception as exc:
-            report_internal_error(_SITE, exc)
 
     def _after_fork(self) -> None:
         self._condition = threading.Condition()

@@ -25,7 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
 
 from tokenmeter import semconv
-from tokenmeter.instrumentation.safety import report_internal_error, warn_once
+from tokenmeter.instrumentation.safety import contained, warn_once
 from tokenmeter.instrumentation.usage_flush import changed_series_exporter
 
 SERVICE_INSTANCE_ID = "service.instance.id"
@@ -134,11 +134,9 @@ class AccountingPipeline:
         from opentelemetry.sdk.resources import Resource
 
         if exporters is None:
-            try:
+            exporters = []  # when tokenmeter's own setup fails; the warning below says nothing is exported
+            with contained("accounting metric exporter setup"):
                 exporters = _exporters_from_environment()
-            except Exception as exc:
-                report_internal_error("accounting metric exporter setup", exc)
-                exporters = []
         if not exporters:
             warn_once(
                 "accounting-no-exporter",

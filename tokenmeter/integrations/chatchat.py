@@ -34,7 +34,7 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 from tokenmeter.integrations.chatchat_launcher import STARTUP_MODULE, make_stops_graceful
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 SERVER_APP_MODULE: Final = "chatchat.server.api_server.server_app"
 UTILS_MODULE: Final = "chatchat.server.utils"
 _MARK: Final = "_tokenmeter_identity_added"
+_SITE: Final = "Chatchat integration"
 
 
 def add_identity_middleware(app: Any) -> None:
@@ -79,30 +80,24 @@ def register_api_server_as_hop() -> None:
 
 
 def _on_server_app(module: Any) -> None:
-    try:
+    with contained(_SITE):  # on failure Chatchat runs as before, without identity
         register_api_server_as_hop()
         if getattr(module, "app", None) is not None:
             add_identity_middleware(module.app)
         wrapt.wrap_function_wrapper(module, "create_app", _create_app)
         logger.info("tokenmeter: Chatchat API instrumented (identity middleware, hop %s)", SERVER_APP_MODULE)
-    except Exception as exc:  # Chatchat runs as before, without identity
-        report_internal_error("Chatchat integration", exc)
 
 
 def _create_app(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     app = wrapped(*args, **kwargs)
-    try:
+    with contained(_SITE):
         add_identity_middleware(app)
-    except Exception as exc:
-        report_internal_error("Chatchat integration", exc)
     return app
 
 
 def _on_utils(module: Any) -> None:
-    try:
+    with contained(_SITE):
         wrapt.wrap_function_wrapper(module, "run_in_thread_pool", _run_in_thread_pool)
-    except Exception as exc:
-        report_internal_error("Chatchat integration", exc)
 
 
 def _run_in_thread_pool(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...],

@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 from typing import Any, ClassVar, Final
 
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,11 @@ class GracefulStopProcess(multiprocessing.Process):
 
     def kill(self) -> None:
         try:
-            self._stop_gracefully()
+            with contained(_SITE):
+                self._stop_gracefully()
         except KeyboardInterrupt:  # Chatchat's handler turns a second SIGINT/SIGTERM into this
             type(self)._hurry = True
             logger.warning("tokenmeter: second stop signal, killing %s now", self.name)
-        except Exception as exc:
-            report_internal_error(_SITE, exc)
         super().kill()  # what Chatchat did; nothing left to kill after a graceful stop
 
     def _stop_gracefully(self) -> None:
@@ -68,7 +67,7 @@ class GracefulStopProcess(multiprocessing.Process):
 
 def make_stops_graceful(module: Any) -> None:
     """Post-import hook of ``chatchat.startup``: its servers are stopped gracefully."""
-    try:
+    with contained(_SITE):  # on failure Chatchat stops as before
         from tokenmeter.settings import get_settings
 
         stop_seconds = get_settings().chatchat_stop_seconds
@@ -83,5 +82,3 @@ def make_stops_graceful(module: Any) -> None:
             return
         GracefulStopProcess.stop_seconds = stop_seconds
         module.Process = GracefulStopProcess
-    except Exception as exc:  # Chatchat stops as before
-        report_internal_error(_SITE, exc)

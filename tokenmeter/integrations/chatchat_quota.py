@@ -24,10 +24,10 @@ from typing import Any, Final
 from tokenmeter.instrumentation.asgi import ASGIApp, Message, Receive, Scope, Send
 from tokenmeter.instrumentation.attribution import current_attribution
 from tokenmeter.instrumentation.quota.client import QuotaClient, check_key
-from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaError, QuotaExceeded
+from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaVerdict
 from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
 from tokenmeter.instrumentation.quota.responses import quota_error_response
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 from tokenmeter.tokenizers.estimate import estimate_tokens
 
 # route -> (field with the model, fields with the input text)
@@ -72,7 +72,8 @@ class ChatchatQuotaPrecheck:
     async def _decide(self, client: QuotaClient, path: str, route: tuple[str, tuple[str, ...]], body: bytes
                       ) -> bytes | None:  # fmt: skip
         """None: go on unchanged; bytes: go on with this body; raises QuotaError to refuse."""
-        try:
+        verdict: QuotaVerdict | None = None  # stays None when tokenmeter fails: the call's own check still applies
+        with contained("Chatchat quota pre-check"):
             request = json.loads(body or b"{}")
             if not isinstance(request, dict):
                 return None
@@ -83,8 +84,7 @@ class ChatchatQuotaPrecheck:
             verdict = await client.check_async(check_key(current_attribution(), model), estimate_tokens(text),
                                                max_tokens if isinstance(max_tokens, int) else None,
                                                dry_run=True)  # fmt: skip
-        except Exception as exc:  # the call's own check still applies
-            report_internal_error("Chatchat quota pre-check", exc)
+        if verdict is None:
             return None
         if verdict.action == "deny":
             raise QuotaExceeded(verdict)

@@ -19,8 +19,9 @@ from typing import Any, Final
 from uuid import UUID
 
 from tokenmeter import semconv
-from tokenmeter.instrumentation.metering import LLMCall, Metering
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.metering import Metering
+from tokenmeter.instrumentation.safety import contained
 
 _ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
                  "chat": "user"}  # fmt: skip
@@ -105,7 +106,7 @@ class TokenmeterCallbackHandler:
         metering = self.metering
         if metering is None or is_metered_by_the_sdk(serialized):
             return
-        try:
+        with contained("LangChain run start"):
             request["model"] = _model_of(serialized, invocation_params)
             for name in ("max_tokens", "temperature", "top_p"):
                 if (invocation_params or {}).get(name) is not None:
@@ -113,8 +114,6 @@ class TokenmeterCallbackHandler:
             call = metering.start(operation, request, None, None)
             with self._lock:
                 self._calls[run_id] = call
-        except Exception as exc:
-            report_internal_error("LangChain run start", exc)
 
     def on_chat_model_start(self, serialized: Mapping[str, Any], messages: Sequence[Sequence[Any]], *,
                             run_id: UUID, **kwargs: Any) -> None:  # fmt: skip
@@ -130,19 +129,15 @@ class TokenmeterCallbackHandler:
         with self._lock:
             call = self._calls.pop(run_id, None)
         if call is not None and self.metering is not None:
-            try:
+            with contained("LangChain run end"):
                 self.metering.complete(call, _response_like(response, call.request_model))
-            except Exception as exc:
-                report_internal_error("LangChain run end", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             call = self._calls.pop(run_id, None)
         if call is not None and self.metering is not None:
-            try:
+            with contained("LangChain run error"):
                 self.metering.fail(call, error)
-            except Exception as exc:
-                report_internal_error("LangChain run error", exc)
 
     def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
         pass

@@ -13,18 +13,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter.errors import TokenmeterError
+from tokenmeter.quota_wire import DecisionDocument
 
 Language = Literal["zh", "en"]
 
 _SCOPE_ZH: Final = {"organisation": "组织", "department": "部门", "user": "用户", "app": "应用"}
 _PERIOD_ZH: Final = {"day": "每日", "week": "每周", "month": "每月"}
 _PERIOD_EN: Final = {"day": "per day", "week": "per week", "month": "per month"}
+
+
+_DOCUMENT_FIELDS: Final = frozenset(DecisionDocument.model_fields)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class QuotaVerdict:
     reservation_id: str | None = None
     fail_open: bool = False  # the enforcer did not answer; the call went ahead
     lease_id: str | None = None  # decided in the app from a lease (instrumentation/quota/leases.py)
+
+    @classmethod
+    def from_document(cls, document: DecisionDocument, fallback_model: str) -> QuotaVerdict:
+        """The enforcer's answer as a verdict: every field the two share by name, ``action`` from ``decision``,
+        and the asked-about model where the answer leaves a model out."""
+        shared = {field.name: getattr(document, field.name) for field in fields(cls) if field.name in _DOCUMENT_FIELDS}
+        shared["requested_model"] = document.requested_model or fallback_model
+        shared["effective_model"] = document.effective_model or fallback_model
+        return cls(action=document.decision, **shared)
 
     def usage_text(self, language: Language) -> str:
         """'1,000 / 1,000 tokens' or '812.5 / 800 CNY' (the limit that applies)."""

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 from tokenmeter import semconv
-from tokenmeter.instrumentation.metering import LLMCall
+from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.local_counts import request_token_estimate
 from tokenmeter.instrumentation.quota.client import CheckKey, QuotaClient, check_key
 from tokenmeter.instrumentation.quota.errors import (
     QuotaDegraded,
@@ -38,9 +38,8 @@ from tokenmeter.instrumentation.quota.errors import (
     QuotaUnavailable,
     QuotaVerdict,
 )
-from tokenmeter.instrumentation.safety import report_internal_error
+from tokenmeter.instrumentation.safety import contained
 from tokenmeter.instrumentation.usage_metrics import Instruments
-from tokenmeter.tokenizers.estimate import estimate_tokens
 
 # The decisions worth telling the end user about, for the request being served (ASGI).
 _notices: ContextVar[list[QuotaVerdict] | None] = ContextVar("tokenmeter_quota_notices", default=None)
@@ -82,36 +81,30 @@ class QuotaGate:
         """The kwargs to send (model rewritten on downgrade); raises QuotaError to stop the call."""
         if call.hop:
             return kwargs  # the forwarded call is checked
-        try:
+        verdict: QuotaVerdict | None = None  # stays None when tokenmeter fails: the call goes ahead unchanged
+        with contained("quota check"):
             key, input_tokens, max_output = self._request(call, kwargs)
             verdict = self.client.check(key, input_tokens, max_output)
-        except Exception as exc:
-            report_internal_error("quota check", exc)
-            return kwargs
-        return self._apply(call, kwargs, verdict)
+        return kwargs if verdict is None else self._apply(call, kwargs, verdict)
 
     async def check_async(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         if call.hop:
             return kwargs
-        try:
+        verdict: QuotaVerdict | None = None
+        with contained("quota check"):
             key, input_tokens, max_output = self._request(call, kwargs)
             verdict = await self.client.check_async(key, input_tokens, max_output)
-        except Exception as exc:
-            report_internal_error("quota check", exc)
-            return kwargs
-        return self._apply(call, kwargs, verdict)
+        return kwargs if verdict is None else self._apply(call, kwargs, verdict)
 
     @staticmethod
     def _request(call: LLMCall, kwargs: dict[str, Any]) -> tuple[CheckKey, int, int | None]:
         key = check_key(call.attribution, call.request_model)
-        # An estimate is enough to reserve; the bill uses the real count.
-        text = json.dumps(call.request_input, ensure_ascii=False, default=str)
         if call.operation == semconv.OPERATION_EMBEDDINGS:
             max_output: int | None = 0
         else:
             limit = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
             max_output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
-        return key, estimate_tokens(text), max_output
+        return key, request_token_estimate(call.request_input), max_output
 
     def _apply(self, call: LLMCall, kwargs: dict[str, Any], verdict: QuotaVerdict) -> dict[str, Any]:
         span = call.span

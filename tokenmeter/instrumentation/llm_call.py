@@ -1,0 +1,61 @@
+"""`LLMCall`: what tokenmeter knows about one intercepted LLM call, filled in as the call proceeds.
+
+`Metering.start` creates it on the caller's thread; the quota gate and the SDK
+wrappers add to it; `Metering.complete` / `fail` / `complete_stream` record what
+came back. Billing reads it as plain facts (`billing_facts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from tokenmeter.instrumentation.attribution import Attribution
+from tokenmeter.instrumentation.billing import BillableCall
+from tokenmeter.instrumentation.openai_payload import ServerUsage
+
+
+@dataclass
+class LLMCall:
+    """What tokenmeter knows about one call, filled in as the call proceeds."""
+
+    operation: str
+    request_model: str
+    provider: str
+    span: Span
+    attribution: Attribution
+    start_ns: int
+    request_input: Any
+    stream: bool = False
+    server_address: str | None = None
+    server_port: int | None = None
+    hide_usage_chunk: bool = False
+    end_ns: int | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    usage: ServerUsage | None = None
+    output_texts: list[str] = field(default_factory=list)
+    error_type: str | None = None
+    # True when the call produced (part of) a response that the server processed.
+    reached_server: bool = False
+    # Run on the background thread once the call is recorded (the quota reservation's release).
+    on_finished: Callable[[], None] | None = None
+    # A call to one of your own forwarding services: the forwarded call is billed instead.
+    hop: bool = False
+
+    def billing_facts(self) -> BillableCall:
+        """The plain data `bill` decides on; the trace id drives the drift sample."""
+        return BillableCall(
+            operation=self.operation,
+            request_model=self.request_model,
+            response_model=self.response_model,
+            request_input=self.request_input,
+            output_texts=tuple(self.output_texts),
+            usage=self.usage,
+            reached_server=self.reached_server,
+            trace_id=self.span.get_span_context().trace_id,
+        )
