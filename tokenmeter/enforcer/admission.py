@@ -1,18 +1,18 @@
-"""One enforcer replica: the policy, the latest usage snapshot and the reservation ledger.
+"""One enforcer replica admitting calls: each check decided, and its estimate reserved, under one lock.
 
-``check`` decides and reserves under one lock, so concurrent checks on this replica see
-each other's reservations: a budget is passed by at most the last admitted call's estimate
-on this replica. (Replicas that share a store without coordination each admit the whole
-budget: see docs/quotas.md.)
+``check`` decides and reserves under the lock of the usage in force
+(:class:`~tokenmeter.enforcer.usage_in_force.UsageInForce`: the policy, the latest usage snapshot
+and the reservation ledger), so concurrent checks on this replica see each other's reservations:
+a budget is passed by at most the last admitted call's estimate on this replica. (Replicas that
+share a store without coordination each admit the whole budget: see docs/quotas.md.)
 The snapshot is refreshed from the store by the caller (the sidecar does it every few
 seconds); a refresh never blocks checks for longer than the swap.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -21,14 +21,16 @@ from tokenmeter.enforcer.decision import (
     BudgetUsage,
     CheckRequest,
     Decision,
+    Usage,
+    UsageKey,
     UsageSnapshot,
     budget_usages,
     decide_and_lease,
 )
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import Policy
-from tokenmeter.enforcer.shared_headroom import SharedHeadroom, WithOthers
-from tokenmeter.enforcer.snapshot import read_snapshot
+from tokenmeter.enforcer.shared_headroom import Growth, SharedHeadroom, WithOthers
+from tokenmeter.enforcer.usage_in_force import UsageInForce, UsageView
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -43,6 +45,25 @@ class CheckResult:
 
 
 _LIMITED: Final = frozenset({"downgrade", "degrade", "deny"})  # decided by an exceeded budget
+_ATTEMPTS: Final = 8  # a check decided this often with the leases changing under it decides on this replica's numbers
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """What a check must do on the coordination server, with the lock let go, before it is decided again."""
+
+    recheck: UsageKey | None  # refused on what the others held at the last read: read that again
+    growths: list[Growth]  # otherwise: the leases to grow
+    policy: Policy
+    now: datetime
+
+    def run(self, headroom: SharedHeadroom, rechecked: set[UsageKey]) -> None:
+        """Do it (a network call); ``rechecked``: the refusals read again for this check."""
+        if self.recheck is not None:  # refused on what the others held at the last read: read again
+            rechecked.add(self.recheck)
+            headroom.recheck(self.policy, self.recheck, self.now)
+        else:
+            headroom.grow(self.growths)  # granted or not, the check is decided again with what it found
 
 
 def _utc_now() -> datetime:
@@ -59,62 +80,41 @@ class Enforcer:
         headroom: SharedHeadroom | None = None,
     ) -> None:
         """``headroom``: share budget headroom with other replicas (TOKENMETER_COORDINATION_URL)."""
-        self._policy = policy
         self.headroom = headroom
-        self._clock = clock
         self._ledger = ledger if ledger is not None else ReservationLedger(clock=clock)  # an empty ledger is falsy
-        self._now = now
-        self._lock = threading.Lock()
-        self._snapshot = UsageSnapshot()
-        self._snapshot_started_at = float("-inf")  # no snapshot yet: every reservation still counts
+        self.usage = UsageInForce(policy, self._ledger, now, clock)
+        self._lock = self.usage.lock
 
     @property
     def policy(self) -> Policy:
-        return self._policy
+        return self.usage.policy
 
     @property
     def snapshot(self) -> UsageSnapshot:
-        return self._snapshot
+        return self.usage.snapshot
 
     def now(self) -> datetime:
-        return self._now()
+        return self.usage.now()
 
     def snapshot_age(self) -> float:
         """Seconds since the query of the snapshot in use started (inf before the first)."""
-        return self._clock() - self._snapshot_started_at
+        return self.usage.snapshot_age()
 
     def set_policy(self, policy: Policy, snapshot: UsageSnapshot | None = None, started_at: float = 0.0) -> None:
-        """Use ``policy`` from now on, with a snapshot read for it when there is one.
-
-        Without one the old snapshot stays: budgets kept by name keep their usage, new
-        budgets count only reservations until the next refresh.
-        """
-        with self._lock:
-            self._policy = policy
-            if snapshot is not None:
-                self._snapshot, self._snapshot_started_at = snapshot, started_at
+        """Use ``policy`` from now on, with a snapshot read for it when there is one (see ``UsageInForce``)."""
+        self.usage.set_policy(policy, snapshot, started_at)
 
     def update_snapshot(self, snapshot: UsageSnapshot, started_at: float, policy: Policy | None = None) -> bool:
         """Use ``snapshot`` unless a newer one or another policy came first; True when used."""
-        with self._lock:
-            if policy is not None and policy is not self._policy:
-                return False  # read for a policy that has since been replaced
-            if started_at < self._snapshot_started_at:  # an older, slower refresh never wins
-                return False
-            self._snapshot, self._snapshot_started_at = snapshot, started_at
-            return True
+        return self.usage.update_snapshot(snapshot, started_at, policy)
 
     def read_snapshot(self, client: Client, policy: Policy | None = None) -> tuple[UsageSnapshot, float]:
         """Usage from the store for ``policy`` (default: the current one), and when the query started."""
-        started_at = self._clock()
-        return read_snapshot(client, policy or self._policy, self._now()), started_at
+        return self.usage.read_snapshot(client, policy)
 
     def refresh(self, client: Client) -> UsageSnapshot:
         """Read usage from the store (outside the lock) and use it from now on."""
-        policy = self._policy
-        snapshot, started_at = self.read_snapshot(client, policy)
-        self.update_snapshot(snapshot, started_at, policy)
-        return snapshot
+        return self.usage.refresh(client)
 
     def check(
         self,
@@ -133,41 +133,25 @@ class Enforcer:
         ``blocking=False`` such a check returns None instead (the caller retries it on a thread that may
         wait: an event loop must not).
         """
-        rechecked: set[tuple[str, str]] = set()
-        for attempt in range(8):
+        rechecked: set[UsageKey] = set()
+        for attempt in range(_ATTEMPTS):
             with self._lock:
-                now = self._now()
-                local = self._ledger.totals(self._snapshot_started_at)
-                held = local if self.headroom is None else self.headroom.held(local)
-                decision, hold, calls = decide_and_lease(self._policy, self._snapshot, held, request, now,
+                state = self.usage.view()
+                held = state.local if self.headroom is None else self.headroom.held(state.local)
+                decision, hold, calls = decide_and_lease(state.policy, state.snapshot, held, request, state.now,
                                                          max_calls=lease_max_calls if reserve else 1)  # fmt: skip
                 if calls > 1:
                     hold = {key: usage.times(calls) for key, usage in hold.items()}
-                limiting = (decision.budget, decision.subject or "")
-                stale_refusal = (self.headroom is not None and decision.action in _LIMITED and attempt < 7
-                                 and decision.budget is not None and limiting not in rechecked
-                                 and self.headroom.worth_rechecking(limiting, claim=blocking))  # fmt: skip
-                growths = (
-                    []
-                    if self.headroom is None or not reserve or not hold or stale_refusal
-                    else (self.headroom.plan(self._policy, self._snapshot, local, hold, now))
-                )
-                if growths and attempt == 7:  # the leases kept changing under it: decide on this replica's numbers
-                    assert self.headroom is not None
-                    self.headroom.grant_unconfirmed(growths)
-                    growths = []
-                if not stale_refusal and not growths:
+                wait = None if self.headroom is None else _replica_wait(
+                    self.headroom, state, decision, hold, reserve=reserve, claim=blocking,
+                    last=attempt == _ATTEMPTS - 1, rechecked=rechecked)  # fmt: skip
+                if wait is None:
                     reservation_id = self._ledger.reserve(hold, check_id) if reserve else None
-                    return CheckResult(decision, reservation_id, now, max(calls, 1))
-                policy = self._policy
+                    return CheckResult(decision, reservation_id, state.now, max(calls, 1))
             if not blocking:
                 return None
             assert self.headroom is not None
-            if stale_refusal:  # refused on what the others held at the last read: read again, then decide again
-                rechecked.add(limiting)
-                self.headroom.recheck(policy, limiting, now)
-            else:
-                self.headroom.grow(growths)  # granted or not, decide again with what it found
+            wait.run(self.headroom, rechecked)
         raise AssertionError("unreachable: the last attempt always decides")
 
     def give_back_headroom(self) -> None:
@@ -178,24 +162,22 @@ class Enforcer:
         # Scan every lease without the check lock (thousands of leases would keep checks waiting on it),
         # then lower the few that are due under it, deciding each again on the numbers of that moment.
         with self._lock:
-            policy, snapshot, now = self._policy, self._snapshot, self._now()
-            local = dict(self._ledger.totals(self._snapshot_started_at))
-        due = self.headroom.due_leases(policy, snapshot, local, now)
+            state = self.usage.view(copy=True)
+        due = self.headroom.due_leases(state.policy, state.snapshot, state.local, state.now)
         for lease_key in due:
             with self._lock:
-                local = self._ledger.totals(self._snapshot_started_at)
-                lowering = self.headroom.lowering(lease_key, self._policy, self._snapshot, local, self._now())
+                state = self.usage.view()
+                lowering = self.headroom.lowering(lease_key, state.policy, state.snapshot, state.local, state.now)
             if lowering is not None:
                 self.headroom.lower(lowering)
 
     def budget_states(self) -> list[BudgetUsage]:
         """Used (store), reserved (ledger), limit and ratio per (budget, subject) in the current period."""
         with self._lock:  # copies only: thousands of subjects must not keep checks waiting on the lock
-            policy, snapshot, now = self._policy, self._snapshot, self._now()
-            local = dict(self._ledger.totals(self._snapshot_started_at))
+            state = self.usage.view(copy=True)
             others = None if self.headroom is None else self.headroom.others_now()
-        held = local if others is None else dict(WithOthers(local, others))
-        return budget_usages(policy, snapshot, held, now)
+        held = state.local if others is None else dict(WithOthers(state.local, others))
+        return budget_usages(state.policy, state.snapshot, held, state.now)
 
     def reservations(self) -> int:
         return len(self._ledger)
@@ -205,3 +187,24 @@ class Enforcer:
 
     def release_check(self, check_id: str) -> bool:
         return self._ledger.release_check(check_id)
+
+
+def _replica_wait(headroom: SharedHeadroom, state: UsageView, decision: Decision, hold: Mapping[UsageKey, Usage], *,
+                  reserve: bool, claim: bool, last: bool, rechecked: set[UsageKey]) -> _Wait | None:  # fmt: skip
+    """None when the call is decided on this replica's leases now; else what must be done first.
+
+    A refusal made with what the other replicas held at the last read is read again before it stands
+    (``claim``: this check will do the reading); a call its leases cannot hold grows them. On the
+    ``last`` attempt the leases kept changing under it: it is decided on this replica's numbers.
+    """
+    if decision.action in _LIMITED and not last and decision.budget is not None:
+        limiting = (decision.budget, decision.subject or "")
+        if limiting not in rechecked and headroom.worth_rechecking(limiting, claim=claim):
+            return _Wait(limiting, [], state.policy, state.now)
+    growths = headroom.plan(state.policy, state.snapshot, state.local, hold, state.now) if reserve and hold else []
+    if not growths:
+        return None
+    if last:
+        headroom.grant_unconfirmed(growths)
+        return None
+    return _Wait(None, growths, state.policy, state.now)

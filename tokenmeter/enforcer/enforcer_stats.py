@@ -1,7 +1,8 @@
 """The enforcer's own metrics in the Prometheus text format (``/metrics``).
 
 Counters and the latency histogram are kept here; quota utilisation per (budget, subject)
-is read from the enforcer when scraped, so it is never older than the last snapshot.
+and the gauges (:func:`enforcer_gauges`) are read from the enforcer when scraped, so they are
+never older than the last snapshot.
 """
 
 from __future__ import annotations
@@ -9,9 +10,15 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tokenmeter.server.prometheus_text import Histogram, label_value
+
+if TYPE_CHECKING:
+    from tokenmeter.enforcer.admission import Enforcer
+    from tokenmeter.enforcer.quota_events import QuotaEventLog
+    from tokenmeter.enforcer.replica_presence import ReplicaPresence
+    from tokenmeter.enforcer.shared_headroom import SharedHeadroom
 
 CHECK_SECONDS_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 
@@ -90,3 +97,42 @@ class EnforcerStats:
         for name, (help_text, value) in sorted(gauges.items()):
             family(name, "gauge", help_text, (f"{name} {value:.6g}",))
         return "\n".join(lines) + "\n"
+
+
+def utilisation_ratios(enforcer: Enforcer) -> list[tuple[str, str, str, float]]:
+    """(budget, scope, subject, ratio) per budget and subject now, for :meth:`EnforcerStats.render`."""
+    return [(state.budget.name, state.budget.scope, state.subject, state.ratio) for state in enforcer.budget_states()]
+
+
+def enforcer_gauges(
+    enforcer: Enforcer, events: QuotaEventLog, presence: ReplicaPresence
+) -> dict[str, tuple[str, float]]:
+    """The enforcer's gauges now, for :meth:`EnforcerStats.render`: name -> (help, value)."""
+    age = enforcer.snapshot_age()
+    return {
+        "tokenmeter_enforcer_reservations": ("Reservations in flight.", float(enforcer.reservations())),
+        "tokenmeter_enforcer_snapshot_age_seconds": (
+            "Age of the usage snapshot checks use (-1: none yet).", age if age != float("inf") else -1.0),
+        "tokenmeter_enforcer_events_pending": ("Quota events not yet written.", float(events.pending())),
+        "tokenmeter_enforcer_events_dropped": ("Quota events dropped (store down, buffer full).",
+                                               float(events.dropped)),
+        **_headroom_gauges(enforcer.headroom),
+        "tokenmeter_enforcer_uncoordinated_replicas": (
+            "Other enforcers on this store that do not share budget headroom with this one.",
+            float(len(presence.warnings))),
+    }  # fmt: skip
+
+
+def _headroom_gauges(headroom: SharedHeadroom | None) -> dict[str, tuple[str, float]]:
+    """How the leases shared with other replicas are doing (none without replicas)."""
+    if headroom is None:
+        return {}
+    return {
+        "tokenmeter_enforcer_lease_grows": ("Leases grown on the coordination server, since start.",
+                                            float(headroom.grows)),
+        "tokenmeter_enforcer_lease_lowerings": ("Spare lease room given back, since start.",
+                                                float(headroom.lowerings)),
+        "tokenmeter_enforcer_coordination_failures": ("Checks decided on this replica's numbers because the "
+                                                      "coordination server could not be used, since start.",
+                                                      float(headroom.failures)),
+    }  # fmt: skip

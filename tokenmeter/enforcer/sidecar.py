@@ -31,6 +31,9 @@ from tokenmeter.server.bearer import BearerToken
 from tokenmeter.server.interpreter_tuning import tune_when_ready
 
 if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
     from clickhouse_connect.driver.client import Client
 
     from tokenmeter.catalog import ModelCatalog
@@ -85,8 +88,7 @@ def run_enforcer(
     config: EnforcerConfig, catalog: ModelCatalog, ready: IO[str] = sys.stdout,
     progress: Callable[[str], None] = print,
 ) -> int:  # fmt: skip
-    from tokenmeter.server.listening import ServerStartError, bind_socket, quiet_uvicorn_server, socket_address
-    from tokenmeter.server.tokens import load_or_create_api_token
+    from tokenmeter.server.listening import bind_socket, quiet_uvicorn_server
     from tokenmeter.store import open_store, parse_store_url
 
     location = parse_store_url(config.clickhouse_url)
@@ -95,6 +97,31 @@ def run_enforcer(
     def open_client() -> Client:
         return open_store(config.clickhouse_url)
 
+    _require_tables(open_client, location.display)
+    token, token_source = _api_token(config)
+    service = EnforcerService(open_client, config.options, catalog)
+    service.start()
+    server = quiet_uvicorn_server(enforcer_app(service, token))
+
+    def announce(address: str) -> None:
+        ready.write(json.dumps({"event": "ready", "api": address, "store": location.display, "token": token_source}))
+        ready.write("\n")
+        ready.flush()
+        budgets = len(service.enforcer.policy.budgets)
+        progress(f"tokenmeter enforcer: {address}, {budgets} budgets, store {location.display} (token: {token_source})")
+
+    try:
+        asyncio.run(_serve(server, sock, service, announce))
+    finally:
+        service.close()
+    progress("tokenmeter enforcer: stopped")
+    return 0
+
+
+def _require_tables(open_client: Callable[[], Client], store: str) -> None:
+    """ServerStartError unless the store has the tables the enforcer needs (it never migrates the schema)."""
+    from tokenmeter.server.listening import ServerStartError
+
     probe = open_client()
     try:
         missing = missing_tables(probe)
@@ -102,38 +129,33 @@ def run_enforcer(
         probe.close()
     if missing:
         raise ServerStartError(
-            f"store {location.display} has no {', '.join(missing)}: run `tokenmeter db migrate "
-            f"--clickhouse-url {location.display}` first"
+            f"store {store} has no {', '.join(missing)}: run `tokenmeter db migrate --clickhouse-url {store}` first"
         )
+
+
+def _api_token(config: EnforcerConfig) -> tuple[str, str]:
+    """The token the API takes, and where it comes from (for the ready line)."""
+    from tokenmeter.server.tokens import load_or_create_api_token
+
     if config.token:
-        token, token_source = config.token, "TOKENMETER_ENFORCER_TOKEN"
-    else:
-        token, path = load_or_create_api_token(path=config.token_file)
-        token_source = str(path)
-    service = EnforcerService(open_client, config.options, catalog)
-    service.start()
-    server = quiet_uvicorn_server(enforcer_app(service, token))
+        return config.token, "TOKENMETER_ENFORCER_TOKEN"
+    token, path = load_or_create_api_token(path=config.token_file)
+    return token, str(path)
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        address = f"http://{socket_address(sock)}"
-        tune_when_ready()
-        ready.write(json.dumps({"event": "ready", "api": address, "store": location.display, "token": token_source}))
-        ready.write("\n")
-        ready.flush()
-        budgets = len(service.enforcer.policy.budgets)
-        progress(f"tokenmeter enforcer: {address}, {budgets} budgets, store {location.display} (token: {token_source})")
-        await task
 
-    try:
-        asyncio.run(main())
-    finally:
-        service.close()
-    progress("tokenmeter enforcer: stopped")
-    return 0
+async def _serve(server: uvicorn.Server, sock: socket.socket, service: EnforcerService,
+                 announce: Callable[[str], None]) -> None:  # fmt: skip
+    """Serve until SIGTERM / SIGINT (SIGHUP reloads the policy); ``announce`` the address once listening."""
+    from tokenmeter.server.listening import socket_address
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    address = f"http://{socket_address(sock)}"
+    tune_when_ready()
+    announce(address)
+    await task

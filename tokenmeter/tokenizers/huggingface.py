@@ -110,6 +110,7 @@ def _from_tokenizer_file(path: Path) -> Any:
 
 
 def load_huggingface(spec: TokenizerSpec, allow_download: bool) -> HuggingFaceTokenizer:
+    """The counting tokenizer ``spec`` names; raises TokenizerUnavailable with the fix."""
     if not spec.path and not spec.hub_id:
         raise TokenizerUnavailable("its catalog entry names no tokenizer.path (no tokenizer data ships on PyPI)")
     try:
@@ -118,46 +119,58 @@ def load_huggingface(spec: TokenizerSpec, allow_download: bool) -> HuggingFaceTo
         raise TokenizerUnavailable(
             "transformers is not installed", fix="pip install 'tokenmeter[hf]' in this environment"
         ) from None
-    source: str
     try:
-        if spec.path:
-            found = first_existing(spec.path)
-            if found is None:
-                raise TokenizerUnavailable(
-                    f"none of the tokenizer paths exist: {', '.join(spec.path)}",
-                    fix="make tokenizer.path name an existing model directory (the one with "
-                    "tokenizer_config.json) or tokenizer.json file on this machine",
-                )
-            ref, path = found
-            source = ref if is_package_ref(ref) else str(path)
-            if path.is_file():
-                tokenizer = _from_tokenizer_file(path)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(
-                    str(path), local_files_only=True, trust_remote_code=spec.trust_remote_code
-                )
-        else:
-            source = str(spec.hub_id)
-            tokenizer = AutoTokenizer.from_pretrained(
-                source, local_files_only=not allow_download, trust_remote_code=spec.trust_remote_code
-            )
+        source, tokenizer = _read_tokenizer(spec, allow_download, AutoTokenizer)
     except TokenizerUnavailable:
         raise
     except Exception as exc:  # third-party loading code can raise anything; remember it as unavailable
-        where = ", ".join(spec.path) if spec.path else spec.hub_id
-        fix = LOCAL_DIRECTORY_FIX
-        if "trust_remote_code" in str(exc):
-            fix = "set tokenizer.trust_remote_code: true for this entry if you trust the model directory's code"
-        elif not spec.path and not allow_download:
-            fix = (
-                "download the tokenizer into the Hugging Face cache beforehand, "
-                "set TOKENMETER_ALLOW_DOWNLOAD=true, "
-                "or " + LOCAL_DIRECTORY_FIX
-            )
-        raise TokenizerUnavailable(
-            f"transformers could not load a tokenizer from {where}: {type(exc).__name__}: {exc}", fix=fix
-        ) from None
+        raise _not_loadable(spec, allow_download, exc) from None
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     tokenizer.model_max_length = _NO_LENGTH_LIMIT
     return HuggingFaceTokenizer(tokenizer, f"hf:{source}")
+
+
+def _read_tokenizer(spec: TokenizerSpec, allow_download: bool, auto_tokenizer: Any) -> tuple[str, Any]:
+    """Where the tokenizer comes from (for its label) and the ``transformers`` tokenizer read from there.
+
+    The first of ``spec.path`` that exists (a model directory or a tokenizer.json file), else
+    the hub id from the local cache (downloaded only with ``allow_download``).
+    """
+    if not spec.path:
+        source = str(spec.hub_id)
+        tokenizer = auto_tokenizer.from_pretrained(
+            source, local_files_only=not allow_download, trust_remote_code=spec.trust_remote_code
+        )
+        return source, tokenizer
+    found = first_existing(spec.path)
+    if found is None:
+        raise TokenizerUnavailable(
+            f"none of the tokenizer paths exist: {', '.join(spec.path)}",
+            fix="make tokenizer.path name an existing model directory (the one with "
+            "tokenizer_config.json) or tokenizer.json file on this machine",
+        )
+    ref, path = found
+    source = ref if is_package_ref(ref) else str(path)
+    if path.is_file():
+        return source, _from_tokenizer_file(path)
+    return source, auto_tokenizer.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=spec.trust_remote_code
+    )
+
+
+def _not_loadable(spec: TokenizerSpec, allow_download: bool, exc: Exception) -> TokenizerUnavailable:
+    """What ``transformers`` failing to load the tokenizer means, and what to do about it."""
+    where = ", ".join(spec.path) if spec.path else spec.hub_id
+    fix = LOCAL_DIRECTORY_FIX
+    if "trust_remote_code" in str(exc):
+        fix = "set tokenizer.trust_remote_code: true for this entry if you trust the model directory's code"
+    elif not spec.path and not allow_download:
+        fix = (
+            "download the tokenizer into the Hugging Face cache beforehand, "
+            "set TOKENMETER_ALLOW_DOWNLOAD=true, "
+            "or " + LOCAL_DIRECTORY_FIX
+        )
+    return TokenizerUnavailable(
+        f"transformers could not load a tokenizer from {where}: {type(exc).__name__}: {exc}", fix=fix
+    )

@@ -1,0 +1,61 @@
+"""What a check asks the enforcer to decide: the call as a :class:`~tokenmeter.enforcer.decision.CheckRequest`.
+
+The app sends the call's tokens (:class:`~tokenmeter.quota_wire.CheckBody`); the decision needs its
+estimates: the output tokens (the policy's estimate when the call gives no ``max_tokens``) and, for
+budgets with cost limits, the call's cost on the requested model and on each model a downgrade may
+route it to, at the model catalog's prices (each model's price looked up once).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from tokenmeter.enforcer.decision import CheckRequest
+from tokenmeter.enforcer.policy import Policy
+from tokenmeter.pricing import Price, cost_of
+from tokenmeter.quota_wire import CheckBody
+
+if TYPE_CHECKING:
+    from tokenmeter.catalog import ModelCatalog
+
+
+class CallEstimates:
+    def __init__(self, catalog: ModelCatalog | None) -> None:
+        """No catalog: no prices, so no call has a cost (cost limits see none)."""
+        self._catalog = catalog
+        self._prices: dict[str, Price | None] = {}
+
+    def request(self, policy: Policy, body: CheckBody) -> CheckRequest:
+        """The call of ``body`` with its estimates under ``policy``."""
+        output = policy.output_estimate(body.model, body.max_output_tokens)
+        return CheckRequest(
+            user=body.user,
+            department=body.department,
+            app=body.app,
+            model=body.model,
+            input_tokens=body.input_tokens,
+            max_output_tokens=output,
+            estimated_costs=self.costs(policy, body.model, body.input_tokens, output),
+        )
+
+    def costs(self, policy: Policy, model: str, input_tokens: int, output_tokens: int
+              ) -> dict[str, tuple[Decimal, str]]:  # fmt: skip
+        """The call's cost on the requested model and on each model a downgrade may route it to."""
+        costs: dict[str, tuple[Decimal, str]] = {}
+        if not policy.has_cost_limits:  # token limits only: the price does not matter
+            return costs
+        seen = set()
+        current: str | None = model
+        while current is not None and current not in seen:
+            seen.add(current)
+            cost = cost_of(self._price(current), input_tokens, output_tokens)
+            if cost.amount is not None and cost.currency is not None:
+                costs[current] = (cost.amount, cost.currency)
+            current = policy.routes.get(current)
+        return costs
+
+    def _price(self, model: str) -> Price | None:
+        if model not in self._prices:
+            self._prices[model] = self._catalog.price_for(model) if self._catalog is not None else None
+        return self._prices[model]
