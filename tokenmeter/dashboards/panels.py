@@ -193,45 +193,48 @@ def overview() -> Board:
     return Board("tokenmeter-overview", "tokenmeter / Overview", "tokenmeter-overview.json", panels)
 
 
-def departments_and_users() -> Board:
-    utilisation = f"""
+# The quota panels: budgets as the enforcer last wrote them, and the decisions the apps got.
+UTILISATION_BARS: Final = f"""
         SELECT concat(budget, ' · ', if(subject = '', 'organisation', subject)) AS budget_subject, ratio
         FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget_subject LIMIT 50"""
-    versus_limit = f"""
+UTILISATION_TABLE: Final = f"""
         SELECT budget, scope, subject, period, used_tokens, reserved_tokens, limit_tokens, used_cost, limit_cost,
                currency, ratio, resets_at
         FROM ({LATEST_UTILISATION}) ORDER BY ratio DESC, budget, subject"""
-    trend = per_interval(TOKENS, "department", "tokens", DEPARTMENT_OR_NONE)
-    per_user = calls_and_tokens(
-        "if(user = '', '(none)', user) AS user, any(department) AS department", "user", "user, department"
-    )
-    decisions = f"""
+NOT_ALLOWED: Final = f"""
         SELECT $__timeInterval(time) AS time, quota_decision AS decision, count() AS calls
         FROM llm_usage FINAL
         WHERE $__timeFilter(time) AND quota_decision IN ('warn', 'downgrade', 'degrade', 'deny', 'unavailable')
           AND {filters("request_model")}
         GROUP BY time, decision ORDER BY time"""
-    # Decision changes per (user, department, app) as the enforcer wrote them (quota_events).
-    recent_decisions = f"""
+# Decision changes per (user, department, app) as the enforcer wrote them (quota_events).
+DECISION_CHANGES: Final = f"""
         SELECT time, user, department, app, previous_action AS previous, action AS decision, budget,
                ratio, requested_model, effective_model
         FROM quota_events
         WHERE event = 'decision_changed' AND $__timeFilter(time) AND {filters("requested_model")}
         ORDER BY time DESC, user, department, app LIMIT 50"""
+
+
+def departments_and_users() -> Board:
+    trend = per_interval(TOKENS, "department", "tokens", DEPARTMENT_OR_NONE)
+    per_user = calls_and_tokens(
+        "if(user = '', '(none)', user) AS user, any(department) AS department", "user", "user, department"
+    )
     panels = (
-        Panel(1, "Quota utilisation", "bargauge", utilisation, grid=(0, 0, 10, 10), unit="percentunit",
+        Panel(1, "Quota utilisation", "bargauge", UTILISATION_BARS, grid=(0, 0, 10, 10), unit="percentunit",
               marks=(0.8, 1.0), description="Used plus in-flight, of each budget's limit, this period "
                                              "(as the enforcer sees it; marks at 80 % and 100 %)."),
-        Panel(2, "Period to date against the limit", "table", versus_limit, grid=(10, 0, 14, 10),
+        Panel(2, "Period to date against the limit", "table", UTILISATION_TABLE, grid=(10, 0, 14, 10),
               columns=(("used_tokens", "tokens"), ("reserved_tokens", "tokens"), ("limit_tokens", "tokens"),
                        *COST_COLUMNS, ("ratio", "percentunit"), ("resets_at", "datetime"))),
         Panel(3, "Tokens by department", "timeseries", trend, fmt=FORMAT_TIME_SERIES, grid=(0, 10, 12, 8),
               unit="tokens"),
         Panel(4, "Users: calls and tokens per call", "table", per_user, grid=(12, 10, 12, 8), columns=USAGE_COLUMNS),
-        Panel(5, "Warnings, downgrades and denials", "timeseries", decisions, fmt=FORMAT_TIME_SERIES,
+        Panel(5, "Warnings, downgrades and denials", "timeseries", NOT_ALLOWED, fmt=FORMAT_TIME_SERIES,
               grid=(0, 18, 24, 8), unit="calls", description="Quota decisions other than allow, from the calls' "
                                                               "spans (with trace sampling, a share of them)."),
-        Panel(6, "Recent quota decisions", "table", recent_decisions, grid=(0, 26, 24, 8),
+        Panel(6, "Recent quota decisions", "table", DECISION_CHANGES, grid=(0, 26, 24, 8),
               columns=(("time", "datetime"), ("ratio", "percentunit")),
               description="When the enforcer's answer for a user, department and app changed "
                           "(allow -> warn -> downgrade ...), newest first."),
