@@ -7,7 +7,8 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from telemetry_fixtures import CollectingMetricExporter, metric_points
 
 from tokenmeter import semconv
-from tokenmeter.instrumentation.usage_metrics import SERVICE_INSTANCE_ID, AccountingPipeline
+from tokenmeter.instrumentation.usage_metrics import AccountingPipeline
+from tokenmeter.semconv import SERVICE_INSTANCE_ID
 
 USERS = 5_000
 OVERFLOW = "otel.metric.overflow"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from tokenmeter.calendar_periods import PERIODS
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.cli.store_options import add_clickhouse_url_option
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.reporting import (
     DIMENSIONS,
@@ -63,11 +64,7 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     report.add_argument("--at", metavar="YYYY-MM-DD", help="any day in the period (default today, UTC)")
     report.add_argument("--subject", metavar="NAME", help="only this department / user / model / app ('' = none)")
     report.add_argument("--format", choices=FORMATS, default="table", help="output (default table)")
-    report.add_argument(
-        "--clickhouse-url",
-        metavar="URL",
-        help="chdb:///path or http(s)://user:password@host:port/db (default: TOKENMETER_CLICKHOUSE_URL)",
-    )
+    add_clickhouse_url_option(report)
     report.add_argument(
         "--api", metavar="URL", help="ask this `tokenmeter serve` API instead of the store (e.g. http://127.0.0.1:9400)"
     )

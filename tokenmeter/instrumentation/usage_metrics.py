@@ -28,8 +28,6 @@ from tokenmeter import semconv
 from tokenmeter.instrumentation.safety import contained, warn_once
 from tokenmeter.instrumentation.usage_flush import changed_series_exporter
 
-SERVICE_INSTANCE_ID = "service.instance.id"
-
 
 @dataclass(frozen=True)
 class Instruments:
@@ -154,8 +152,8 @@ class AccountingPipeline:
             for exporter in exporters
         ]
         resource = Resource.create()
-        if SERVICE_INSTANCE_ID not in resource.attributes:
-            resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+        if semconv.SERVICE_INSTANCE_ID not in resource.attributes:
+            resource = resource.merge(Resource({semconv.SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
         self.resource = resource
         self.provider = SdkMeterProvider(resource=resource, metric_readers=self.readers, shutdown_on_exit=False)
 

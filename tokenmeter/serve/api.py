@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,9 +31,12 @@ from tokenmeter.enforcer.quota_service import EnforcerService
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
 from tokenmeter.server.bearer import BearerToken
-from tokenmeter.web.routes import web_routes
+from tokenmeter.web.routes import Handler, web_routes
 
 logger = logging.getLogger(__name__)
+
+API_TOKEN_HINT: Final = "TOKENMETER_API_TOKEN, or the api-token file serve wrote"  # noqa: S105 - a hint, not a token
+ENFORCER_TOKEN_HINT: Final = f"TOKENMETER_ENFORCER_TOKEN or {API_TOKEN_HINT}"
 
 
 def api_app(
@@ -45,36 +48,59 @@ def api_app(
     enforcer: EnforcerService,
     enforcer_token: str | None = None,
 ) -> CheckPath:
+    """The route table: who may call what; checks and releases go to :class:`CheckPath` in front of it."""
     if not api_token:
         raise ValueError("the usage API needs a token")  # usage is never served without one
     api_bearer = BearerToken(api_token)
     any_bearer = BearerToken(api_token, enforcer_token)
-    api_token_hint = "TOKENMETER_API_TOKEN, or the api-token file serve wrote"  # noqa: S105 - a hint, not a token
-    enforcer_token_hint = f"TOKENMETER_ENFORCER_TOKEN or {api_token_hint}"
+    endpoints = ServeEndpoints(queue, reader, store_display, enforcer)
 
-    probe = StoreProbe(reader)
+    def api_guard(handler: Handler) -> Handler:
+        return guarded(api_bearer, API_TOKEN_HINT, handler)
 
-    async def healthz(_request: Request) -> Response:
-        problems = enforcer.store_problems()
-        probe_problem = await probe.problem()
+    app = Starlette(
+        routes=[
+            Route("/healthz", endpoints.healthz, methods=["GET"]),
+            Route("/metrics", guarded(any_bearer, ENFORCER_TOKEN_HINT, endpoints.metrics), methods=["GET"]),
+            Route("/v1/report", api_guard(endpoints.report), methods=["GET"]),
+            *enforcer_routes(enforcer, any_bearer, ENFORCER_TOKEN_HINT),
+            *web_routes(reader, api_guard, queue.stats, enforcer),
+        ]
+    )
+    return CheckPath(app, enforcer, any_bearer, ENFORCER_TOKEN_HINT)
+
+
+class ServeEndpoints:
+    """serve's own endpoints: health, metrics and the usage report."""
+
+    def __init__(self, queue: IngestQueue, reader: StoreReader, store_display: str, enforcer: EnforcerService) -> None:
+        self._queue = queue
+        self._reader = reader
+        self._store_display = store_display
+        self._enforcer = enforcer
+        self._probe = StoreProbe(reader)
+
+    async def healthz(self, _request: Request) -> Response:
+        problems = self._enforcer.store_problems()
+        probe_problem = await self._probe.problem()
         if probe_problem is not None:
             problems.insert(0, probe_problem)
         document = {
             "status": "unavailable" if problems else "ok",
             "problems": problems,
-            "store": store_display,
-            "queue_bytes": queue.pending_bytes,
-            "quotas": enforcer.health(),
+            "store": self._store_display,
+            "queue_bytes": self._queue.pending_bytes,
+            "quotas": self._enforcer.health(),
         }
         return JSONResponse(document, status_code=503 if problems else 200)
 
-    async def metrics(_request: Request) -> Response:
+    async def metrics(self, _request: Request) -> Response:
         # On a worker thread: with thousands of subjects the budget gauges take 50-100 ms of Python,
         # which on the event loop would hold up every check meanwhile.
-        text = queue.stats.render() + await run_in_threadpool(enforcer.render_metrics)
+        text = self._queue.stats.render() + await run_in_threadpool(self._enforcer.render_metrics)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    async def report(request: Request) -> Response:
+    async def report(self, request: Request) -> Response:
         from tokenmeter.reporting import build_usage_report, parse_day
 
         params = request.query_params
@@ -88,21 +114,10 @@ def api_app(
             return build_usage_report(client, by, period, at, subject=subject).to_dict()
 
         try:
-            document = await reader.run(read)
+            document = await self._reader.run(read)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except Exception:
             logger.exception("usage report failed")
             return JSONResponse({"error": "the store could not answer; see the serve log"}, status_code=503)
         return JSONResponse(document)
-
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", guarded(any_bearer, enforcer_token_hint, metrics), methods=["GET"]),
-            Route("/v1/report", guarded(api_bearer, api_token_hint, report), methods=["GET"]),
-            *enforcer_routes(enforcer, any_bearer, enforcer_token_hint),
-            *web_routes(reader, lambda handler: guarded(api_bearer, api_token_hint, handler), queue.stats, enforcer),
-        ]
-    )
-    return CheckPath(app, enforcer, any_bearer, enforcer_token_hint)

@@ -64,24 +64,45 @@ def web_routes(
     enforcer: EnforcerService,
 ) -> list[Route]:
     """Routes for serve's API app; ``guard`` wraps a handler with the API's bearer-token check."""
+    data = DashboardData(reader, receiver, enforcer)
+    return [
+        Route("/", page, methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
+        Route("/v1/dashboard", guard(boards), methods=["GET"]),
+        Route("/v1/dashboard/filters", guard(data.filters), methods=["GET"]),
+        Route("/v1/dashboard/panels/{board}/{panel}", guard(data.panel), methods=["GET"]),
+        Route("/v1/dashboard/health", guard(data.health), methods=["GET"]),
+    ]
 
-    async def page(_request: Request) -> Response:
-        return Response(_asset("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
-    async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        media_type = STATIC_FILES.get(name)
-        if media_type is None:
-            return JSONResponse({"error": f"no file {name!r}"}, status_code=404)
-        return Response(_asset(name), media_type=media_type, headers=PAGE_HEADERS)
+async def page(_request: Request) -> Response:
+    return Response(_asset("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
-    async def boards(_request: Request) -> Response:
-        return JSONResponse(panel_data.catalog())
 
-    async def filters(_request: Request) -> Response:
-        return _json(await _read(reader, panel_data.filter_values))
+async def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        return JSONResponse({"error": f"no file {name!r}"}, status_code=404)
+    return Response(_asset(name), media_type=media_type, headers=PAGE_HEADERS)
 
-    async def panel(request: Request) -> Response:
+
+async def boards(_request: Request) -> Response:
+    return JSONResponse(panel_data.catalog())
+
+
+class DashboardData:
+    """The endpoints that read the store or serve's counters: filters, panels and the pipeline strip."""
+
+    def __init__(self, reader: StoreReader, receiver: ReceiverStats, enforcer: EnforcerService) -> None:
+        self._reader = reader
+        self._receiver = receiver
+        self._enforcer = enforcer
+
+    async def filters(self, _request: Request) -> Response:
+        return _json(await _read(self._reader, panel_data.filter_values))
+
+    async def panel(self, request: Request) -> Response:
         try:
             chosen = panel_data.find_panel(request.path_params["board"], request.path_params["panel"])
         except LookupError as exc:
@@ -91,30 +112,21 @@ def web_routes(
             query = panel_data.parse_panel_query(params, {name: params.getlist(name) for name in params})
         except panel_data.RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return _json(await _read(reader, lambda client: panel_data.run_panel(client, chosen, query)))
+        return _json(await _read(self._reader, lambda client: panel_data.run_panel(client, chosen, query)))
 
-    async def health(_request: Request) -> Response:
-        newest = await _read(reader, panel_data.last_usage_minute)
+    async def health(self, _request: Request) -> Response:
+        newest = await _read(self._reader, panel_data.last_usage_minute)
         if isinstance(newest, Response):
             return newest
         document: dict[str, Any] = {
             "now_ms": int(time.time() * 1000),
             "store_last_usage_ms": newest,
-            "receiver": receiver.activity(),
-            "fail_open": enforcer.stats.fail_open_totals(),
-            "quotas": enforcer.health(),
-            "budgets": len(enforcer.enforcer.policy.budgets),
+            "receiver": self._receiver.activity(),
+            "fail_open": self._enforcer.stats.fail_open_totals(),
+            "quotas": self._enforcer.health(),
+            "budgets": len(self._enforcer.enforcer.policy.budgets),
         }
         return JSONResponse(document)
-
-    return [
-        Route("/", page, methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-        Route("/v1/dashboard", guard(boards), methods=["GET"]),
-        Route("/v1/dashboard/filters", guard(filters), methods=["GET"]),
-        Route("/v1/dashboard/panels/{board}/{panel}", guard(panel), methods=["GET"]),
-        Route("/v1/dashboard/health", guard(health), methods=["GET"]),
-    ]
 
 
 async def _read(reader: StoreReader, read: Callable[[Client], Any]) -> Any:
