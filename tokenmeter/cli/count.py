@@ -1,0 +1,121 @@
+"""`tokenmeter count`: tokens of a text, a file or chat messages with a model's own tokenizer, or the catalog.
+
+tokenmeter count --model qwen2.5-7b-instruct --text "人工智能"
+tokenmeter count --model gpt-4 --messages-json chat.json      # or "-" for stdin
+tokenmeter count --model deepseek-chat --file prompt.txt
+tokenmeter count --list-models [--models my-models.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from tokenmeter.catalog import ModelCatalog, ModelEntry
+from tokenmeter.cli.exit_codes import EXIT_OK
+from tokenmeter.cli.input_error import InputError
+from tokenmeter.pricing import PER_1K, Price
+from tokenmeter.settings import get_settings
+from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
+
+
+def add_count_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    count = commands.add_parser(
+        "count",
+        help="count tokens with a model's own tokenizer",
+        description="Count tokens as the model's server would; prints one JSON object.",
+    )
+    count.add_argument("--model", help="model name as sent to the API, e.g. qwen2.5-7b-instruct")
+    source = count.add_mutually_exclusive_group()
+    source.add_argument("--text", help="plain text to count")
+    source.add_argument("--file", metavar="PATH", help="count the text of this UTF-8 file ('-' for stdin)")
+    source.add_argument(
+        "--messages-json",
+        metavar="FILE",
+        help='count chat input: a JSON array of messages or {"messages": [...]}; "-" reads stdin',
+    )
+    source.add_argument("--list-models", action="store_true", help="print the catalog entries as JSON lines")
+    count.add_argument("--models", type=Path, metavar="PATH", help="model catalog YAML (overrides TOKENMETER_MODELS)")
+    count.set_defaults(run=run_count)
+
+
+def run_count(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
+    models_path = args.models if args.models is not None else get_settings().models
+    catalog = ModelCatalog.load(models_path)
+    if args.list_models:
+        for entry in catalog.entries:
+            stdout.write(json.dumps(_entry_json(entry), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    if not args.model:
+        raise InputError("--model is required (or use --list-models)")
+    registry = TokenizerRegistry(catalog, allow_download=get_settings().allow_download)
+    count: TokenCount
+    if args.text is not None:
+        count = registry.count_text(args.model, args.text)
+    elif args.file is not None:
+        count = registry.count_text(args.model, _read_text(args.file, stdin))
+    elif args.messages_json is not None:
+        messages = _read_messages(args.messages_json, stdin)
+        try:
+            count = registry.count_messages(args.model, messages)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad chat messages: {exc}") from None
+    else:
+        raise InputError("give one of --text, --file or --messages-json")
+    result = {
+        "model": args.model,
+        "tokens": count.tokens,
+        "source": count.source,
+        "tokenizer": count.tokenizer,
+    }
+    stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def _price_json(price: Price | None) -> dict[str, Any] | None:
+    if price is None:
+        return None
+    return {
+        "input": str(price.input),
+        "output": str(price.output),
+        "per": "1K" if price.per == PER_1K else "1M",
+        "currency": price.currency,
+        "virtual": price.virtual,
+    }
+
+
+def _entry_json(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "match": entry.pattern,
+        "provider": entry.provider,
+        "tokenizer": entry.tokenizer.describe() if entry.tokenizer is not None else None,
+        "chat_format": entry.chat_format,
+        "price": _price_json(entry.price),
+        "note": entry.note,
+        "origin": entry.origin,
+    }
+
+
+def _read_text(path: str, stdin: TextIO) -> str:
+    if path == "-":
+        return stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot read {path}: {reason}") from None
+
+
+def _read_messages(path: str, stdin: TextIO) -> list[Any]:
+    source = "standard input" if path == "-" else path
+    try:
+        document = json.loads(_read_text(path, stdin))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    if isinstance(document, dict) and isinstance(document.get("messages"), list):
+        return document["messages"]
+    if isinstance(document, list):
+        return document
+    raise InputError(f'{source} must hold a JSON array of chat messages or an object with a "messages" array')
