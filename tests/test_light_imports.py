@@ -101,3 +101,32 @@ def test_every_part_has_a_rule() -> None:
     known = {part for group in MUST_NOT_IMPORT for part in group} | set(COMMAND_LINE) | {"__init__", "py"}
     parts = {_part_of(path) for path in PACKAGE.rglob("*.py")}
     assert parts - known == set()
+
+
+def _enforcer_modules_imported(path: Path) -> set[str]:
+    """The ``tokenmeter.enforcer.*`` modules a file imports (``replicas`` for any module of that package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        for name in names:
+            pieces = name.split(".")
+            if pieces[:2] == ["tokenmeter", "enforcer"] and len(pieces) > 2:
+                found.add(pieces[2])
+    return found
+
+
+def test_the_enforcer_core_and_its_replica_room_stay_apart() -> None:
+    """The decision core (policy, decisions) imports no other enforcer module but itself; the replicas'
+    room (Keeper leases) builds only on that core, never on the service around it."""
+    enforcer = PACKAGE / "enforcer"
+    core = {"policy", "decision"}
+    problems = []
+    for name in sorted(core):
+        extra = _enforcer_modules_imported(enforcer / f"{name}.py") - core
+        problems += [f"enforcer/{name}.py imports tokenmeter.enforcer.{module}" for module in sorted(extra)]
+    for path in sorted((enforcer / "replicas").rglob("*.py")):
+        extra = _enforcer_modules_imported(path) - core - {"replicas"}
+        problems += [f"{path.relative_to(PACKAGE)} imports tokenmeter.enforcer.{module}" for module in sorted(extra)]
+    assert problems == [], "\n".join(problems)

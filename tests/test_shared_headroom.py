@@ -18,10 +18,10 @@ import pytest
 from zookeeper_server import ZooKeeperServer
 
 from tokenmeter.enforcer.admission import Enforcer
-from tokenmeter.enforcer.coordination import KEEP_SECONDS, CoordinationUrl, Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import CheckRequest, Usage
 from tokenmeter.enforcer.policy import parse_policy
-from tokenmeter.enforcer.shared_headroom import RECHECK_AFTER_SECONDS, SharedHeadroom
+from tokenmeter.enforcer.replicas.coordination import KEEP_SECONDS, CoordinationUrl, Coordinator, LeaseKey
+from tokenmeter.enforcer.replicas.shared_headroom import RECHECK_AFTER_SECONDS, SharedHeadroom
 
 LIMIT = 10_000
 POLICY = parse_policy(f"""

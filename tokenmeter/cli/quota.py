@@ -97,8 +97,8 @@ def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
 
 def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
     from tokenmeter.catalog import CatalogError, ModelCatalog
-    from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
+    from tokenmeter.enforcer.replicas.coordination import CoordinationError
     from tokenmeter.enforcer.sidecar import EnforcerConfig, run_enforcer
     from tokenmeter.server.listening import ServerStartError
     from tokenmeter.settings import default_data_dir

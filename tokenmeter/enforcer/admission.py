@@ -29,7 +29,7 @@ from tokenmeter.enforcer.decision import (
 )
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import Policy
-from tokenmeter.enforcer.shared_headroom import Growth, SharedHeadroom, WithOthers
+from tokenmeter.enforcer.replicas.shared_headroom import Growth, SharedHeadroom, WithOthers
 from tokenmeter.enforcer.usage_in_force import UsageInForce, UsageView
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from tokenmeter.server.prometheus_text import Histogram, label_value
 if TYPE_CHECKING:
     from tokenmeter.enforcer.admission import Enforcer
     from tokenmeter.enforcer.quota_events import QuotaEventLog
-    from tokenmeter.enforcer.replica_presence import ReplicaPresence
-    from tokenmeter.enforcer.shared_headroom import SharedHeadroom
+    from tokenmeter.enforcer.replicas.replica_presence import ReplicaPresence
+    from tokenmeter.enforcer.replicas.shared_headroom import SharedHeadroom
 
 CHECK_SECONDS_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 

@@ -12,7 +12,7 @@ from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.decision import BudgetUsage
 from tokenmeter.enforcer.policy_file import LoadedPolicy
 from tokenmeter.enforcer.quota_utilisation import cost_in
-from tokenmeter.enforcer.replica_presence import ReplicaPresence
+from tokenmeter.enforcer.replicas.replica_presence import ReplicaPresence
 from tokenmeter.enforcer.wire import decimal_text
 
 

@@ -31,7 +31,6 @@ from tokenmeter.enforcer import quota_documents
 from tokenmeter.enforcer.admission import CheckResult, Enforcer
 from tokenmeter.enforcer.call_estimates import CallEstimates
 from tokenmeter.enforcer.check_receipts import CheckReceipts
-from tokenmeter.enforcer.coordination import Coordinator
 from tokenmeter.enforcer.decision import CheckRequest, Decision
 from tokenmeter.enforcer.enforcer_stats import EnforcerStats, enforcer_gauges, utilisation_ratios
 from tokenmeter.enforcer.ledger import DEFAULT_SETTLE_SECONDS, DEFAULT_TIMEOUT_SECONDS, ReservationLedger
@@ -40,8 +39,9 @@ from tokenmeter.enforcer.policy_file import DEFAULT_POLICY_SETTLE_SECONDS
 from tokenmeter.enforcer.policy_reloader import PolicyReloader
 from tokenmeter.enforcer.quota_events import QuotaEventLog
 from tokenmeter.enforcer.quota_utilisation import UtilisationWriter
-from tokenmeter.enforcer.replica_presence import ReplicaPresence, own_replica_id
-from tokenmeter.enforcer.shared_headroom import SharedHeadroom
+from tokenmeter.enforcer.replicas.coordination import Coordinator
+from tokenmeter.enforcer.replicas.replica_presence import ReplicaPresence, own_replica_id
+from tokenmeter.enforcer.replicas.shared_headroom import SharedHeadroom
 from tokenmeter.enforcer.usage_refresher import UsageRefresher
 from tokenmeter.quota_wire import CheckBody, LeaseTerms
 

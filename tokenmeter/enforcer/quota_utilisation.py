@@ -1,7 +1,7 @@
 """Rows for the ``quota_utilisation`` table: every budget's state, written every 30 s.
 
 Dashboards read limits and ratios there. The same cadence writes this enforcer's heartbeat
-(:class:`~tokenmeter.enforcer.replica_presence.ReplicaPresence`), so other enforcers on the
+(:class:`~tokenmeter.enforcer.replicas.replica_presence.ReplicaPresence`), so other enforcers on the
 store are seen within 90 s.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tokenmeter.enforcer.admission import Enforcer
 from tokenmeter.enforcer.decision import BudgetUsage, Usage
-from tokenmeter.enforcer.replica_presence import ReplicaPresence
+from tokenmeter.enforcer.replicas.replica_presence import ReplicaPresence
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

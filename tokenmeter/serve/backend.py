@@ -92,8 +92,8 @@ def _migrate(reader: StoreReader, config: ServeConfig, display: str, progress: C
 def _enforcer_service(config: ServeConfig, open_client: Callable[[], Client]) -> EnforcerService:
     """The enforcer with its policy and the model catalog loaded; touches no store (ServerStartError when broken)."""
     from tokenmeter.catalog import CatalogError, ModelCatalog
-    from tokenmeter.enforcer.coordination import CoordinationError
     from tokenmeter.enforcer.policy import PolicyError
+    from tokenmeter.enforcer.replicas.coordination import CoordinationError
     from tokenmeter.settings import get_settings
 
     try:

@@ -9,8 +9,8 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from tokenmeter.enforcer.keeper_session import KeeperSession
-from tokenmeter.enforcer.replica_departures import ReplicaDepartures
+from tokenmeter.enforcer.replicas.keeper_session import KeeperSession
+from tokenmeter.enforcer.replicas.replica_departures import ReplicaDepartures
 
 # Past this age a period's lease nodes are no budget's current period (a month is the longest),
 # and a departure record is dropped (a lease node naming that replica still, untouched since, makes

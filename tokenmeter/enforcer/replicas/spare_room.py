@@ -1,8 +1,8 @@
 """Spare room in shared headroom's leases: what a grown lease takes beyond the call, and when that
-spare goes back (:mod:`~tokenmeter.enforcer.shared_headroom` explains why).
+spare goes back (:mod:`~tokenmeter.enforcer.replicas.shared_headroom` explains why).
 
 Plain functions over plain data; the state they are asked about is
-:class:`~tokenmeter.enforcer.headroom_book.HeadroomBook` and the coordination server's.
+:class:`~tokenmeter.enforcer.replicas.headroom_book.HeadroomBook` and the coordination server's.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from decimal import Decimal
 from typing import Final
 
 from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, ratio_of
-from tokenmeter.enforcer.lease_document import LeaseKey
 from tokenmeter.enforcer.policy import Budget, Limit, Policy
+from tokenmeter.enforcer.replicas.lease_document import LeaseKey
 
 ZERO: Final = Usage()
 # Given what the other replicas hold (read afresh), the lease this replica wants; None: the budget is exceeded.

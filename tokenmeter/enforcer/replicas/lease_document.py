@@ -6,7 +6,7 @@ subject and period.
          "leases": {"<replica>": {"tokens": n, "cost": {"CNY": "1.5"}}}}
 
 Plain functions over plain data; reading and writing the nodes is
-:class:`~tokenmeter.enforcer.lease_nodes.LeaseNodes`.
+:class:`~tokenmeter.enforcer.replicas.lease_nodes.LeaseNodes`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Mapping
 
 from tokenmeter.enforcer.decision import Usage, UsageKey
-from tokenmeter.enforcer.lease_document import LeaseKey, larger
-from tokenmeter.enforcer.spare_room import ZERO, covers
+from tokenmeter.enforcer.replicas.lease_document import LeaseKey, larger
+from tokenmeter.enforcer.replicas.spare_room import ZERO, covers
 
 
 class HeadroomBook:

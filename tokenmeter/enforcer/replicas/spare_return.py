@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from tokenmeter.enforcer.coordination import Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, period_bounds
-from tokenmeter.enforcer.headroom_book import HeadroomBook
-from tokenmeter.enforcer.headroom_health import HeadroomHealth
 from tokenmeter.enforcer.policy import Policy
-from tokenmeter.enforcer.spare_room import ZERO, SpareDue, budget_named, spare_due
+from tokenmeter.enforcer.replicas.coordination import Coordinator, LeaseKey
+from tokenmeter.enforcer.replicas.headroom_book import HeadroomBook
+from tokenmeter.enforcer.replicas.headroom_health import HeadroomHealth
+from tokenmeter.enforcer.replicas.spare_room import ZERO, SpareDue, budget_named, spare_due
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Lowering:
 
 
 class SpareReturn:
-    """The refresh side of :class:`~tokenmeter.enforcer.shared_headroom.SharedHeadroom`."""
+    """The refresh side of :class:`~tokenmeter.enforcer.replicas.shared_headroom.SharedHeadroom`."""
 
     def __init__(self, coordinator: Coordinator, book: HeadroomBook, health: HeadroomHealth, idle_seconds: float,
                  clock: Callable[[], float]) -> None:  # fmt: skip

@@ -4,8 +4,8 @@ A lease is grown by compare-and-set: read the node and its version, let the call
 what the other replicas hold, write with that version (a BadVersion means another replica wrote
 first: read again). Lowering or dropping a lease never needs admission, but is also written by
 compare-and-set, so no other replica's change is overwritten. Each write drops the leases of
-departed replicas that have settled (:class:`~tokenmeter.enforcer.replica_departures.ReplicaDepartures`).
-The node's path and JSON are :mod:`~tokenmeter.enforcer.lease_document`.
+departed replicas that have settled (:class:`~tokenmeter.enforcer.replicas.replica_departures.ReplicaDepartures`).
+The node's path and JSON are :mod:`~tokenmeter.enforcer.replicas.lease_document`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from tokenmeter.enforcer.coordination_url import CoordinationError
 from tokenmeter.enforcer.decision import Usage
-from tokenmeter.enforcer.keeper_session import KeeperSession
-from tokenmeter.enforcer.lease_document import (
+from tokenmeter.enforcer.replicas.coordination_url import CoordinationError
+from tokenmeter.enforcer.replicas.keeper_session import KeeperSession
+from tokenmeter.enforcer.replicas.lease_document import (
     LeaseKey,
     decode_document,
     encode_document,
@@ -29,7 +29,7 @@ from tokenmeter.enforcer.lease_document import (
     lease_path,
     usage_json,
 )
-from tokenmeter.enforcer.replica_departures import ReplicaDepartures
+from tokenmeter.enforcer.replicas.replica_departures import ReplicaDepartures
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
@@ -64,7 +64,7 @@ class LeaseNodes:
 
     def grow(self, key: LeaseKey, admit: Callable[[Usage], Usage | None]) -> tuple[bool, Usage, Usage]:
         """Raise this replica's lease on ``key`` to what ``admit(others)`` grants, never lowering it; see
-        :meth:`~tokenmeter.enforcer.coordination.Coordinator.grow`."""
+        :meth:`~tokenmeter.enforcer.replicas.coordination.Coordinator.grow`."""
         from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
         client = self._session.require_client()
@@ -95,7 +95,7 @@ class LeaseNodes:
 
     def set_own(self, key: LeaseKey, lease: Usage, expected: Usage | None = None) -> bool:
         """Lower or drop (an empty Usage) this replica's lease, only if it is still ``expected`` when given;
-        see :meth:`~tokenmeter.enforcer.coordination.Coordinator.set_own`."""
+        see :meth:`~tokenmeter.enforcer.replicas.coordination.Coordinator.set_own`."""
         from kazoo.exceptions import BadVersionError, NoNodeError
 
         client = self._session.require_client()

@@ -1,5 +1,5 @@
 """The decision rule across replicas: what the other replicas hold counts as reserved, and a replica
-admits a call only within the leases it holds (:mod:`~tokenmeter.enforcer.coordination`).
+admits a call only within the leases it holds (:mod:`~tokenmeter.enforcer.replicas.coordination`).
 
 For each check the replica decides with ``used (store) + its own reservations + what the others
 hold`` (as last read: when this replica last grew that lease, or read it again before refusing a
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from tokenmeter.enforcer.coordination import Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, period_bounds
-from tokenmeter.enforcer.headroom_book import HeadroomBook
-from tokenmeter.enforcer.headroom_health import HeadroomHealth
 from tokenmeter.enforcer.policy import Policy
-from tokenmeter.enforcer.refusal_recheck import RECHECK_AFTER_SECONDS, RefusalRecheck
-from tokenmeter.enforcer.spare_return import Lowering, SpareReturn
-from tokenmeter.enforcer.spare_room import (
+from tokenmeter.enforcer.replicas.coordination import Coordinator, LeaseKey
+from tokenmeter.enforcer.replicas.headroom_book import HeadroomBook
+from tokenmeter.enforcer.replicas.headroom_health import HeadroomHealth
+from tokenmeter.enforcer.replicas.refusal_recheck import RECHECK_AFTER_SECONDS, RefusalRecheck
+from tokenmeter.enforcer.replicas.spare_return import Lowering, SpareReturn
+from tokenmeter.enforcer.replicas.spare_room import (
     ZERO,
     Admission,
     SpareDue,
@@ -97,9 +97,9 @@ class Growth:
 
 class SharedHeadroom:
     """One replica's shared headroom. Checks plan and grow leases here; a refusal is read again first by
-    :class:`~tokenmeter.enforcer.refusal_recheck.RefusalRecheck`, the refresh gives spare back through
-    :class:`~tokenmeter.enforcer.spare_return.SpareReturn`; all three keep their numbers in one
-    :class:`~tokenmeter.enforcer.headroom_book.HeadroomBook`."""
+    :class:`~tokenmeter.enforcer.replicas.refusal_recheck.RefusalRecheck`, the refresh gives spare back through
+    :class:`~tokenmeter.enforcer.replicas.spare_return.SpareReturn`; all three keep their numbers in one
+    :class:`~tokenmeter.enforcer.replicas.headroom_book.HeadroomBook`."""
 
     def __init__(
         self,
@@ -202,7 +202,7 @@ class SharedHeadroom:
     def recheck(self, policy: Policy, key: UsageKey, now: datetime) -> bool:
         return self._recheck.recheck(policy, key, now)
 
-    # --- giving spare back (refresh thread): :class:`~tokenmeter.enforcer.spare_return.SpareReturn` ---
+    # --- giving spare back (refresh thread): :class:`~tokenmeter.enforcer.replicas.spare_return.SpareReturn` ---
 
     def due_leases(self, policy: Policy, snapshot: UsageSnapshot, local: Mapping[UsageKey, Usage],
                    now: datetime) -> list[LeaseKey]:  # fmt: skip

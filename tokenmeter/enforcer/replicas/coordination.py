@@ -24,10 +24,11 @@ ClickHouse Keeper, which every replicated ClickHouse cluster already runs, or Zo
 serves it.
 
 :class:`Coordinator` is what the enforcer holds; the parts are the session and this replica's
-registration (:mod:`~tokenmeter.enforcer.keeper_session`), whose leases count
-(:mod:`~tokenmeter.enforcer.replica_departures`), the lease nodes (:mod:`~tokenmeter.enforcer.lease_nodes`,
-their JSON in :mod:`~tokenmeter.enforcer.lease_document`) and the tidy-up
-(:mod:`~tokenmeter.enforcer.keeper_tidy`).
+registration (:mod:`~tokenmeter.enforcer.replicas.keeper_session`), whose leases count
+(:mod:`~tokenmeter.enforcer.replicas.replica_departures`), the lease nodes
+(:mod:`~tokenmeter.enforcer.replicas.lease_nodes`, their JSON in
+:mod:`~tokenmeter.enforcer.replicas.lease_document`) and the tidy-up
+(:mod:`~tokenmeter.enforcer.replicas.keeper_tidy`).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tokenmeter.enforcer.coordination_url import CoordinationError, CoordinationUrl
 from tokenmeter.enforcer.decision import Usage
-from tokenmeter.enforcer.keeper_session import CONNECT_TIMEOUT_SECONDS, SESSION_TIMEOUT_SECONDS, KeeperSession
-from tokenmeter.enforcer.keeper_tidy import KEEP_SECONDS, TIDY_EVERY_SECONDS, KeeperTidy
-from tokenmeter.enforcer.lease_document import LeaseKey, larger
-from tokenmeter.enforcer.lease_nodes import LeaseNodes
-from tokenmeter.enforcer.replica_departures import ReplicaDepartures
-from tokenmeter.enforcer.replica_presence import own_replica_id
+from tokenmeter.enforcer.replicas.coordination_url import CoordinationError, CoordinationUrl
+from tokenmeter.enforcer.replicas.keeper_session import CONNECT_TIMEOUT_SECONDS, SESSION_TIMEOUT_SECONDS, KeeperSession
+from tokenmeter.enforcer.replicas.keeper_tidy import KEEP_SECONDS, TIDY_EVERY_SECONDS, KeeperTidy
+from tokenmeter.enforcer.replicas.lease_document import LeaseKey, larger
+from tokenmeter.enforcer.replicas.lease_nodes import LeaseNodes
+from tokenmeter.enforcer.replicas.replica_departures import ReplicaDepartures
+from tokenmeter.enforcer.replicas.replica_presence import own_replica_id
 
 # The enforcer, serve, the command line and the tests import these from here.
 __all__ = [

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
-from tokenmeter.enforcer.coordination import Coordinator, LeaseKey
 from tokenmeter.enforcer.decision import UsageKey, period_bounds
-from tokenmeter.enforcer.headroom_book import HeadroomBook
-from tokenmeter.enforcer.headroom_health import HeadroomHealth
 from tokenmeter.enforcer.policy import Policy
-from tokenmeter.enforcer.spare_room import budget_named
+from tokenmeter.enforcer.replicas.coordination import Coordinator, LeaseKey
+from tokenmeter.enforcer.replicas.headroom_book import HeadroomBook
+from tokenmeter.enforcer.replicas.headroom_health import HeadroomHealth
+from tokenmeter.enforcer.replicas.spare_room import budget_named
 
 # A refusal made with what the others held is read again before it stands, at most once in this
 # long per budget and subject: a script hammering a spent budget must not cost a round trip per check.

@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable
 
-from tokenmeter.enforcer.keeper_session import KeeperSession
+from tokenmeter.enforcer.replicas.keeper_session import KeeperSession
 
 
 class ReplicaDepartures:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from tokenmeter.enforcer.coordination_url import CoordinationError, CoordinationUrl
+from tokenmeter.enforcer.replicas.coordination_url import CoordinationError, CoordinationUrl
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
