@@ -21,12 +21,13 @@ from typing import Final, Literal
 
 from tokenmeter import semconv
 from tokenmeter.store.counter_increase import (
-    history_rows,
     interval_increases,
     metric_list,
+    range_interval_increases,
     raw_rows,
     series_increases,
 )
+from tokenmeter.store.counter_increase import range_increases as range_increases_of_counters
 from tokenmeter.store.otlp_sql import attribute
 
 TOKENS, CALLS, COST = semconv.METRIC_USAGE_TOKENS, semconv.METRIC_USAGE_CALLS, semconv.METRIC_USAGE_COST
@@ -104,24 +105,23 @@ LATEST_UTILISATION: Final = f"""
     GROUP BY budget, scope, subject"""
 
 
-def _history(metrics: str | tuple[str, ...]) -> str:
-    """The counter rows a range's increases need (the range's minutes and the series' earlier maxima)."""
-    where = f"metric IN ({metric_list(metrics)}) AND {FILTERS}"
-    return history_rows("$__fromTime", "minute <= $__toTime", where)
+def _usage_filter(metrics: str | tuple[str, ...]) -> str:
+    return f"metric IN ({metric_list(metrics)}) AND {FILTERS}"
 
 
 def increments(metrics: str | tuple[str, ...], columns: str) -> str:
     """Per (series, interval of the range): the counter's increase, with ``metric`` and ``columns``; the
     interval's start is ``minute``. One row per series and interval instead of one per minute."""
-    rule = interval_increases(_history(metrics), "$__fromTime", "$__timeInterval(t)", ("metric", *columns.split(", ")))
+    rule = range_interval_increases("$__fromTime", "$__timeFilter(minute)", "$__timeInterval(minute)",
+                                    ("metric", *columns.split(", ")), _usage_filter(metrics))  # fmt: skip
     return f"""
     SELECT bucket AS minute, series_id, metric, {columns}, used AS increase FROM ({rule})"""
 
 
 def range_increases(metrics: str | tuple[str, ...], columns: str) -> str:
     """Per series with points in the range: the counter's increase over the whole range."""
-    rule = series_increases(_history(metrics), "$__fromTime", ("metric", *columns.split(", ")),
-                            having="countIf(t >= $__fromTime) > 0")  # fmt: skip
+    rule = range_increases_of_counters("$__fromTime", "$__timeFilter(minute)", ("metric", *columns.split(", ")),
+                                       _usage_filter(metrics))  # fmt: skip
     return f"""
     SELECT series_id, metric, {columns}, used AS increase FROM ({rule})"""
 

@@ -10,6 +10,12 @@ Maxima are idempotent, so duplicated, overlapping or retried exports cannot chan
 a restarted process is a new series from 0, so it adds. An interval of a time series is a range
 of its own: its largest value minus the largest before it.
 
+Two shapes of the same rule: over a series' rows up to the end (:func:`increase`,
+:func:`series_increases`, :func:`interval_increases`: reports, the enforcer, the apps' raw
+decision counters), and, for ranges that start anywhere in a long history (the dashboards),
+the range's maxima joined to each series' :func:`baselines` (:func:`range_increases`,
+:func:`range_interval_increases`), so a day's panel never groups a month of rows.
+
 Every reader builds its SQL from these helpers: the store's reports
 (:mod:`tokenmeter.store.usage_queries`), the enforcer's snapshot, the dashboards and the alert
 rules. Bounds, buckets and filters are the caller's SQL expressions: bound parameters such as
@@ -50,17 +56,52 @@ def table_rows(table: str, until: str, where: str = "1") -> str:
     return f"SELECT *, {time} AS t FROM {table} WHERE {time} < {until} AND {where}"
 
 
-def history_rows(start: str, through: str, where: str = "1") -> str:
-    """The rows that decide increases in a range from ``start`` to a condition on ``minute``
-    (``through``), read cheaply: a series' whole days before the start's UTC day from the daily
-    table, then its minutes from that midnight on. Column ``t`` is the row's time."""
-    columns = "department, user, series_id, metric, app, model, token_type, currency, virtual, value_max"
+def baselines(start: str, where: str = "1") -> str:
+    """Per series: its largest value before ``start`` (the "max before start" of the rule), read without the
+    whole history of minutes: whole days from the daily table, then the first day's minutes."""
     return f"""
-        SELECT {columns}, toDateTime(day, 'UTC') AS t FROM {DAILY}
+    SELECT series_id, max(value) AS baseline FROM (
+        SELECT series_id, max(value_max) AS value FROM {DAILY}
         WHERE day < toDate({start}, 'UTC') AND {where}
+        GROUP BY series_id
         UNION ALL
-        SELECT {columns}, minute AS t FROM {MINUTELY}
-        WHERE minute >= toStartOfDay({start}, 'UTC') AND {through} AND {where}"""
+        SELECT series_id, max(value_max) AS value FROM {MINUTELY}
+        WHERE minute >= toStartOfDay({start}, 'UTC') AND minute < {start} AND {where}
+        GROUP BY series_id
+    ) GROUP BY series_id"""
+
+
+def _range_maxima(in_range: str, where: str, columns: Iterable[str], bucket: str | None) -> str:
+    """Per series (and ``bucket``) with minutes in the range: its largest value as ``value``, with ``columns``."""
+    per = f", {bucket} AS bucket" if bucket else ""
+    return f"""
+        SELECT series_id{per}, {_carried(columns)}, max(value_max) AS value
+        FROM (SELECT * FROM {MINUTELY} WHERE {in_range} AND {where})
+        GROUP BY series_id{", bucket" if bucket else ""}"""
+
+
+def range_increases(start: str, in_range: str, columns: Iterable[str], where: str = "1") -> str:
+    """Per series with minutes in the range (``in_range``, a condition on ``minute`` from ``start``): the rule
+    as its largest value in the range minus its baseline, as ``used``, with ``columns``. The range's rows and
+    the history are grouped apart and joined, so a short range never groups the whole history."""
+    columns = tuple(columns)
+    return f"""
+    SELECT series_id, {", ".join(_names(columns))}, value - baseline AS used
+    FROM ({_range_maxima(in_range, where, columns, None)}) AS totals
+    LEFT JOIN ({baselines(start, where)}) AS before USING (series_id)"""
+
+
+def range_interval_increases(start: str, in_range: str, bucket: str, columns: Iterable[str], where: str = "1") -> str:
+    """As :func:`range_increases`, per interval (``bucket``, an expression of ``minute``): the interval's largest
+    value minus the largest before it (the series' previous interval, or its baseline for its first)."""
+    columns = tuple(columns)
+    return f"""
+    SELECT bucket, series_id, {", ".join(_names(columns))},
+           value - greatest(lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY bucket
+                                                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                            baseline) AS used
+    FROM ({_range_maxima(in_range, where, columns, bucket)}) AS points
+    LEFT JOIN ({baselines(start, where)}) AS before USING (series_id)"""
 
 
 # One exporting process's series of a counter in otel_metrics_sum (the tables above hash the same identity).
@@ -86,6 +127,10 @@ def _carried(columns: Iterable[str]) -> str:
     return ", ".join(carried)
 
 
+def _names(columns: Iterable[str]) -> list[str]:
+    return [column.partition(" AS ")[2] or column for column in columns]
+
+
 def series_increases(rows: str, start: str, columns: Iterable[str], having: str = "used != 0") -> str:
     """Per series of ``rows`` (a query with ``t``): its increase from ``start`` as ``used``, with ``columns``."""
     return f"""
@@ -100,10 +145,9 @@ def interval_increases(rows: str, start: str, bucket: str, columns: Iterable[str
     ``bucket``, with ``columns``. Rows before ``start`` form one bucket ahead of the others, so each
     interval's increase is its largest value minus the largest before it (0 for a new series)."""
     columns = tuple(columns)
-    names = [column.partition(" AS ")[2] or column for column in columns]
     return f"""
     SELECT * FROM (
-        SELECT bucket, series_id, {", ".join(names)},
+        SELECT bucket, series_id, {", ".join(_names(columns))},
                value - lagInFrame(value, 1, 0) OVER (PARTITION BY series_id ORDER BY bucket
                                                      ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS used
         FROM (
