@@ -30,7 +30,7 @@ class ContentHasher:
     def hash_text(self, text: str) -> str:
         data = text.encode("utf-8")
         if self._key:
-            return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+            return hmac.digest(self._key, data, "sha256").hex()  # one-shot C path, same digest as hmac.new
         warn_once(
             "content-hash-unkeyed",
             "TOKENMETER_HASH_KEY is not set: prompts and completions are hashed with plain "

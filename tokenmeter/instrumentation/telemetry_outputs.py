@@ -51,7 +51,8 @@ class TelemetryOutputs:
         accounting_meter = meter_from(accounting.provider, version) if accounting is not None else spec_meter
         usage_provider = accounting.provider if accounting is not None else meter_provider
         flusher = usage_flusher(usage_provider, settings.usage_flush_seconds)
-        return cls(tracer, create_instruments(spec_meter, accounting_meter), host_providers, accounting, flusher)
+        instruments = create_instruments(spec_meter, accounting_meter, settings.metrics_cardinality_limit)
+        return cls(tracer, instruments, host_providers, accounting, flusher)
 
     def providers(self) -> list[Any]:
         """Every provider a flush exports: the host's, then the accounting pipeline's."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
@@ -27,6 +28,7 @@ from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
 from tokenmeter import semconv
 from tokenmeter.instrumentation.safety import contained, warn_once
 from tokenmeter.instrumentation.usage_flush import changed_series_exporter
+from tokenmeter.instrumentation.usage_tally import UsageTally, tally_for
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,19 @@ class Instruments:
     usage_cost: Counter
     usage_calls: Counter
     quota_decisions: Counter
+    # Sums usage increments between collections (usage_tally.py); None: they are added directly.
+    usage_tally: UsageTally | None = None
+
+    def add_usage(self, counter: Counter, value: int | float, attributes: Mapping[str, Any]) -> None:
+        """Add to one of the usage counters, through the tally when there is one."""
+        if self.usage_tally is not None:
+            self.usage_tally.add(counter, value, attributes)
+        else:
+            counter.add(value, attributes)
 
 
-def create_instruments(spec_meter: Meter, accounting_meter: Meter) -> Instruments:
+def create_instruments(spec_meter: Meter, accounting_meter: Meter, max_series: int = 2000) -> Instruments:
+    """``max_series``: the cardinality limit of the usage counters, which bounds the tally too."""
     return Instruments(
         token_usage=spec_meter.create_histogram(
             semconv.METRIC_TOKEN_USAGE,
@@ -75,6 +87,7 @@ def create_instruments(spec_meter: Meter, accounting_meter: Meter) -> Instrument
             unit="{call}",
             description="Quota decisions for calls, by decision; fail_open=true when the enforcer did not answer.",
         ),
+        usage_tally=tally_for(accounting_meter, max_series),
     )
 
 

@@ -4,10 +4,17 @@
 GenAI conventions' histograms (duration, token usage: low-cardinality, per model and
 server) and of tokenmeter's usage counters (calls, tokens, cost: per user, department,
 app and model). `write_points` hands them to the instruments.
+
+The attribute maps depend only on what kind of call it was (operation, models, server,
+who, outcome, usage source, currency), not on its numbers, so they are built once per
+kind (`_SeriesMaps`, kept in a bounded memo) and the same map objects are reused by
+every call of that kind: building ~40 attributes per call cost more than the SDK's own
+work for the counters, and reused maps let the usage tally key a series by its map.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -24,7 +31,7 @@ InstrumentName = Literal["operation_duration", "token_usage", "usage_calls", "us
 
 @dataclass(frozen=True)
 class MetricPoint:
-    """One value for one instrument of `Instruments`, with its attributes."""
+    """One value for one instrument of `Instruments`, with its attributes (shared by calls of a kind: read only)."""
 
     instrument: InstrumentName
     value: int | float
@@ -34,9 +41,9 @@ class MetricPoint:
 _RECORDERS: Final[dict[InstrumentName, Callable[[Instruments, MetricPoint], None]]] = {
     "operation_duration": lambda i, p: i.operation_duration.record(p.value, p.attributes),
     "token_usage": lambda i, p: i.token_usage.record(p.value, p.attributes),
-    "usage_calls": lambda i, p: i.usage_calls.add(p.value, p.attributes),
-    "usage_tokens": lambda i, p: i.usage_tokens.add(p.value, p.attributes),
-    "usage_cost": lambda i, p: i.usage_cost.add(p.value, p.attributes),
+    "usage_calls": lambda i, p: i.add_usage(i.usage_calls, p.value, p.attributes),
+    "usage_tokens": lambda i, p: i.add_usage(i.usage_tokens, p.value, p.attributes),
+    "usage_cost": lambda i, p: i.add_usage(i.usage_cost, p.value, p.attributes),
 }
 
 
@@ -47,22 +54,89 @@ def write_points(instruments: Instruments, points: Iterable[MetricPoint]) -> Non
 
 def usage_points(call: LLMCall, record: UsageRecord) -> list[MetricPoint]:
     """Duration and token histograms for every call; the usage counters unless it is a hop."""
-    spec = _spec_attributes(call)
+    maps = _series_maps(call, record)
     points: list[MetricPoint] = []
     if call.end_ns is not None:
-        duration_attributes = dict(spec)
-        put(duration_attributes, semconv.ERROR_TYPE, call.error_type)
         duration_s = max(0, call.end_ns - call.start_ns) / 1e9
-        points.append(MetricPoint("operation_duration", duration_s, duration_attributes))
-    if call.hop:  # billed where it is forwarded to; the conventions' client histogram stays
-        if record.billed:
-            points.extend(_token_histogram(call, record, spec))
+        points.append(MetricPoint("operation_duration", duration_s, maps.duration))
+    if not call.hop:  # a hop is billed where it is forwarded to; the conventions' client histograms stay
+        points.append(MetricPoint("usage_calls", 1, maps.calls))
+    if not record.billed:
         return points
-    return points + _accounting_points(call, record, spec)
+    for (_token_type, count), spec_map, usage_map in zip(
+        _token_types(call.operation, record), maps.token_usage, maps.tokens, strict=True
+    ):
+        points.append(MetricPoint("token_usage", count, spec_map))
+        if not call.hop:
+            points.append(MetricPoint("usage_tokens", count, usage_map))
+    cost = record.cost
+    if not call.hop and maps.cost is not None and cost is not None and cost.amount is not None:
+        points.append(MetricPoint("usage_cost", cost_units(cost.amount), maps.cost))
+    return points
 
 
-def _accounting_points(call: LLMCall, record: UsageRecord, spec: AttributeMap) -> list[MetricPoint]:
-    """One call counted (failed ones too, with error.type); billed tokens and cost when there is a bill."""
+@dataclass(frozen=True)
+class _SeriesMaps:
+    """The attribute maps of every point a kind of call adds."""
+
+    duration: AttributeMap
+    calls: AttributeMap
+    token_usage: tuple[AttributeMap, ...]  # per token type, in `_token_types` order
+    tokens: tuple[AttributeMap, ...]
+    cost: AttributeMap | None
+
+
+_MEMO_SIZE: Final = 4096  # kinds of call remembered; cleared when full (a new kind is only rebuilt)
+_memo: dict[tuple[object, ...], _SeriesMaps] = {}
+_memo_lock = threading.Lock()
+
+
+def _series_maps(call: LLMCall, record: UsageRecord) -> _SeriesMaps:
+    who = call.attribution
+    cost = record.cost
+    key = (
+        call.operation, call.provider, call.request_model, call.response_model, call.server_address,
+        call.server_port, call.error_type, who.user, who.department, who.app, record.source,
+        None if cost is None else (cost.unpriced, cost.currency, cost.virtual, cost.amount is not None),
+    )  # fmt: skip
+    maps = _memo.get(key)
+    if maps is None:
+        maps = _build_series_maps(call, record)
+        with _memo_lock:
+            if len(_memo) >= _MEMO_SIZE:
+                _memo.clear()
+            _memo[key] = maps
+    return maps
+
+
+def _build_series_maps(call: LLMCall, record: UsageRecord) -> _SeriesMaps:
+    spec = _spec_attributes(call)
+    duration = dict(spec)
+    put(duration, semconv.ERROR_TYPE, call.error_type)
+    accounting = _accounting_attributes(call)
+    calls = dict(accounting)
+    put(calls, semconv.ERROR_TYPE, call.error_type)
+    put(calls, semconv.TM_USAGE_SOURCE, record.source)
+    cost = record.cost
+    if cost is not None:
+        calls[semconv.TM_COST_UNPRICED] = cost.unpriced
+    token_base = dict(accounting)
+    put(token_base, semconv.TM_USAGE_SOURCE, record.source)
+    token_types = [token_type for token_type, _ in _token_types(call.operation, record)]
+    cost_map: AttributeMap | None = None
+    if cost is not None and cost.amount is not None and cost.currency:
+        cost_map = {**accounting, semconv.TM_COST_CURRENCY: cost.currency, semconv.TM_COST_VIRTUAL: cost.virtual}
+    return _SeriesMaps(
+        duration=duration,
+        calls=calls,
+        token_usage=tuple({**spec, semconv.GEN_AI_TOKEN_TYPE: token_type} for token_type in token_types),
+        tokens=tuple({**token_base, semconv.GEN_AI_TOKEN_TYPE: token_type} for token_type in token_types),
+        cost=cost_map,
+    )
+
+
+def _accounting_attributes(call: LLMCall) -> AttributeMap:
+    """What the usage counters are per: operation, provider, models, user, department, app (no session)."""
     accounting: AttributeMap = {
         semconv.GEN_AI_OPERATION_NAME: call.operation,
         semconv.GEN_AI_PROVIDER_NAME: call.provider,
@@ -70,26 +144,7 @@ def _accounting_points(call: LLMCall, record: UsageRecord, spec: AttributeMap) -
     }
     put(accounting, semconv.GEN_AI_RESPONSE_MODEL, call.response_model)
     accounting.update(attribution_attributes(call.attribution, include_session=False))
-    calls_attributes = dict(accounting)
-    put(calls_attributes, semconv.ERROR_TYPE, call.error_type)
-    put(calls_attributes, semconv.TM_USAGE_SOURCE, record.source)
-    if record.cost is not None:
-        calls_attributes[semconv.TM_COST_UNPRICED] = record.cost.unpriced
-    points = [MetricPoint("usage_calls", 1, calls_attributes)]
-    if not record.billed:
-        return points
-    token_attributes = dict(accounting)
-    put(token_attributes, semconv.TM_USAGE_SOURCE, record.source)
-    for token_type, count in _token_types(call.operation, record):
-        points.append(MetricPoint("token_usage", count, {**spec, semconv.GEN_AI_TOKEN_TYPE: token_type}))
-        points.append(MetricPoint("usage_tokens", count, {**token_attributes, semconv.GEN_AI_TOKEN_TYPE: token_type}))
-    cost = record.cost
-    if cost is not None and cost.amount is not None and cost.currency:
-        cost_attributes = dict(accounting)
-        cost_attributes[semconv.TM_COST_CURRENCY] = cost.currency
-        cost_attributes[semconv.TM_COST_VIRTUAL] = cost.virtual
-        points.append(MetricPoint("usage_cost", cost_units(cost.amount), cost_attributes))
-    return points
+    return accounting
 
 
 def _spec_attributes(call: LLMCall) -> AttributeMap:
@@ -103,13 +158,6 @@ def _spec_attributes(call: LLMCall) -> AttributeMap:
     put(spec, semconv.SERVER_ADDRESS, call.server_address)
     put(spec, semconv.SERVER_PORT, call.server_port)
     return spec
-
-
-def _token_histogram(call: LLMCall, record: UsageRecord, spec: AttributeMap) -> list[MetricPoint]:
-    return [
-        MetricPoint("token_usage", count, {**spec, semconv.GEN_AI_TOKEN_TYPE: token_type})
-        for token_type, count in _token_types(call.operation, record)
-    ]
 
 
 def _token_types(operation: str, record: UsageRecord) -> list[tuple[str, int]]:
