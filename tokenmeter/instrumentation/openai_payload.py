@@ -35,10 +35,19 @@ def request_messages(kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [as_plain(m) for m in messages if m is not None]
 
 
+# Per type: is it a Mapping? Stream chunks call _field ~10 times each, and an ABC check per call
+# (the SDK's chunks are pydantic models, not Mappings) was a third of the per-chunk cost.
+_IS_MAPPING: dict[type, bool] = {}
+
+
 def _field(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    kind = type(obj)
+    is_mapping = _IS_MAPPING.get(kind)
+    if is_mapping is None:
+        is_mapping = _IS_MAPPING[kind] = isinstance(obj, Mapping)
+    if is_mapping:
         return obj.get(name)
     return getattr(obj, name, None)
 
@@ -77,9 +86,12 @@ def _tool_call_text(tool_calls: Any) -> str:
 
 def _extra_text(obj: Any, name: str) -> str:
     """Fields that servers add beyond the OpenAI schema, such as DeepSeek's reasoning_content."""
-    value = _field(obj, name)
-    if value is None and hasattr(obj, "model_extra") and obj.model_extra:
-        value = obj.model_extra.get(name)
+    extra = getattr(obj, "model_extra", None)  # pydantic v2 models keep undeclared fields here
+    if isinstance(extra, dict) and name not in getattr(type(obj), "model_fields", ()):
+        # Straight from the extras: getattr of an absent name raises inside pydantic first (slow per chunk).
+        value = extra.get(name)
+    else:
+        value = _field(obj, name)
     return value if isinstance(value, str) else ""
 
 
