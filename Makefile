@@ -13,6 +13,14 @@ OPENAI1_SPEC ?= openai==1.109.1 httpx==0.27.2
 # Langchain-Chatchat itself, for the integration test (its pins conflict with ours).
 CHATCHAT_VENV ?= .venv-chatchat
 CHATCHAT_SPEC ?= langchain-chatchat==0.3.1.3 httpx==0.27.2
+# Peer OpenAI-SDK instrumentations for bench/peers_overhead.py (official OTel openai-v2, OpenLIT,
+# OpenLLMetry), in a venv of their own. OpenLIT 1.45 needs openai<3, so the SDK here is the
+# newest 2.x that every peer accepts (.venv has 3.x). openai-v2 2.4b0 asks for any
+# opentelemetry-util-genai>=0.4b0, but 1.2b0 and later lack the module it imports.
+PEERS_PYTHON ?= python3.11
+PEERS_VENV ?= .venv-peers
+PEERS_SPEC ?= openai==2.54.0 opentelemetry-instrumentation-openai-v2==2.4b0 opentelemetry-util-genai==1.1b0 \
+	openlit==1.45.0 traceloop-sdk==0.62.4
 
 .PHONY: test lint pytest test-openai1 test-chatchat bench demo dashboard screenshot clean
 
@@ -35,6 +43,12 @@ $(CHATCHAT_VENV)/.installed: pyproject.toml
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet $(CHATCHAT_SPEC)
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline]' \
 		pytest pytest-asyncio hypothesis
+	touch $@
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	test -x $(PEERS_VENV)/bin/python || $(PEERS_PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[tokenizers-offline,otlp]' $(PEERS_SPEC)
 	touch $@
 
 lint: $(BIN)/.installed
@@ -66,6 +80,11 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/quota_check_http.py
 	$(BIN)/python bench/quota_check_inapp.py
 	$(BIN)/python bench/dashboard_panels.py
+
+# Added per-call latency of tokenmeter vs the peer instrumentations, side by side (a few minutes).
+.PHONY: bench-peers
+bench-peers: $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python bench/peers_overhead.py
 
 demo: $(BIN)/.installed
 	$(BIN)/tokenmeter demo

@@ -27,8 +27,10 @@ HAND_BACK_EVERY_NS = 200_000
 
 
 class BackgroundFinalizer:
-    def __init__(self, max_pending: int = 10_000) -> None:
+    def __init__(self, max_pending: int = 10_000, linger_s: float = 0.02) -> None:
+        """``linger_s``: how long an idle finisher, once woken by a call, waits for more before it starts."""
         self._max_pending = max_pending
+        self._linger_s = linger_s
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
@@ -78,6 +80,11 @@ class BackgroundFinalizer:
             return self._queue.get_nowait()
         except queue.Empty:
             job = self._queue.get()
+            # Let the next calls' jobs gather, then finish them in one run: a thread woken for
+            # every call pays the wake-up and cold caches each time (a no-op job cost 24 µs of
+            # CPU at one call per ms, 119 µs at one per 10 ms on this project's VMs), and while
+            # it sleeps here the callers' submits wake no one.
+            time.sleep(self._linger_s)
             hand_back_gil.waited()  # it just waited without the GIL: callers had their turn
             return job
 
