@@ -11,6 +11,8 @@ tokenizer's time for the same counts in a hot loop on the main thread is printed
 
     .venv/bin/python bench/finisher_cpu.py [--calls 2000] [--rounds 3] [--in-process]
 
+``--held`` holds each call's finishing work back and runs it all afterwards, back to back, on a
+thread that shares the GIL with no one: the work's own cost, without what a busy caller adds.
 ``--in-process`` serves the answers from an in-process transport instead: the caller then
 never waits for I/O, so it holds the GIL all the time and the finisher pays for a contended
 GIL at every hand-over (on this project's VMs ~100 µs of CPU each); the worst case, not a
@@ -37,6 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import tokenmeter
 from tokenmeter.catalog import ModelCatalog
+from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
@@ -142,7 +145,7 @@ class FinisherClocks:
 
     def _timed(self, encode: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread().name != "tokenmeter-finalizer":
+            if not threading.current_thread().name.startswith("tokenmeter-finalizer"):
                 return encode(*args, **kwargs)
             started = time.thread_time_ns()
             try:
@@ -160,8 +163,14 @@ class FinisherClocks:
         return 0  # not started yet
 
 
-def finisher_us_per_call(kind: str, calls: int, registry: TokenizerRegistry, port: int | None) -> tuple[float, float]:
-    """The finisher's CPU per call, and the part of it its tokenizer took."""
+def finisher_us_per_call(
+    kind: str, calls: int, registry: TokenizerRegistry, port: int | None, held: bool
+) -> tuple[float, float]:
+    """The finisher's CPU per call, and the part of it its tokenizer took.
+
+    ``held``: the calls' finishing work is held back and then run back to back on a thread of its
+    own once the calls are done, so it shares the GIL with no one: the work's own cost.
+    """
     client, clocks = make_client(kind, port), FinisherClocks(registry)
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter()))
@@ -173,6 +182,8 @@ def finisher_us_per_call(kind: str, calls: int, registry: TokenizerRegistry, por
         for _ in range(50):  # warm-up: the finisher thread, caches, pydantic
             call(client, kind)
         tokenmeter.flush(60)
+        if held:
+            return held_work_us(client, kind, calls, clocks)
         before, clocks.tokenizer_ns = clocks.finisher_ns(), 0
         for _ in range(calls):
             call(client, kind)
@@ -180,6 +191,30 @@ def finisher_us_per_call(kind: str, calls: int, registry: TokenizerRegistry, por
         return (clocks.finisher_ns() - before) / calls / 1e3, clocks.tokenizer_ns / calls / 1e3
     finally:
         instrumentor.uninstrument()
+
+
+def held_work_us(client: openai.OpenAI, kind: str, calls: int, clocks: FinisherClocks) -> tuple[float, float]:
+    jobs: list[Any] = []
+    submit = BackgroundFinalizer.submit
+    BackgroundFinalizer.submit = lambda self, job: jobs.append(job)  # type: ignore[method-assign]
+    try:
+        for _ in range(calls):
+            call(client, kind)
+    finally:
+        BackgroundFinalizer.submit = submit  # type: ignore[method-assign]
+    spent: list[int] = []
+
+    def run_all() -> None:
+        started = time.thread_time_ns()
+        for job in jobs:
+            job()
+        spent.append(time.thread_time_ns() - started)
+
+    clocks.tokenizer_ns = 0
+    worker = threading.Thread(target=run_all, name="tokenmeter-finalizer-held")
+    worker.start()
+    worker.join()
+    return spent[0] / calls / 1e3, clocks.tokenizer_ns / calls / 1e3
 
 
 def tokenizer_hot_loop_us(kind: str, calls: int) -> float:
@@ -210,6 +245,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000, help="calls per case and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; cases alternate within each")
     parser.add_argument("--in-process", action="store_true", help="no server process: the caller never waits")
+    parser.add_argument("--held", action="store_true", help="finish the calls afterwards, back to back, alone")
     args = parser.parse_args()
     registry = TokenizerRegistry(ModelCatalog.load(None))
     registry.preload([MODEL])
@@ -220,7 +256,7 @@ def main() -> int:
     for round_number in range(args.rounds):
         for kind in kinds:
             print(f"round {round_number + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
-            runs[kind].append(finisher_us_per_call(kind, args.calls, registry, port))
+            runs[kind].append(finisher_us_per_call(kind, args.calls, registry, port, args.held))
             hot[kind].append(tokenizer_hot_loop_us(kind, args.calls))
     if server is not None:
         server.terminate()
@@ -230,6 +266,7 @@ def main() -> int:
 
 def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]], hot: dict[str, list[float]]) -> None:
     where = "an in-process transport" if args.in_process else "a server process on 127.0.0.1"
+    where += "; finishing work held and run afterwards, alone" if args.held else ""
     print(f"openai {openai.__version__}; answers from {where}; {args.calls} calls per case, {args.rounds} rounds; "
           f"answer {len(ANSWER)} characters, streamed in {CHUNK_CHARACTERS}-character chunks; medians")  # fmt: skip
     print(f"{'case':<34}{'finisher CPU/call':>19}{'its tokenizer':>15}{'beyond':>10}{'raw tokenizer, hot':>21}")
