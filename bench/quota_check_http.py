@@ -11,7 +11,9 @@ Side by side in one run:
   request was written, and from its scheduled time (a stalled server cannot hide its
   queue; this one also includes the generator's own timer slack of up to 1 ms);
 - back-to-back on 1, 10 and 100 connections: requests/s and each check's latency, for
-  ``GET /healthz`` (the HTTP floor: uvicorn + Starlette with no work) and ``POST /v1/check``,
+  ``GET /healthz`` (uvicorn + Starlette with no work), a bare POST endpoint on serve's stack
+  (``bench/bare_endpoint.py``: the check path's shell without the enforcer's work, the floor
+  the check is held to: >= 0.8x) and ``POST /v1/check``,
   with serve's CPU time per check (from /proc: what the load generator cannot flatter; one
   core's worth of checks per second is 1 / that).
 
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
@@ -71,6 +74,14 @@ def start_serve(work: Path, coordination: str | None = None) -> tuple[subprocess
     token = (work / "xdg" / "tokenmeter" / "api-token").read_text(encoding="utf-8").strip()
     host, port = info["api"].removeprefix("http://").rsplit(":", 1)
     return process, f"{host}:{port}", token
+
+
+def start_bare(token: str) -> tuple[subprocess.Popen[str], str]:
+    """bench/bare_endpoint.py: serve's HTTP stack and the check path's shell, without the enforcer's work."""
+    args = [sys.executable, str(Path(__file__).resolve().parent / "bare_endpoint.py"), token]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())["api"].removeprefix("http://")
 
 
 def check_requests(token: str, count: int) -> list[bytes]:
@@ -193,16 +204,36 @@ def measure(label: str, process: subprocess.Popen[str], address: str, token: str
         _log(f"{label}: paced 1,000 checks/s for {args.seconds:.0f} s ({len(latencies):,} checks), {name}: "
              f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
              f"max {latencies[-1] * 1000:.2f} ms  (target p99 < 2 ms)")  # fmt: skip
-    for connections in CONCURRENCY:
-        health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
-        cpu_before = cpu_seconds(process.pid)
-        checks, latencies = asyncio.run(peak(address, requests, connections, args.seconds))
-        cpu_per_check = (cpu_seconds(process.pid) - cpu_before) / len(latencies)
-        _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
-             f"POST /v1/check {checks:,.0f}/s ({checks / health:.2f}x of the HTTP floor), check p50 "
-             f"{percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms; serve's CPU "
-             f"{cpu_per_check * 1e6:.0f} us per check (one core: {1 / cpu_per_check:,.0f}/s)"
-             f"  (target >= 5,000 checks/s)")  # fmt: skip
+    bare, bare_address = start_bare(token)
+    try:
+        for connections in CONCURRENCY:
+            health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
+            floor, floor_cpu = peak_and_cpu(bare, bare_address, requests, connections, args.seconds)
+            checks, check_cpu, latencies = peak_and_cpu(process, address, requests, connections, args.seconds, True)
+            _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
+                 f"bare POST endpoint {floor:,.0f}/s ({floor_cpu * 1e6:.0f} us CPU per request), "
+                 f"POST /v1/check {checks:,.0f}/s ({checks / floor:.2f}x of the bare endpoint, target >= 0.8x), "
+                 f"check p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms; "
+                 f"serve's CPU {check_cpu * 1e6:.0f} us per check (one core: {1 / check_cpu:,.0f}/s)"
+                 f"  (target >= 5,000 checks/s)")  # fmt: skip
+    finally:
+        bare.terminate()
+        bare.wait(60)
+
+
+def peak_and_cpu(
+    process: subprocess.Popen[str],
+    address: str,
+    requests: list[bytes],
+    connections: int,
+    seconds: float,
+    with_latencies: bool = False,
+) -> Any:
+    """Requests/s back to back, and the server's CPU seconds per request (with the latencies if asked)."""
+    cpu_before = cpu_seconds(process.pid)
+    rate, latencies = asyncio.run(peak(address, requests, connections, seconds))
+    cpu = (cpu_seconds(process.pid) - cpu_before) / len(latencies)
+    return (rate, cpu, latencies) if with_latencies else (rate, cpu)
 
 
 def main() -> int:
