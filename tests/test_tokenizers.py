@@ -29,6 +29,7 @@ from tokenmeter.catalog import ModelCatalog
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry, estimate_tokens
 from tokenmeter.tokenizers.estimate import is_cjk
 from tokenmeter.tokenizers.tiktoken_encodings import OPENAI_ENCODING_FILES, tiktoken_cache_path
+from tokenmeter.tokenizers.tiktoken_tokenizer import counted_without_the_gil
 
 SAMPLES = {
     "chinese": "人工智能正在改变世界。大语言模型的计费需要精确的 token 计数！",
@@ -133,6 +134,15 @@ def test_deepseek_counts_equal_its_tokenizer_json(
 def test_known_counts(registry: TokenizerRegistry) -> None:
     assert registry.count_text("qwen2.5-7b-instruct", "人工智能").tokens == 1
     assert registry.count_text("gpt-4", "hello world").tokens == 2
+
+
+def test_which_counts_let_other_threads_run(registry: TokenizerRegistry) -> None:
+    """tiktoken-based counts released the GIL (the finisher then skips a hand-back); Hugging Face ones held it."""
+    labels = {model: registry.count_text(model, "人工智能").tokenizer for model in ("qwen2.5-7b-instruct", "gpt-4",
+                                                                               "deepseek-chat")}  # fmt: skip
+    assert {model: counted_without_the_gil(label) for model, label in labels.items()} == {
+        "qwen2.5-7b-instruct": True, "gpt-4": True, "deepseek-chat": False,
+    }, labels  # fmt: skip
 
 
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

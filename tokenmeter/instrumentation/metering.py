@@ -43,6 +43,7 @@ from tokenmeter.instrumentation.span_attributes import (
 from tokenmeter.instrumentation.usage_metrics import Instruments
 from tokenmeter.instrumentation.usage_points import usage_points, write_points
 from tokenmeter.tokenizers import TokenizerRegistry
+from tokenmeter.tokenizers.tiktoken_tokenizer import counted_without_the_gil
 
 # LLMCall lives in llm_call; importers of it from here (the SDK wrappers, the quota gate) keep working.
 __all__ = ["LLMCall", "Metering", "MeteringOptions"]
@@ -154,9 +155,9 @@ class Metering:
         record = bill(call.billing_facts(), self._catalog, self._registry, self._options.local_count)
         if record.count_error is not None:  # the bill stands (server usage, or a labelled estimate)
             report_internal_error("local token count", record.count_error)
-        if record.local is not None:
-            # The tokenizers release the GIL while they encode (tiktoken, HF tokenizers), so callers just had
-            # their turn; one more hand-back here would only cost a contended reacquire (~100 µs of CPU).
+        if record.local is not None and counted_without_the_gil(record.local.tokenizer):
+            # tiktoken released the GIL while it counted, so callers just had their turn; one more
+            # hand-back here would only cost a contended reacquire (~100 µs of CPU on our VMs).
             hand_back_gil.waited()
         else:
             hand_back_gil()
