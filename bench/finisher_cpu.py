@@ -9,7 +9,7 @@ by the calls. The tokenizer's own time is measured where it runs, inside the fin
 encode calls are timed on that thread), and "beyond" is the rest. For reference, the raw
 tokenizer's time for the same counts in a hot loop on the main thread is printed too.
 
-    .venv/bin/python bench/finisher_cpu.py [--calls 2000] [--rounds 3] [--in-process]
+    .venv/bin/python bench/finisher_cpu.py [--calls 2000] [--rounds 3] [--held] [--in-process]
 
 ``--held`` holds each call's finishing work back and runs it all afterwards, back to back, on a
 thread that shares the GIL with no one: the work's own cost, without what a busy caller adds.
@@ -135,7 +135,10 @@ def call(client: openai.OpenAI, kind: str) -> None:
 
 
 class FinisherClocks:
-    """The finisher thread's CPU clock, and the CPU its tokenizer calls take on it (their encode calls timed)."""
+    """The finisher thread's CPU clock, and the CPU its tokenizer calls take on it (their encode calls timed).
+
+    Make one per registry: each instance wraps the encoder once more.
+    """
 
     def __init__(self, registry: TokenizerRegistry) -> None:
         self.tokenizer_ns = 0
@@ -164,14 +167,14 @@ class FinisherClocks:
 
 
 def finisher_us_per_call(
-    kind: str, calls: int, registry: TokenizerRegistry, port: int | None, held: bool
+    kind: str, calls: int, registry: TokenizerRegistry, clocks: FinisherClocks, port: int | None, held: bool
 ) -> tuple[float, float]:
     """The finisher's CPU per call, and the part of it its tokenizer took.
 
     ``held``: the calls' finishing work is held back and then run back to back on a thread of its
     own once the calls are done, so it shares the GIL with no one: the work's own cost.
     """
-    client, clocks = make_client(kind, port), FinisherClocks(registry)
+    client = make_client(kind, port)
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter()))
     instrumentor = TokenmeterInstrumentor()
@@ -217,12 +220,16 @@ def held_work_us(client: openai.OpenAI, kind: str, calls: int, clocks: FinisherC
     return spent[0] / calls / 1e3, clocks.tokenizer_ns / calls / 1e3
 
 
-def tokenizer_hot_loop_us(kind: str, calls: int) -> float:
-    """The raw tokenizer's CPU for what the finisher counts in this case, per call, in a hot loop."""
+def raw_tokenizer() -> tuple[Any, str]:
+    """The model's tokenizer loaded on its own (not the registry's timed one), and the prompt as it renders."""
     entry = ModelCatalog.load(None).lookup(MODEL)
     assert entry is not None and entry.tokenizer is not None
     tokenizer = load_tokenizer(entry.tokenizer, allow_download=False)
-    prompt = render_chatml(read_messages(MESSAGES), entry.chat_format or "chatml")
+    return tokenizer, render_chatml(read_messages(MESSAGES), entry.chat_format or "chatml")
+
+
+def tokenizer_hot_loop_us(kind: str, calls: int, tokenizer: Any, prompt: str) -> float:
+    """The raw tokenizer's CPU for what the finisher counts in this case, per call, in a hot loop."""
     started = time.thread_time()
     for _ in range(calls):
         tokenizer.count_text(prompt)
@@ -249,6 +256,7 @@ def main() -> int:
     args = parser.parse_args()
     registry = TokenizerRegistry(ModelCatalog.load(None))
     registry.preload([MODEL])
+    clocks, (tokenizer, prompt) = FinisherClocks(registry), raw_tokenizer()
     server, port = (None, None) if args.in_process else start_server()
     kinds = ("usage", "no usage", "stream")
     runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
@@ -256,8 +264,8 @@ def main() -> int:
     for round_number in range(args.rounds):
         for kind in kinds:
             print(f"round {round_number + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
-            runs[kind].append(finisher_us_per_call(kind, args.calls, registry, port, args.held))
-            hot[kind].append(tokenizer_hot_loop_us(kind, args.calls))
+            runs[kind].append(finisher_us_per_call(kind, args.calls, registry, clocks, port, args.held))
+            hot[kind].append(tokenizer_hot_loop_us(kind, args.calls, tokenizer, prompt))
     if server is not None:
         server.terminate()
     report(args, runs, hot)

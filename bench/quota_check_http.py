@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
@@ -208,8 +207,8 @@ def measure(label: str, process: subprocess.Popen[str], address: str, token: str
     try:
         for connections in CONCURRENCY:
             health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
-            floor, floor_cpu = peak_and_cpu(bare, bare_address, requests, connections, args.seconds)
-            checks, check_cpu, latencies = peak_and_cpu(process, address, requests, connections, args.seconds, True)
+            floor, floor_cpu, _ = peak_and_cpu(bare, bare_address, requests, connections, args.seconds)
+            checks, check_cpu, latencies = peak_and_cpu(process, address, requests, connections, args.seconds)
             _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
                  f"bare POST endpoint {floor:,.0f}/s ({floor_cpu * 1e6:.0f} us CPU per request), "
                  f"POST /v1/check {checks:,.0f}/s ({checks / floor:.2f}x of the bare endpoint, target >= 0.8x), "
@@ -227,13 +226,12 @@ def peak_and_cpu(
     requests: list[bytes],
     connections: int,
     seconds: float,
-    with_latencies: bool = False,
-) -> Any:
-    """Requests/s back to back, and the server's CPU seconds per request (with the latencies if asked)."""
+) -> tuple[float, float, list[float]]:
+    """Requests/s back to back, the server's CPU seconds per request, and the requests' latencies."""
     cpu_before = cpu_seconds(process.pid)
     rate, latencies = asyncio.run(peak(address, requests, connections, seconds))
     cpu = (cpu_seconds(process.pid) - cpu_before) / len(latencies)
-    return (rate, cpu, latencies) if with_latencies else (rate, cpu)
+    return rate, cpu, latencies
 
 
 def main() -> int:
