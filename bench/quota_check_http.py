@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
@@ -208,16 +209,27 @@ def measure(label: str, process: subprocess.Popen[str], address: str, token: str
         for connections in CONCURRENCY:
             health, _ = asyncio.run(peak(address, [HEALTH], connections, args.seconds))
             floor, floor_cpu, _ = peak_and_cpu(bare, bare_address, requests, connections, args.seconds)
+            grows_before = lease_grows(address, token)
             checks, check_cpu, latencies = peak_and_cpu(process, address, requests, connections, args.seconds)
+            grows = lease_grows(address, token) - grows_before if grows_before >= 0 else None
             _log(f"{label}: back-to-back on {connections} connection(s): GET /healthz {health:,.0f}/s, "
                  f"bare POST endpoint {floor:,.0f}/s ({floor_cpu * 1e6:.0f} us CPU per request), "
                  f"POST /v1/check {checks:,.0f}/s ({checks / floor:.2f}x of the bare endpoint, target >= 0.8x), "
                  f"check p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms; "
                  f"serve's CPU {check_cpu * 1e6:.0f} us per check (one core: {1 / check_cpu:,.0f}/s)"
+                 f"{'' if grows is None else f', {grows:,.0f} leases grown on Keeper'}"
                  f"  (target >= 5,000 checks/s)")  # fmt: skip
     finally:
         bare.terminate()
         bare.wait(60)
+
+
+def lease_grows(address: str, token: str) -> float:
+    """``tokenmeter_enforcer_lease_grows`` from serve's /metrics: leases grown on Keeper so far (-1: no Keeper)."""
+    request = urllib.request.Request(f"http://{address}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        found = re.search(r"(?m)^tokenmeter_enforcer_lease_grows(?:\{[^}]*\})? (\S+)$", response.read().decode())
+    return float(found.group(1)) if found else -1.0
 
 
 def peak_and_cpu(

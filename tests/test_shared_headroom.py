@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from decimal import ROUND_DOWN, Decimal
 
 import pytest
 from zookeeper_server import ZooKeeperServer
@@ -133,4 +134,47 @@ def test_lease_nodes_of_past_periods_and_old_departures_are_removed(zookeeper: Z
     finally:
         client.stop()
         client.close()
+        coordinator.close()
+
+
+MIXED_POLICY = parse_policy("""
+timezone: UTC
+budgets:
+  - {name: per-user, scope: user, period: day, limit: {tokens: 1000000, cost: 100, currency: CNY}, action: deny}
+  - {name: org-cost, scope: organisation, period: month, limit: {cost: 5000, currency: CNY}, action: deny}
+""")
+
+
+def priced_call(model: str, amount: str, currency: str) -> CheckRequest:
+    return CheckRequest(user="alice", department="ops", app="kb", model=model, input_tokens=900, max_output_tokens=100,
+                        estimated_costs={model: (Decimal(amount), currency)})  # fmt: skip
+
+
+def test_a_lease_holds_only_what_its_budget_limits_so_other_currencies_never_grow_it(
+    zookeeper: ZooKeeperServer,
+) -> None:
+    """A user mixing a model priced in USD, one priced in CNY and an unpriced one: the first call's lease takes
+    spare room in every dimension its budget limits (tokens, and CNY at the same share of what is left), so
+    the calls after it are admitted without growing a lease again, and no lease holds what no budget counts."""
+    coordinator = Coordinator(zookeeper.url(f"mixed-{secrets.token_hex(4)}"), settle_seconds=60)
+    coordinator.start()
+    try:
+        headroom = SharedHeadroom(coordinator)
+        enforcer = Enforcer(MIXED_POLICY, headroom=headroom)
+        calls = [priced_call("gpt-4o", "0.02", "USD"), priced_call("deepseek-chat", "0.05", "CNY"),
+                 CheckRequest(user="alice", department="ops", app="kb", model="local-7b", input_tokens=900,
+                              max_output_tokens=100)] * 20  # fmt: skip
+        for call in calls:
+            result = enforcer.check(call)
+            assert result is not None and result.decision.action == "allow"
+        # Once each: the per-user lease on the first call, the organisation's on the first call priced in CNY.
+        assert headroom.grows == 2
+        leases = {key.budget: coordinator.own(key) for key in coordinator.leased_keys()}
+        per_user, org = leases["per-user"], leases["org-cost"]
+        assert set(per_user.cost) == {"CNY"} and set(org.cost) == {"CNY"} and org.tokens == 0
+        # The spare is a share of what was left, alike in tokens and cost: 1/(2 x live replicas) at most.
+        assert per_user.tokens <= 1000 + 1_000_000 // 2
+        spare_share = Decimal(per_user.tokens - 1000) / (1_000_000 - 1000)
+        assert per_user.cost["CNY"] == (spare_share * 100).quantize(Decimal("1e-9"), rounding=ROUND_DOWN) > 0
+    finally:
         coordinator.close()

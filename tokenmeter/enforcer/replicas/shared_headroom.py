@@ -17,7 +17,9 @@ replica. A grow writes first, then raises ``granted``; giving back lowers ``gran
 
 Spare room: a grown lease takes, besides the call, room for more calls like it (what is left
 divided by twice the live replicas, at most ``spare_max_calls`` calls), so a replica seldom asks
-while the budget is far from its limit and the last calls are decided one by one. The spare goes
+while the budget is far from its limit and the last calls are decided one by one. A lease holds only
+what its budget's limit counts (:func:`~tokenmeter.enforcer.replicas.spare_room.limited_part`): a
+cost in another currency never makes it grow. The spare goes
 back when the budget has been idle on this replica for ``idle_seconds``, when the free room left
 to the others is smaller than it, or when the period ends.
 """
@@ -45,6 +47,7 @@ from tokenmeter.enforcer.replicas.spare_room import (
     budget_named,
     covers,
     limit_of,
+    limited_part,
     used_in_period,
 )
 
@@ -149,12 +152,13 @@ class SharedHeadroom:
             if budget is None:
                 continue
             lease_key = LeaseKey(key[0], key[1], period_bounds(budget.period, now, policy.zone)[0])
-            before = local.get(key, ZERO)
+            limit = limit_of(budget, key[1])
+            before, call = limited_part(local.get(key, ZERO), limit), limited_part(amount, limit)
             granted = self._book.use(lease_key, moment)
-            if not covers(granted, before.plus(amount)):
-                admit = admission(limit_of(budget, key[1]), used_in_period(snapshot, key, lease_key), before, amount,
+            if not covers(granted, before.plus(call)):
+                admit = admission(limit, used_in_period(snapshot, key, lease_key), before, call,
                                   share=2 * self.coordinator.live_replicas(), most=self._spare_max_calls)  # fmt: skip
-                growths.append(Growth(key, lease_key, before.plus(amount), admit))
+                growths.append(Growth(key, lease_key, before.plus(call), admit))
         return growths
 
     def grow(self, growths: list[Growth]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Final
 
 from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, ratio_of
@@ -17,6 +17,7 @@ from tokenmeter.enforcer.policy import Budget, Limit, Policy
 from tokenmeter.enforcer.replicas.lease_document import LeaseKey
 
 ZERO: Final = Usage()
+_BILLIONTH: Final = Decimal("1e-9")
 # Given what the other replicas hold (read afresh), the lease this replica wants; None: the budget is exceeded.
 Admission = Callable[[Usage], Usage | None]
 # A lease whose spare should go back: (what this replica's reservations hold of it: the lease is lowered to that,
@@ -28,6 +29,19 @@ SpareDue = tuple[Usage, Usage, bool]
 def covers(lease: Usage, need: Usage) -> bool:
     return need.tokens <= lease.tokens and all(amount <= lease.cost.get(c, Decimal(0)) for c, amount in
                                                need.cost.items())  # fmt: skip
+
+
+def limited_part(usage: Usage, limit: Limit) -> Usage:
+    """The part of ``usage`` that ``limit`` counts: its tokens when it limits tokens, its cost in the limit's
+    currency when it limits cost. A lease holds only that: a call's cost in another currency, or its tokens
+    on a cost-only budget, never bring the budget nearer its limit, so they must not make a lease grow."""
+    tokens = usage.tokens if limit.tokens is not None else 0
+    if limit.cost is None or limit.currency is None or not usage.cost:
+        return usage if tokens == usage.tokens and not usage.cost else Usage(tokens)
+    amount = usage.cost.get(limit.currency)
+    if tokens == usage.tokens and len(usage.cost) == 1 and amount is not None:
+        return usage
+    return Usage(tokens, {limit.currency: amount} if amount is not None else {})
 
 
 def budget_named(policy: Policy, name: str) -> Budget | None:
@@ -68,10 +82,24 @@ def admission(limit: Limit, used: Usage, before: Usage, amount: Usage, *, share:
         if ratio_of(limit, used.plus(others).plus(before)) >= 1.0:
             return None  # exceeded: this call is not admitted here
         after = before.plus(amount)
-        spare = room_calls(limit, used.plus(others).plus(after), amount, share, most)
-        return after.plus(amount.times(spare))
+        taken = used.plus(others).plus(after)
+        spare = amount.times(room_calls(limit, taken, amount, share, most))
+        return after.plus(spare).plus(_cost_share_alike(limit, taken, amount, spare))
 
     return admit
+
+
+def _cost_share_alike(limit: Limit, taken: Usage, amount: Usage, spare: Usage) -> Usage:
+    """Spare cost for a call that costs nothing in the limit's currency (another currency, or unpriced) on a
+    budget limiting tokens and cost: the same share of the cost left as the spare takes of the tokens left.
+    Without it the next call priced in that currency would find no spare and grow the lease again."""
+    if limit.cost is None or limit.currency is None or limit.tokens is None or amount.cost.get(limit.currency):
+        return ZERO
+    tokens_left, cost_left = limit.tokens - taken.tokens, limit.cost - taken.cost.get(limit.currency, Decimal(0))
+    if spare.tokens <= 0 or tokens_left <= 0 or cost_left <= 0:
+        return ZERO
+    share = Decimal(min(spare.tokens, tokens_left)) / tokens_left
+    return Usage(0, {limit.currency: (share * cost_left).quantize(_BILLIONTH, rounding=ROUND_DOWN)})
 
 
 def spare_due(lease_key: LeaseKey, budget: Budget | None, period_start: datetime | None, *, written: Usage,
@@ -81,7 +109,9 @@ def spare_due(lease_key: LeaseKey, budget: Budget | None, period_start: datetime
     is idle, of a past period, or its spare is more than the room left to the others; None: it is kept."""
     key = (lease_key.budget, lease_key.subject)
     current = budget is not None and period_start == lease_key.period_start
-    held = non_negative(local.get(key, ZERO)) if current else ZERO
+    held = ZERO
+    if current and budget is not None:
+        held = limited_part(non_negative(local.get(key, ZERO)), limit_of(budget, key[1]))
     if covers(held, written):
         return None  # no spare
     idle = moment - last_used >= idle_seconds
