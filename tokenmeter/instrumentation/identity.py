@@ -259,7 +259,7 @@ def _verified_claims(token: str, settings: Settings) -> Mapping[str, Any] | None
     try:
         import jwt
     except ImportError:
-        _warn_once("jwt-import", "tokenmeter: a JWT key is set but PyJWT is missing; install tokenmeter[jwt]")
+        _warn_once("jwt-import", "tokenmeter: a JWT key is set but PyJWT is missing; install tokenmeter-otel[jwt]")
         return None
     allowed = [name for name in settings.jwt_algorithms if name.lower() != "none"]
     try:

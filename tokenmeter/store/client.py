@@ -125,7 +125,7 @@ def open_store(url: str | None = None, *, create: bool = True) -> Client:
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import ClickHouseError
     except ImportError:
-        raise StoreError("the store needs clickhouse-connect and chDB: pip install 'tokenmeter[store]'") from None
+        raise StoreError("the store needs clickhouse-connect and chDB: pip install 'tokenmeter-otel[store]'") from None
     logger.info("opening store %s", location.display)
     if location.kind == "chdb":
         assert location.path is not None

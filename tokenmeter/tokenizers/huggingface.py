@@ -117,7 +117,7 @@ def load_huggingface(spec: TokenizerSpec, allow_download: bool) -> HuggingFaceTo
         from transformers import AutoTokenizer  # heavy: loaded only when needed
     except ImportError:
         raise TokenizerUnavailable(
-            "transformers is not installed", fix="pip install 'tokenmeter[hf]' in this environment"
+            "transformers is not installed", fix="pip install 'tokenmeter-otel[hf]' in this environment"
         ) from None
     try:
         source, tokenizer = _read_tokenizer(spec, allow_download, AutoTokenizer)

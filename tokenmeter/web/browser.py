@@ -54,7 +54,7 @@ def dashboard_page(url: str, token: str | None = None, width: int = 1440, height
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise BrowserError("Playwright is not installed: pip install 'tokenmeter[browser]'") from None
+        raise BrowserError("Playwright is not installed: pip install 'tokenmeter-otel[browser]'") from None
     executable = chromium_executable()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))

@@ -60,7 +60,7 @@ class KeeperSession:
             from kazoo.handlers.threading import KazooTimeoutError
         except ImportError:
             raise CoordinationError(
-                "TOKENMETER_COORDINATION_URL needs kazoo: pip install 'tokenmeter[coordination]'"
+                "TOKENMETER_COORDINATION_URL needs kazoo: pip install 'tokenmeter-otel[coordination]'"
             ) from None
         client = KazooClient(hosts=self.url.hosts, timeout=SESSION_TIMEOUT_SECONDS)
         try:
