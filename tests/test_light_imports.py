@@ -49,6 +49,8 @@ COMMAND_LINE = ("cli", "demo")
 MUST_NOT_IMPORT: dict[tuple[str, ...], tuple[str, ...]] = {
     APP_SIDE: SERVER_PARTS + COMMAND_LINE,
     SHARED_CORE: APP_SIDE + SERVER_PARTS + COMMAND_LINE,
+    # Credits: the pure core of wallets and their ledger; the store, enforcer and pages build on it.
+    ("credits",): APP_SIDE + SERVER_PARTS + COMMAND_LINE,
     ("server",): (*APP_SIDE, "store", "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("store",): (*APP_SIDE, "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("collector",): (*APP_SIDE, "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
