@@ -12,6 +12,7 @@ last answer, and compare what the model server served with what reached the stor
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -47,6 +48,15 @@ budgets:
   - {name: erin-premium, scope: user, subject: erin, period: day, models: premium, limit: {tokens: 1},
      action: downgrade}
   - {name: gina-cap, scope: user, subject: gina, period: day, models: chat-models, limit: {tokens: 1},
+     action: degrade}
+  # Warned from their second call on (10 tokens used), never stopped.
+  - {name: ivy-watch, scope: user, subject: ivy, period: day, limit: {tokens: 100000000}, warn_at: [0.0000001]}
+  - {name: jack-watch, scope: user, subject: jack, period: day, limit: {tokens: 100000000}, warn_at: [0.0000001]}
+  - {name: kim-cap, scope: user, subject: kim, period: day, limit: {tokens: 1}, action: deny}
+  - {name: lily-cap, scope: user, subject: lily, period: day, models: chat-models, limit: {tokens: 1}, action: deny}
+  - {name: mona-cap, scope: user, subject: mona, period: day, models: chat-models, limit: {tokens: 1},
+     action: degrade}
+  - {name: nina-cap, scope: user, subject: nina, period: day, models: chat-models, limit: {tokens: 1},
      action: degrade}
 """
 HANDBOOK = "报销制度：员工出差回来后三十天内提交报销，附发票原件和审批单。年假：满一年五天，满十年十天。\n" * 20
@@ -224,6 +234,134 @@ def test_a_downgraded_users_calls_reach_the_cheaper_model(
     assert kb_answer.status_code == 200 and "error" not in kb_answer.text, kb_answer.text
     assert upstream.calls_by_model["qwen-max"] == before.get("qwen-max", 0) + 1
     assert upstream.calls_by_model["qwen-plus"] == before.get("qwen-plus", 0) + 2
+
+
+# --- what the person at Chatchat's WebUI reads ------------------------------------------
+
+PASSAGE = "三十天内提交报销"
+RETRIEVAL_ONLY = ("仅提供知识库检索结果", "answers come from retrieval only")
+
+
+def ask(question: str = QUESTION) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}]
+
+
+def kb_page_params(model: str = LLMS[0], **extra_body: Any) -> dict[str, Any]:
+    """What the WebUI's knowledge-base page sends (webui_pages/kb_chat.py)."""
+    return {"messages": ask("报销要在多久内提交？"), "model": model, "stream": True,
+            "extra_body": {"top_k": 3, "score_threshold": 2.0, "temperature": 0.7, "prompt_name": "default",
+                           "return_direct": False, **extra_body}}  # fmt: skip
+
+
+def chat_calls(upstream: DemoLLMServer) -> int:
+    return sum(upstream.calls_by_model[model] for model in LLMS)
+
+
+def test_a_warned_user_reads_the_warning_in_the_webui_once(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    chatchat, _serve, _upstream = stack
+    assert chat(chatchat, "ivy", "rnd").status_code == 200  # nothing used yet: no warning
+    streamed = {"model": LLMS[0], "messages": ask(), "stream": True}
+    warned = chatchat.webui("dialogue", "ivy", "rnd", params=streamed)
+    assert not warned["errors"], warned
+    answer, _, notice = warned["text"].partition("⚠️")
+    assert answer.strip(), warned  # the model's answer, then the notice in Chinese and English
+    assert "额度提醒" in notice and "ivy-watch" in notice and "Quota notice" in notice, warned
+    again = chatchat.webui("dialogue", "ivy", "rnd", params=streamed)
+    assert again["text"].strip() and "⚠️" not in again["text"], again  # once per threshold and period
+    plain = chatchat.webui("dialogue", "ivy", "rnd", params={**streamed, "stream": False})
+    assert "⚠️" not in plain["text"], plain
+
+
+def test_agent_chat_shows_the_warning_of_the_calls_its_agent_made(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    """The agent's model calls go through Chatchat's own /v1 (hops): their warning reaches the agent chat."""
+    chatchat, _serve, _upstream = stack
+    assert chat(chatchat, "jack", "rnd").status_code == 200
+    agent = {"model": LLMS[0], "messages": ask("计算 23*7 等于多少？"), "stream": True, "tools": ["calculate"]}
+    shown = chatchat.webui("dialogue", "jack", "rnd", params=agent)
+    assert "额度提醒" in shown["text"] and "jack-watch" in shown["text"], shown
+
+
+def test_the_knowledge_base_openai_route_is_checked_before_it_answers(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    """/knowledge_base/{mode}/{id}/chat/completions, the route of the WebUI's knowledge-base and file pages."""
+    chatchat, _serve, upstream = stack
+    assert chat(chatchat, "kim", "rnd").status_code == 200 and chat(chatchat, "mona", "rnd").status_code == 200
+    calls, model_calls = sum(upstream.calls_by_model.values()), chat_calls(upstream)
+    denied = chatchat.post("/knowledge_base/local_kb/hr/chat/completions",
+                           {"model": LLMS[0], "messages": ask(), "stream": True}, "kim", "rnd")  # fmt: skip
+    assert denied.status_code == 429, denied.text
+    error = denied.json()["error"]
+    assert error["type"] == "quota_exceeded" and error["budget"] == "kim-cap" and "额度已用尽" in error["message"]
+    assert int(denied.headers["retry-after"]) > 0
+    shown = chatchat.webui("kb", "kim", "rnd", kb_path="local_kb/hr", params=kb_page_params())
+    assert "额度已用尽" in json.dumps(shown["errors"], ensure_ascii=False), shown
+    assert sum(upstream.calls_by_model.values()) == calls  # no embedding either
+
+    degraded = chatchat.webui("kb", "mona", "rnd", kb_path="local_kb/hr", params=kb_page_params())
+    assert not degraded["errors"], degraded
+    assert PASSAGE in "".join(degraded["docs"]), degraded  # the passages ...
+    assert all(text in degraded["text"] for text in RETRIEVAL_ONLY), degraded  # ... said to be the answer
+    assert chat_calls(upstream) == model_calls  # no model call
+
+
+def test_a_quota_that_stops_the_model_after_the_answer_started_is_an_error_in_the_stream(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    """Past the pre-check's 1 MiB the model call's own check decides, after the passages were sent;
+    Chatchat runs that call in a task that only logs its errors."""
+    chatchat, _serve, upstream = stack
+    assert chat(chatchat, "lily", "rnd").status_code == 200
+    calls = chat_calls(upstream)
+    past_the_precheck = kb_page_params(padding="x" * (2 << 20))
+    shown = chatchat.webui("kb", "lily", "rnd", kb_path="local_kb/hr", params=past_the_precheck)
+    assert PASSAGE in "".join(shown["docs"]), shown
+    assert "额度已用尽" in "".join(shown["errors"]) and "lily-cap" in "".join(shown["errors"]), shown
+    assert chat_calls(upstream) == calls
+
+
+def test_a_degraded_users_file_chat_answers_with_the_passages(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+    tmp_path: Path,
+) -> None:
+    chatchat, _serve, upstream = stack
+    assert chat(chatchat, "nina", "rnd").status_code == 200
+    handbook = tmp_path / "handbook.txt"
+    handbook.write_text(HANDBOOK, encoding="utf-8")
+    with handbook.open("rb") as file:
+        uploaded = httpx.post(f"{chatchat.url}/knowledge_base/upload_temp_docs", files={"files": file}, timeout=120,
+                              headers={"X-Forwarded-User": "nina", "X-Department": "rnd"})  # fmt: skip
+    assert uploaded.status_code == 200 and not uploaded.json()["data"]["failed_files"], uploaded.text
+    calls = chat_calls(upstream)
+    for stream in (True, False):
+        shown = chatchat.webui("file_chat", "nina", "rnd", params={
+            "query": "年假有几天？", "knowledge_id": uploaded.json()["data"]["id"], "model": LLMS[0], "stream": stream,
+        })  # fmt: skip
+        assert not shown["errors"], shown
+        assert "年假" in "".join(shown["docs"]), shown
+        assert all(text in shown["text"] for text in RETRIEVAL_ONLY), shown
+    assert chat_calls(upstream) == calls
+
+
+def test_a_downgraded_stream_names_the_model_that_answered(
+    stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],
+) -> None:
+    """erin is past her premium budget (test_a_downgraded_users_calls_reach_the_cheaper_model)."""
+    chatchat, _serve, _upstream = stack
+    said = ("本回答由 qwen-plus 生成", "This answer is from qwen-plus")
+    shown = chatchat.webui("dialogue", "erin", "rnd", params={"model": "qwen-max", "messages": ask(), "stream": True})
+    assert set(shown["models"]) == {"qwen-plus"} and all(text in shown["text"] for text in said), shown
+    kb_page = chatchat.webui("kb", "erin", "rnd", kb_path="local_kb/hr", params=kb_page_params("qwen-max"))
+    assert all(text in kb_page["text"] for text in said), kb_page
+    events = chatchat.webui("events", "erin", "rnd", path="/chat/kb_chat", params={
+        "query": "年假有几天？", "kb_name": "hr", "stream": True, "model": "qwen-max"})["events"]  # fmt: skip
+    answer = events[1:]  # after the passages
+    assert answer and {event.get("model") for event in answer} == {"qwen-plus"}, events
+    assert said[0] in "".join(event["choices"][0]["delta"]["content"] or "" for event in answer), events
 
 
 def test_chatchat_started_with_the_integration(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer]) -> None:

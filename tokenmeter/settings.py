@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     # tokenmeter makes it send SIGTERM first and wait this long for them to finish their
     # requests and export their usage. 0 = Chatchat's own immediate SIGKILL.
     chatchat_stop_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # Chatchat: languages of the quota notices added to answers, or "off" (docs/chatchat.md).
+    quota_notice: Literal["zh+en", "zh", "en", "off"] = "zh+en"
 
     @classmethod
     def settings_customise_sources(

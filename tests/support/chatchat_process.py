@@ -9,6 +9,7 @@ environment variables only: ``opentelemetry-instrument chatchat start --api``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,72 @@ import yaml
 from ready_process import free_port
 
 STARTUP_TIMEOUT = 180.0
+
+# What Chatchat's WebUI shows for one question, run in Chatchat's venv: the loops of its pages
+# (webui_pages/dialogue/dialogue.py, webui_pages/kb_chat.py; Streamlit calls left out) and its
+# own API client, ApiRequest (webui_pages/utils.py). Reads the request as JSON on stdin.
+WEBUI_SCRIPT = r"""
+import json, sys
+import openai
+from chatchat.server.callback_handler.agent_callback_handler import AgentStatus
+from chatchat.webui_pages.utils import ApiRequest, check_error_msg
+
+def dialogue_page(base, headers, params):
+    client = openai.Client(base_url=f"{base}/chat", api_key="NONE", default_headers=headers)
+    text, errors, models = "", [], []
+    try:
+        for d in client.chat.completions.create(**params):
+            models.append(d.model)
+            if d.status == AgentStatus.error:
+                errors.append(d.choices[0].delta.content)
+            elif d.status in (AgentStatus.llm_start, AgentStatus.llm_new_token, AgentStatus.llm_end):
+                continue  # shown only with the page's "显示 Agent 过程" ticked
+            elif d.status == AgentStatus.agent_finish:
+                text = d.choices[0].delta.content or ""
+            elif d.status is None and not getattr(d, "is_ref", False) and getattr(d, "tool_call", None) is None:
+                text += d.choices[0].delta.content or ""
+    except Exception as e:
+        errors.append(getattr(e, "body", str(e)))  # the page: st.error(e.body)
+    return {"text": text, "errors": errors, "models": models}
+
+def kb_page(base, headers, kb_path, params):
+    client = openai.Client(base_url=f"{base}/knowledge_base/{kb_path}", api_key="NONE", default_headers=headers)
+    text, docs, errors, models, first = "", [], [], [], True
+    try:
+        for d in client.chat.completions.create(**params):
+            models.append(d.model)
+            if first:
+                docs, first = d.docs, False
+                continue
+            text += d.choices[0].delta.content or ""
+    except Exception as e:
+        errors.append(getattr(e, "body", str(e)))
+    return {"text": text, "docs": docs, "errors": errors, "models": models}
+
+def file_chat(api, params):
+    text, errors, d = "", [], {}
+    for d in api.file_chat(**params):  # the file-chat loop of the 0.3 WebUI
+        if error := check_error_msg(d):
+            errors.append(error)
+        elif chunk := d.get("answer"):
+            text += chunk
+    return {"text": text, "docs": d.get("docs", []), "errors": errors}
+
+request = json.load(sys.stdin)
+base, headers, page = request["base"], request["headers"], request["page"]
+api = ApiRequest(base_url=base)
+api.client.headers.update(headers)
+if page == "dialogue":
+    shown = dialogue_page(base, headers, request["params"])
+elif page == "kb":
+    shown = kb_page(base, headers, request["kb_path"], request["params"])
+elif page == "file_chat":
+    shown = file_chat(api, request["params"])
+else:  # "events": what ApiRequest's stream reader yields for a streamed route
+    response = api.post(request["path"], json=request["params"], stream=True)
+    shown = {"events": list(api._httpx_stream2generator(response, as_json=True))}
+print("WEBUI " + json.dumps(shown, ensure_ascii=False))
+"""
 
 
 def chatchat_venv() -> Path | None:
@@ -99,6 +166,20 @@ class ChatchatProcess:
     def post(self, path: str, body: dict[str, Any], user: str, department: str, **kwargs: Any) -> httpx.Response:
         headers = {"X-Forwarded-User": user, "X-Department": department.encode()}
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def webui(self, page: str, user: str, department: str, **request: Any) -> dict[str, Any]:
+        """What Chatchat's WebUI shows (WEBUI_SCRIPT): ``dialogue`` (params of the chat call), ``kb``
+        (kb_path, e.g. ``local_kb/hr``, and params), ``file_chat`` (ApiRequest.file_chat's arguments),
+        ``events`` (path, params: ApiRequest's parsed events). The SSO proxy's headers name the user."""
+        spec = {"page": page, "base": self.url, "headers": {"X-Forwarded-User": user, "X-Department": department},
+                **request}  # fmt: skip
+        result = subprocess.run([str(self.venv / "bin" / "python"), "-c", WEBUI_SCRIPT], input=json.dumps(spec),
+                                cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300,
+                                check=False)  # fmt: skip
+        shown = [line for line in result.stdout.splitlines() if line.startswith("WEBUI ")]
+        assert result.returncode == 0 and shown, result.stdout[-2000:] + result.stderr[-3000:]
+        answer: dict[str, Any] = json.loads(shown[-1][len("WEBUI ") :])
+        return answer
 
     @property
     def launcher_pid(self) -> int:

@@ -8,7 +8,8 @@ Registered as the ``tokenmeter_chatchat`` OpenTelemetry instrumentor (active onl
   header on warn/downgrade, 429 with the quota message when a call is denied before the
   response starts; and the chat routes' quota pre-check
   (:mod:`tokenmeter.integrations.chatchat_quota`): 429 on deny for streamed answers too,
-  retrieval-only knowledge-base answers on degrade;
+  retrieval-only knowledge-base and file answers on degrade, and the quota notices in the
+  answers the WebUI shows (:mod:`tokenmeter.integrations.chatchat_notices`);
 - makes Chatchat's own API address a hop (:mod:`tokenmeter.instrumentation.hop_servers`):
   agent chat calls Chatchat's ``/v1`` on loopback, which calls the model platform; only
   that second call is billed, attributed through the baggage the first one carries;
@@ -55,9 +56,18 @@ def add_identity_middleware(app: Any) -> None:
         return
     # add_middleware puts the newest outermost: identity first, then the pre-check that needs the user.
     app.add_middleware(ChatchatQuotaPrecheck, client=TokenmeterInstrumentor.quota_client,
-                       default_model=_default_llm)  # fmt: skip
+                       default_model=_default_llm, notice_languages=_notice_languages())  # fmt: skip
     app.add_middleware(IdentityMiddleware)
     setattr(app, _MARK, True)
+
+
+def _notice_languages() -> str:
+    from tokenmeter.settings import get_settings
+
+    try:
+        return get_settings().quota_notice
+    except Exception:  # invalid settings: the identity middleware is off and says why
+        return "zh+en"
 
 
 def _default_llm() -> str:

@@ -3,16 +3,21 @@
 Chatchat streams most answers: its routes start the response (200, server-sent events)
 before the LLM call, so a denial at the call could only be an error event inside the
 stream. This middleware asks the enforcer first, without reserving (``dry_run``; the call
-itself is checked and reserved as usual):
+itself is checked and reserved as usual), for the routes of
+:mod:`tokenmeter.integrations.chatchat_routes`:
 
-- ``deny``: 429 with the quota message, for streamed and plain requests alike;
-- ``degrade`` on ``/chat/kb_chat``: the request goes on with ``return_direct: true``, so
-  Chatchat answers with the retrieved passages and calls no model (retrieval-only);
-  ``degrade`` on a route without retrieval: 429 with the message saying so;
+- ``deny``: 429 with the quota message and ``Retry-After``, streamed and plain requests alike;
+- ``degrade`` on a knowledge-base route (``/chat/kb_chat``, ``/knowledge_base/{mode}/{id}/chat/completions``):
+  the request goes on with ``return_direct: true``, so Chatchat answers with the retrieved
+  passages and calls no model, and the answer says it is retrieval-only; on ``/chat/file_chat``
+  the request goes on, and the model call's own check stops it after retrieval; on a route
+  without retrieval: 429 with the message saying so;
 - anything else: the request goes on unchanged.
 
-Only ``POST`` requests to the routes below with a JSON body (at most 1 MiB) are read; the
-enforcer unreachable means no pre-check (the call's own check applies its fail mode).
+The answers of the routes people read get the quota notices
+(:mod:`tokenmeter.integrations.chatchat_notices`). Only ``POST`` requests with a JSON body
+(at most 1 MiB) are read; the enforcer unreachable means no pre-check (the call's own check
+applies its fail mode).
 """
 
 from __future__ import annotations
@@ -25,33 +30,29 @@ from tokenmeter.instrumentation.asgi import ASGIApp, Message, Receive, Scope, Se
 from tokenmeter.instrumentation.attribution import current_attribution
 from tokenmeter.instrumentation.quota.client import QuotaClient, check_key
 from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaVerdict
+from tokenmeter.instrumentation.quota.gate import current_notices
 from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
 from tokenmeter.instrumentation.quota.responses import quota_error_response
 from tokenmeter.instrumentation.safety import contained
+from tokenmeter.integrations.chatchat_notices import AnswerNotices
+from tokenmeter.integrations.chatchat_routes import ChatRoute, chat_route
 from tokenmeter.tokenizers.estimate import estimate_tokens
 
-# route -> (field with the model, fields with the input text)
-CHAT_ROUTES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
-    "/chat/chat/completions": ("model", ("messages",)),
-    "/v1/chat/completions": ("model", ("messages",)),
-    "/chat/kb_chat": ("model", ("query", "history")),
-    "/chat/file_chat": ("model_name", ("query", "history")),
-}
-RETRIEVAL_ROUTES: Final = frozenset({"/chat/kb_chat"})
 MAX_BODY_BYTES: Final = 1 << 20
 
 
 class ChatchatQuotaPrecheck:
     """ASGI middleware; place it inside the identity middleware (it needs the request's user)."""
 
-    def __init__(self, app: ASGIApp, client: Callable[[], QuotaClient | None], default_model: Callable[[], str]
-                 ) -> None:  # fmt: skip
+    def __init__(self, app: ASGIApp, client: Callable[[], QuotaClient | None], default_model: Callable[[], str],
+                 notice_languages: str = "zh+en") -> None:  # fmt: skip
         self.app = app
         self._client = client
         self._default_model = default_model
+        self._languages = notice_languages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = CHAT_ROUTES.get(scope.get("path", "")) if scope.get("type") == "http" else None
+        route = chat_route(scope.get("path", "")) if scope.get("type") == "http" else None
         client = self._client() if route is not None and scope.get("method") == "POST" else None
         if route is None or client is None:
             await self.app(scope, receive, send)
@@ -59,7 +60,7 @@ class ChatchatQuotaPrecheck:
         body, more = await _read_body(receive)
         replay = _replaying(body, more, receive)
         try:
-            verdict_body = await self._decide(client, scope["path"], route, body) if not more else None
+            verdict_body = await self._decide(client, route, body) if not more else None
         except QuotaError as error:
             headers, payload = quota_error_response(error)
             await send({"type": "http.response.start", "status": QUOTA_STATUS, "headers": headers})
@@ -67,19 +68,24 @@ class ChatchatQuotaPrecheck:
             return
         if verdict_body is not None:
             replay = _replaying(verdict_body, False, receive)
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, self._answer_send(route, send))
 
-    async def _decide(self, client: QuotaClient, path: str, route: tuple[str, tuple[str, ...]], body: bytes
-                      ) -> bytes | None:  # fmt: skip
+    def _answer_send(self, route: ChatRoute, send: Send) -> Send:
+        """``send`` that adds the quota notices to the answer, on the routes people read."""
+        notices = current_notices()
+        if route.answer is None or notices is None:
+            return send
+        return AnswerNotices(send, route.answer, notices, self._languages)
+
+    async def _decide(self, client: QuotaClient, route: ChatRoute, body: bytes) -> bytes | None:
         """None: go on unchanged; bytes: go on with this body; raises QuotaError to refuse."""
         verdict: QuotaVerdict | None = None  # stays None when tokenmeter fails: the call's own check still applies
         with contained("Chatchat quota pre-check"):
             request = json.loads(body or b"{}")
             if not isinstance(request, dict):
                 return None
-            model_field, text_fields = route
-            model = str(request.get(model_field) or self._default_model())
-            text = json.dumps([request.get(name) for name in text_fields], ensure_ascii=False, default=str)
+            model = str(request.get(route.model_field) or self._default_model())
+            text = json.dumps([request.get(name) for name in route.text_fields], ensure_ascii=False, default=str)
             max_tokens = request.get("max_tokens")
             verdict = await client.check_async(check_key(current_attribution(), model), estimate_tokens(text),
                                                max_tokens if isinstance(max_tokens, int) else None,
@@ -88,11 +94,14 @@ class ChatchatQuotaPrecheck:
             return None
         if verdict.action == "deny":
             raise QuotaExceeded(verdict)
-        if verdict.action == "degrade":
-            if path in RETRIEVAL_ROUTES:
-                return json.dumps({**request, "return_direct": True}, ensure_ascii=False).encode()
+        if verdict.action != "degrade" or route.on_degrade == "go_on":
+            return None
+        if route.on_degrade == "refuse":
             raise QuotaDegraded(verdict)
-        return None
+        notices = current_notices()
+        if notices is not None:
+            notices.append(verdict)  # the answer says it is retrieval-only
+        return json.dumps({**request, "return_direct": True}, ensure_ascii=False).encode()
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -48,6 +48,7 @@ class QuotaVerdict:
     limit_cost: str | None = None
     currency: str | None = None
     ratio: float = 0.0
+    threshold: float | None = None  # on warn: the warning threshold crossed
     resets_at: datetime | None = None
     timezone: str | None = None
     reason: str = ""
@@ -85,6 +86,16 @@ class QuotaVerdict:
         return moment.strftime("%Y-%m-%d %H:%M") + zone
 
 
+def budget_description(verdict: QuotaVerdict, language: Language) -> str:
+    """'预算“b”（用户 alice，每日）' / "budget 'b' (user alice, per day)": whose budget a message is about."""
+    if language == "zh":
+        scope = _SCOPE_ZH.get(verdict.scope or "", verdict.scope or "")
+        who = f"{scope} {verdict.subject}" if verdict.subject else scope
+        return f"预算“{verdict.budget}”（{who}，{_PERIOD_ZH.get(verdict.period or '', verdict.period or '')}）"
+    who = f"{verdict.scope} {verdict.subject}" if verdict.subject else "the organisation"
+    return f"budget '{verdict.budget}' ({who}, {_PERIOD_EN.get(verdict.period or '', verdict.period or '')})"
+
+
 class QuotaError(TokenmeterError):
     """A quota decision that stops the call; ``verdict`` has the details."""
 
@@ -104,13 +115,7 @@ class QuotaError(TokenmeterError):
         raise NotImplementedError
 
     def _who(self, language: Language) -> str:
-        verdict = self.verdict
-        if language == "zh":
-            scope = _SCOPE_ZH.get(verdict.scope or "", verdict.scope or "")
-            who = f"{scope} {verdict.subject}" if verdict.subject else scope
-            return f"预算“{verdict.budget}”（{who}，{_PERIOD_ZH.get(verdict.period or '', verdict.period or '')}）"
-        who = f"{verdict.scope} {verdict.subject}" if verdict.subject else "the organisation"
-        return f"budget '{verdict.budget}' ({who}, {_PERIOD_EN.get(verdict.period or '', verdict.period or '')})"
+        return budget_description(self.verdict, language)
 
 
 class QuotaExceeded(QuotaError):  # noqa: N818 - the name the issue and docs use

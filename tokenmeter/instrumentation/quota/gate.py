@@ -17,12 +17,20 @@ Every decision is on the span and counted in ``tokenmeter.quota.decisions``. The
 reservation (or the call's share of a lease) is released when the call has finished
 (from the background finisher).
 A failure of tokenmeter's own here lets the call go ahead unchanged.
+
+The decisions a request's user should hear of (warn, downgrade, and the stops an app may
+swallow) are collected per request (:func:`collecting_notices`). A call forwarded by a hop
+(Chatchat's agent calling Chatchat's own ``/v1``) is served by another request of the same
+process: its notices go to the request that made the hop, found by the trace the hop
+propagated, so they reach the person who asked rather than the agent reading the hop's answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -41,15 +49,23 @@ from tokenmeter.instrumentation.quota.errors import (
 from tokenmeter.instrumentation.safety import contained
 from tokenmeter.instrumentation.usage_metrics import Instruments
 
-# The decisions worth telling the end user about, for the request being served (ASGI).
-_notices: ContextVar[list[QuotaVerdict] | None] = ContextVar("tokenmeter_quota_notices", default=None)
 NOTICE_ACTIONS = frozenset({"warn", "downgrade"})
+STOP_ACTIONS = frozenset({"deny", "degrade", semconv.QUOTA_UNAVAILABLE})
+
+
+class QuotaNotices(list[QuotaVerdict]):
+    """One request's verdicts worth telling its user: warn and downgrade, and the calls stopped
+    (deny, degrade, unavailable and fail-closed) in case the app swallowed the error."""
+
+
+# The decisions worth telling the end user about, for the request being served (ASGI).
+_notices: ContextVar[QuotaNotices | None] = ContextVar("tokenmeter_quota_notices", default=None)
 
 
 @contextlib.contextmanager
-def collecting_notices() -> Iterator[list[QuotaVerdict]]:
-    """Collect warn / downgrade verdicts of the calls made inside (one request)."""
-    notices: list[QuotaVerdict] = []
+def collecting_notices() -> Iterator[QuotaNotices]:
+    """Collect the notices of the calls made inside (one request)."""
+    notices = QuotaNotices()
     token = _notices.set(notices)
     try:
         yield notices
@@ -57,8 +73,38 @@ def collecting_notices() -> Iterator[list[QuotaVerdict]]:
         _notices.reset(token)
 
 
+def current_notices() -> QuotaNotices | None:
+    """The notices of the request being served, if one is collecting them."""
+    return _notices.get()
+
+
+class HopNoticeSinks:
+    """Trace id of a hop call -> the notices of the request that made it, while that request lives."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sinks: weakref.WeakValueDictionary[int, QuotaNotices] = weakref.WeakValueDictionary()
+
+    def register(self, call: LLMCall) -> None:
+        notices, trace_id = _notices.get(), call.span.get_span_context().trace_id
+        if notices is not None and trace_id:
+            with self._lock:
+                self._sinks[trace_id] = notices
+
+    def sink_for(self, call: LLMCall) -> QuotaNotices | None:
+        """Where the notices of ``call`` go: the hop's request if a hop forwarded it, else this request's."""
+        trace_id = call.span.get_span_context().trace_id
+        with self._lock:
+            sink = self._sinks.get(trace_id) if trace_id else None
+        return sink if sink is not None else _notices.get()
+
+
+HOP_NOTICE_SINKS = HopNoticeSinks()
+
+
 def notice_header(notices: list[QuotaVerdict]) -> bytes | None:
     """``X-Tokenmeter-Quota`` value for the most severe notice, e.g. ``warn; budget="b"; ratio=0.85``."""
+    notices = [verdict for verdict in notices if verdict.action in NOTICE_ACTIONS]
     if not notices:
         return None
     verdict = max(notices, key=lambda v: (v.action == "downgrade", v.ratio))
@@ -80,6 +126,8 @@ class QuotaGate:
     def check(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs to send (model rewritten on downgrade); raises QuotaError to stop the call."""
         if call.hop:
+            with contained("quota notices of a hop"):
+                HOP_NOTICE_SINKS.register(call)
             return kwargs  # the forwarded call is checked
         verdict: QuotaVerdict | None = None  # stays None when tokenmeter fails: the call goes ahead unchanged
         with contained("quota check"):
@@ -89,6 +137,8 @@ class QuotaGate:
 
     async def check_async(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         if call.hop:
+            with contained("quota notices of a hop"):
+                HOP_NOTICE_SINKS.register(call)
             return kwargs
         verdict: QuotaVerdict | None = None
         with contained("quota check"):
@@ -125,17 +175,29 @@ class QuotaGate:
         if verdict.reservation_id or verdict.lease_id:
             call.on_finished = functools.partial(self.client.finished, verdict)
         error = _error_for(verdict, call.operation)
+        if error is not None or verdict.action in NOTICE_ACTIONS:
+            _tell(call, verdict)
         if error is not None:
             raise error
-        notices = _notices.get()
-        if notices is not None and verdict.action in NOTICE_ACTIONS:
-            notices.append(verdict)
         if verdict.action == "downgrade" and verdict.effective_model != call.request_model:
             call.request_model = verdict.effective_model
             span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, verdict.effective_model)
             span.update_name(f"{call.operation} {verdict.effective_model}")
             return {**kwargs, "model": verdict.effective_model}
         return kwargs
+
+
+def _tell(call: LLMCall, verdict: QuotaVerdict) -> None:
+    with contained("quota notices"):
+        notices = HOP_NOTICE_SINKS.sink_for(call)
+        if notices is not None:
+            notices.append(verdict)
+
+
+def stop_error(verdict: QuotaVerdict) -> QuotaError:
+    """The error of a verdict in STOP_ACTIONS (what a chat call stopped by it raised)."""
+    error = _error_for(verdict, semconv.OPERATION_CHAT)
+    return error if error is not None else QuotaExceeded(verdict)
 
 
 def _error_for(verdict: QuotaVerdict, operation: str) -> QuotaError | None:
