@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from tokenmeter.settings import Settings
 from tokenmeter.store.client import (
     StoreConfigError,
+    StoreError,
     StoreLockedError,
     StoreMissingError,
     open_store,
@@ -82,6 +84,18 @@ def test_password_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(Exception):  # noqa: B017 (no server listens there)
         open_store("http://meter:hunter2pw@127.0.0.1:9/db")
     assert "hunter2pw" not in caplog.text
+
+
+@pytest.mark.parametrize("password", ["p", "hunter2pw"])
+def test_an_unreachable_server_is_named_with_the_cause_alone(password: str) -> None:
+    """The driver's retry text ("Max retries exceeded with url: /?query_id=...") is left out, and a short
+    password is not masked inside running text (masking "p" turned "port" into "***ort")."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(StoreError) as info:
+        open_store(f"http://meter:{password}@127.0.0.1:{port}/db")
+    assert str(info.value) == f"cannot open ClickHouse at http://meter@127.0.0.1:{port}/db: Connection refused"
 
 
 def test_second_process_gets_locked_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT
+from tokenmeter.cli.output_console import output_console
 
 
 def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,8 +51,6 @@ def add_demo_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from tokenmeter.demo.run import DemoError, run_demo, show_dashboard
 
     if not 0 < args.scale <= 1:
@@ -60,7 +59,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return _bad_input("demo", f"--port must be a TCP port, got {args.port}")
     try:
         if args.show:
-            return show_dashboard(args.dir, args.port, Console(highlight=False))
+            return show_dashboard(args.dir, args.port, output_console(highlight=False))
         return run_demo(args.dir, args.scale, None if args.no_dashboard else args.port, args.screenshot)
     except DemoError as exc:
         return _bad_input("demo", str(exc))

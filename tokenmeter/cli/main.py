@@ -1,5 +1,6 @@
 """The ``tokenmeter`` command line.
 
+    tokenmeter --version
     tokenmeter count --model qwen2.5-7b-instruct --text "人工智能"
     tokenmeter count --model gpt-4 --messages-json chat.json      # or "-" for stdin
     tokenmeter count --model deepseek-chat --file prompt.txt
@@ -28,7 +29,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -41,8 +42,11 @@ from tokenmeter.cli.input_error import InputError
 from tokenmeter.cli.quota import add_quota_parsers
 from tokenmeter.cli.serve import add_serve_parser
 from tokenmeter.cli.tiktoken_cache import add_tiktoken_cache_parser
+from tokenmeter.cli.version import VersionAction
 from tokenmeter.store.client import StoreConfigError, StoreError
 from tokenmeter.store.migrations import MigrationError
+
+QUIET_DRIVER_LOGGERS: Final = ("clickhouse_connect", "urllib3")
 
 
 def _add_report_parser(commands: Any) -> None:
@@ -56,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenmeter", description="Token metering and cost accounting for LLM applications."
     )
+    parser.add_argument("--version", action=VersionAction, help="print the installed version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In this order in --help.
     add_count_parser(commands)
@@ -68,16 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_driver_chatter(record: logging.LogRecord) -> bool:
+    """Drops the ClickHouse driver's warnings (urllib3's "Retrying ...", "Unexpected Http Driver Exception"):
+    they repeat what its exception says, which becomes tokenmeter's one line. (A filter on the handler, since
+    clickhouse-connect sets urllib3's level itself when imported.)"""
+    return record.levelno >= logging.ERROR or not record.name.startswith(QUIET_DRIVER_LOGGERS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     # Library chatter from transformers would mix with our stderr diagnostics.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.addFilter(_not_driver_chatter)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[stderr])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+    command = " ".join(filter(None, (args.command, getattr(args, "db_command", None))))
     try:
         return int(args.run(args, sys.stdout, sys.stdin))
     except BrokenPipeError:  # e.g. `tokenmeter count --list-models | head`
@@ -85,11 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # keep the interpreter's final flush quiet
         return EXIT_OK
     except (InputError, CatalogError, StoreConfigError) as exc:
-        sys.stderr.write(f"tokenmeter {args.command}: {exc}\n")
+        sys.stderr.write(f"tokenmeter {command}: {exc}\n")
         return EXIT_BAD_INPUT
     except (StoreError, MigrationError) as exc:
-        sys.stderr.write(f"tokenmeter {args.command}: {exc}\n")
+        sys.stderr.write(f"tokenmeter {command}: {exc}\n")
         return EXIT_UNAVAILABLE
     except ValidationError as exc:
-        sys.stderr.write(f"tokenmeter {args.command}: invalid TOKENMETER_* setting: {exc}\n")
+        sys.stderr.write(f"tokenmeter {command}: invalid TOKENMETER_* setting: {exc}\n")
         return EXIT_BAD_INPUT

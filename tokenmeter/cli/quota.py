@@ -10,16 +10,25 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from pydantic import ValidationError
 
+from tokenmeter.cli.api_tokens import SentToken, TokenFileError, bearer_headers, enforcer_token, refusal
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.errors import TokenmeterError
 from tokenmeter.quota_wire import CheckBody, wire_json
-from tokenmeter.settings import enforcer_client_token, get_settings
+from tokenmeter.settings import get_settings
+
+if TYPE_CHECKING:
+    from tokenmeter.serve.api_address import ServeRecord
 
 CHECK_TIMEOUT_SECONDS: Final = 5.0
+ENFORCER_TOKEN_FIX: Final = (
+    "set TOKENMETER_ENFORCER_TOKEN to the enforcer's token (the apps' token, or serve's API token)"  # noqa: S105
+)
 
 
 def add_quota_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +54,9 @@ def add_quota_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "check",
         help="ask the enforcer for a decision; prints it as JSON",
         description=(
-            "Ask a running serve or enforcer what it would decide for a call. Nothing is reserved unless "
-            "--reserve is given. Exit 0 with a decision, 1 when the enforcer cannot answer, 2 on bad input."
+            "Ask a running serve or enforcer what it would decide for a call; the answer goes to stdout as JSON, "
+            "which enforcer answered (and its policy file) to stderr. Nothing is reserved unless --reserve is "
+            "given. Exit 0 with a decision, 1 when the enforcer cannot answer, 2 on bad input."
         ),
     )
     check.add_argument("--model", required=True, help="model as the app would request it")
@@ -56,7 +66,9 @@ def add_quota_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     check.add_argument("--input-tokens", type=int, default=0, metavar="N")
     check.add_argument("--max-output-tokens", type=int, metavar="N", help="default: the policy's estimate")
     check.add_argument("--reserve", action="store_true", help="hold the estimate as a real call would")
-    check.add_argument("--url", help="enforcer URL (default: TOKENMETER_ENFORCER_URL, else TOKENMETER_API_URL)")
+    check.add_argument("--url", help="enforcer URL (default: TOKENMETER_ENFORCER_URL, else TOKENMETER_API_URL, else "
+                                     "the serve holding TOKENMETER_CLICKHOUSE_URL's chDB directory, else "
+                                     "http://127.0.0.1:9400)")  # fmt: skip
     check.set_defaults(run=lambda args, stdout, _stdin: run_check_command(args, stdout))
 
 
@@ -129,37 +141,108 @@ def run_enforcer_command(args: argparse.Namespace, _stdout: TextIO) -> int:
         return EXIT_BAD_INPUT
 
 
-def run_check_command(args: argparse.Namespace, stdout: TextIO) -> int:
-    import httpx
+class CheckError(TokenmeterError):
+    """`tokenmeter check` could not get a decision; the message is its one line on stderr."""
 
-    settings = get_settings()
-    base = (args.url or settings.enforcer_url or settings.api_url).rstrip("/")
-    if args.input_tokens < 0 or (args.max_output_tokens is not None and args.max_output_tokens < 0):
-        _stderr("tokenmeter check: token numbers must not be negative")
-        return EXIT_BAD_INPUT
+    def __init__(self, message: str, exit_code: int = EXIT_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_check_command(args: argparse.Namespace, stdout: TextIO) -> int:
+    """The decision as JSON on stdout, which enforcer answered on stderr; 1 when none could answer, 2 bad input."""
     try:
-        body = CheckBody(user=args.user, department=args.department, app=args.app, model=args.model,
+        body = _check_body(args)
+        enforcer = _enforcer_to_ask(args)
+        token = enforcer_token(enforcer.serve.api_token_file if enforcer.serve else None)
+        decision = _ask(enforcer, body, token)
+    except CheckError as exc:
+        _stderr(f"tokenmeter check: {exc}")
+        return exc.exit_code
+    except TokenFileError as exc:
+        _stderr(f"tokenmeter check: {exc}")
+        return EXIT_UNAVAILABLE
+    stdout.write(json.dumps(decision, ensure_ascii=False, indent=2) + "\n")
+    stdout.flush()
+    policy = _policy_in_force(enforcer.base, bearer_headers(token))
+    _stderr(f"tokenmeter check: answered by {enforcer.describe()}{policy}")
+    return EXIT_OK
+
+
+def _check_body(args: argparse.Namespace) -> CheckBody:
+    if args.input_tokens < 0 or (args.max_output_tokens is not None and args.max_output_tokens < 0):
+        raise CheckError("token numbers must not be negative", EXIT_BAD_INPUT)
+    try:
+        return CheckBody(user=args.user, department=args.department, app=args.app, model=args.model,
                          input_tokens=args.input_tokens, max_output_tokens=args.max_output_tokens,
                          dry_run=not args.reserve)  # fmt: skip
     except ValidationError as exc:
-        _stderr(f"tokenmeter check: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
-        return EXIT_BAD_INPUT
-    token = enforcer_client_token(settings)
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+        raise CheckError(f"{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT) from None
+
+
+def _ask(enforcer: EnforcerToAsk, body: CheckBody, token: SentToken) -> Any:
+    """The enforcer's decision document; CheckError when it cannot be reached or does not decide."""
+    import httpx
+
     try:
-        response = httpx.post(f"{base}/v1/check", json=wire_json(body), headers=headers, timeout=CHECK_TIMEOUT_SECONDS)
+        response = httpx.post(f"{enforcer.base}/v1/check", json=wire_json(body), headers=bearer_headers(token),
+                              timeout=CHECK_TIMEOUT_SECONDS)  # fmt: skip
     except httpx.HTTPError as exc:
-        _stderr(f"tokenmeter check: cannot reach the enforcer at {base} ({exc or type(exc).__name__}); "
-                "start `tokenmeter serve` or point --url / TOKENMETER_ENFORCER_URL at it")  # fmt: skip
-        return EXIT_UNAVAILABLE
+        raise CheckError(
+            f"cannot reach the enforcer at {enforcer.base} ({exc or type(exc).__name__}); "
+            "start `tokenmeter serve` or point --url / TOKENMETER_ENFORCER_URL at it"
+        ) from None
     if response.status_code == 401:
-        _stderr(f"tokenmeter check: {base} refused the token; set TOKENMETER_ENFORCER_TOKEN")
-        return EXIT_UNAVAILABLE
+        raise CheckError(refusal(f"the enforcer at {enforcer.base}", token, ENFORCER_TOKEN_FIX))
     if response.status_code != 200:
-        _stderr(f"tokenmeter check: {base} answered {response.status_code}: {response.text[:300]}")
-        return EXIT_BAD_INPUT if response.status_code in {400, 413} else EXIT_UNAVAILABLE
-    stdout.write(json.dumps(response.json(), ensure_ascii=False, indent=2) + "\n")
-    return EXIT_OK
+        code = EXIT_BAD_INPUT if response.status_code in {400, 413} else EXIT_UNAVAILABLE
+        raise CheckError(f"{enforcer.base} answered {response.status_code}: {response.text[:300]}", code)
+    return response.json()
+
+
+@dataclass(frozen=True)
+class EnforcerToAsk:
+    """The enforcer's base URL, and the serve it belongs to when found holding the configured chDB store."""
+
+    base: str
+    serve: ServeRecord | None = None
+
+    def describe(self) -> str:
+        if self.serve is None:
+            return f"the enforcer at {self.base}"
+        return f"the enforcer of `tokenmeter serve` (PID {self.serve.pid}, store {self.serve.store}) at {self.base}"
+
+
+def _enforcer_to_ask(args: argparse.Namespace) -> EnforcerToAsk:
+    """--url, TOKENMETER_ENFORCER_URL, TOKENMETER_API_URL when set; else the serve holding the configured
+    chDB store (at the address it recorded), else TOKENMETER_API_URL's default."""
+    settings = get_settings()
+    api_url_set = settings.api_url if "api_url" in settings.model_fields_set else None
+    explicit = args.url or settings.enforcer_url or api_url_set
+    if explicit:
+        return EnforcerToAsk(explicit.rstrip("/"))
+    from tokenmeter.cli.serve_lookup import serve_holding_url
+
+    serve = serve_holding_url(settings.clickhouse_url)
+    if serve is not None:
+        return EnforcerToAsk(serve.api.rstrip("/"), serve)
+    return EnforcerToAsk(settings.api_url.rstrip("/"))
+
+
+def _policy_in_force(base: str, headers: dict[str, str]) -> str:
+    """ " (policy FILE, sha256 …)" from the enforcer's GET /v1/policy, to tell one enforcer from another; "" if
+    it does not say."""
+    import httpx
+
+    try:
+        document = httpx.get(f"{base}/v1/policy", headers=headers, timeout=CHECK_TIMEOUT_SECONDS).json()
+    except (httpx.HTTPError, ValueError):
+        return ""
+    if not isinstance(document, dict) or "source" not in document:
+        return ""
+    if document["source"] is None:
+        return " (no policy: every check is allowed)"
+    return f" (policy {document['source']}, sha256 {str(document.get('checksum'))[:12]})"
 
 
 def _stderr(line: str) -> None:

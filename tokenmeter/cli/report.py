@@ -2,19 +2,25 @@
 
 Where the numbers come from: the store directly (a ClickHouse server, or a chDB directory
 no process holds; one that does not exist is an error, exit 2, never created here), or a
-running `tokenmeter serve`'s API when it holds the chDB directory (or when ``--api`` says
-so). Progress and errors go to stderr, the report to stdout.
+running `tokenmeter serve`'s API when it holds the chDB directory (at the address it recorded
+beside the lock, :mod:`tokenmeter.serve.api_address`; else TOKENMETER_API_URL) or when ``--api``
+says so. Progress, which store or API answered, and errors go to stderr; the report to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 from tokenmeter.calendar_periods import PERIODS
+from tokenmeter.cli.api_tokens import TokenFileError, api_token, bearer_headers, refusal
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from tokenmeter.cli.output_console import output_console
+from tokenmeter.cli.serve_lookup import serve_holding
 from tokenmeter.cli.store_options import add_clickhouse_url_option
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.reporting import (
@@ -26,7 +32,7 @@ from tokenmeter.reporting import (
     render_json,
     render_table,
 )
-from tokenmeter.settings import default_api_token_file, get_settings
+from tokenmeter.settings import get_settings
 
 if TYPE_CHECKING:
     import httpx
@@ -38,7 +44,6 @@ FORMATS: Final[tuple[str, ...]] = ("table", "json", "csv")
 # serve answers a month by department in milliseconds; a long wait means something is wrong.
 API_CONNECT_TIMEOUT_SECONDS: Final = 3.0
 API_TIMEOUT_SECONDS: Final = 15.0
-TABLE_WIDTH_NOT_A_TERMINAL: Final = 120
 
 
 class ReportError(TokenmeterError):
@@ -77,18 +82,15 @@ def run_report(args: argparse.Namespace, stdout: TextIO) -> int:
         report, source = _fetch(args, at)
     except ValueError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
-    except ReportError as exc:
-        return _fail(str(exc), exc.exit_code)
+    except (ReportError, TokenFileError) as exc:
+        return _fail(str(exc), getattr(exc, "exit_code", EXIT_UNAVAILABLE))
+    _progress(f"answered by {source.answerer}")  # stderr: stdout stays the report alone
     if args.format == "json":
         stdout.write(render_json(report))
     elif args.format == "csv":
         stdout.write(render_csv(report))
     else:
-        from rich.console import Console
-
-        # A pipe or file gets a fixed width, so the table does not wrap at rich's default 80.
-        width = None if stdout.isatty() else TABLE_WIDTH_NOT_A_TERMINAL
-        render_table(report, Console(file=stdout, width=width), store=source)
+        render_table(report, output_console(stdout), store=source.caption)
     return EXIT_OK
 
 
@@ -102,11 +104,19 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]:
-    """The report and a description of where it came from."""
+@dataclass(frozen=True)
+class Source:
+    """Where a report came from: ``caption`` under the table, ``answerer`` in the line on stderr."""
+
+    caption: str
+    answerer: str
+
+
+def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, Source]:
+    """The report and where it came from."""
     settings = get_settings()
     if args.api:
-        return _from_api(args.api, args, at), f"serve API {args.api}"
+        return _from_api(ServeApi(args.api), args, at)
     from tokenmeter.store import StoreLockedError, open_store, parse_store_url
     from tokenmeter.store.client import StoreConfigError, StoreError, StoreMissingError, lock_holder
 
@@ -117,25 +127,48 @@ def _fetch(args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]
         raise ReportError(str(exc), EXIT_BAD_INPUT) from None
     # Ask the lock before chDB does: a refused open also prints chDB's own error on stderr.
     if location.kind == "chdb" and location.path is not None and lock_holder(location.path) is not None:
-        return _from_serve_holding(location.display, args, at)
+        return _from_serve_holding(location, args, at)
     try:
         client = open_store(url, create=False)  # a report never makes an empty store where none was
     except StoreLockedError:  # taken between the two looks
-        return _from_serve_holding(location.display, args, at)
+        return _from_serve_holding(location, args, at)
     except StoreMissingError as exc:
         raise ReportError(str(exc), EXIT_BAD_INPUT) from None
     except StoreError as exc:
         raise ReportError(str(exc)) from None
     try:
-        return _from_store(client, location, args, at), location.display
+        report = _from_store(client, location, args, at)
     finally:
         client.close()
+    return report, Source(location.display, f"the store {location.display}")
 
 
-def _from_serve_holding(store: str, args: argparse.Namespace, at: date | None) -> tuple[UsageReport, str]:
+@dataclass(frozen=True)
+class ServeApi:
+    """A serve API to ask; ``held`` is the store it must answer for, when we know which serve holds it."""
+
+    url: str
+    held: StoreLocation | None = None
+    token_file: Path | None = None
+
+
+def _from_serve_holding(
+    location: StoreLocation, args: argparse.Namespace, at: date | None
+) -> tuple[UsageReport, Source]:
+    """Ask the serve holding the chDB directory: at the address it recorded, else at TOKENMETER_API_URL."""
+    record = serve_holding(location)
+    if record is not None:
+        _progress(
+            f"{location.display} is held by `tokenmeter serve` (PID {record.pid}); asking its API at {record.api}"
+        )
+        return _from_api(ServeApi(record.api, location, record.api_token_file), args, at)
+    from tokenmeter.store.client import lock_holder
+
     api = get_settings().api_url
-    _progress(f"{store} is held by another process (a running serve); asking its API at {api}")
-    return _from_api(api, args, at, held=store), f"serve API {api}"
+    holder = lock_holder(location.path) if location.path is not None else None
+    _progress(f"{location.display} is held by another process{holder or ''}, and no live serve recorded its API "
+              f"address beside it; asking the API at TOKENMETER_API_URL ({api})")  # fmt: skip
+    return _from_api(ServeApi(api, location), args, at)
 
 
 def _from_store(client: Client, location: StoreLocation, args: argparse.Namespace, at: date | None) -> UsageReport:
@@ -155,22 +188,26 @@ def _from_store(client: Client, location: StoreLocation, args: argparse.Namespac
         raise ReportError(f"{location.display} could not answer the usage query: {message}") from None
 
 
-def _api_token() -> str | None:
-    """TOKENMETER_API_TOKEN, else the token file serve writes on this machine."""
-    token = get_settings().api_token
-    if token is not None:
-        return token.get_secret_value()
-    path = default_api_token_file()
+def _from_api(api: ServeApi, args: argparse.Namespace, at: date | None) -> tuple[UsageReport, Source]:
+    response = _get_report(api, args, at)
     try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ReportError(f"cannot read the serve API token file {path}: {exc.strerror}; "
-                          "set TOKENMETER_API_TOKEN instead") from None  # fmt: skip
+        document = response.json()
+        report = UsageReport.from_dict(document)
+    except ValueError as exc:  # also a body that is not JSON
+        raise ReportError(f"{api.url} did not answer with a usage report: {exc}") from None
+    store = document.get("store") if isinstance(document.get("store"), str) else None  # an older serve does not name it
+    if api.held is not None and store is not None and not _same_store(store, api.held):
+        raise ReportError(
+            f"the serve API at {api.url} answers for the store {store}, not for {api.held.display}, which another "
+            "process holds; point --api / TOKENMETER_API_URL at the serve holding it, or stop that process and "
+            "read the store directly with --clickhouse-url"
+        )
+    answerer = f"the serve API at {api.url}" + (f" (store {store})" if store else "")
+    return report, Source(f"serve API {api.url}", answerer)
 
 
-def _from_api(base: str, args: argparse.Namespace, at: date | None, held: str | None = None) -> UsageReport:
+def _get_report(api: ServeApi, args: argparse.Namespace, at: date | None) -> httpx.Response:
+    """serve's answer to GET /v1/report, if it is 200; else ReportError naming the way out."""
     import httpx
 
     params = {"by": args.by, "period": args.period}
@@ -178,32 +215,34 @@ def _from_api(base: str, args: argparse.Namespace, at: date | None, held: str | 
         params["at"] = at.isoformat()
     if args.subject is not None:
         params["subject"] = args.subject
-    token = _api_token()
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    token = api_token(api.token_file)
     timeout = httpx.Timeout(API_TIMEOUT_SECONDS, connect=API_CONNECT_TIMEOUT_SECONDS)
+    base = api.url.rstrip("/")
     try:
-        response = httpx.get(f"{base.rstrip('/')}/v1/report", params=params, headers=headers, timeout=timeout)
+        response = httpx.get(f"{base}/v1/report", params=params, headers=bearer_headers(token), timeout=timeout)
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
-        held_by = f"{held} is held by another process, and " if held else ""
+        held_by = f"{api.held.display} is held by another process, and " if api.held else ""
         raise ReportError(
-            f"{held_by}cannot reach the serve API at {base} ({reason}); either start `tokenmeter serve` "
+            f"{held_by}cannot reach the serve API at {api.url} ({reason}); either start `tokenmeter serve` "
             "(or point --api / TOKENMETER_API_URL at the one running), or stop the process holding the store "
             "and read it directly with --clickhouse-url"
         ) from None
     if response.status_code == 401:
-        raise ReportError(
-            f"the serve API at {base} refused the token: set TOKENMETER_API_TOKEN to serve's token "
-            f"(serve writes it to {default_api_token_file()} on its machine)"
-        )
+        raise ReportError(refusal(f"the serve API at {api.url}", token, "set TOKENMETER_API_TOKEN to serve's token "
+                                  "(serve names the file it wrote it to when it starts)"))  # fmt: skip
     if response.status_code == 400:
-        raise ReportError(f"the serve API at {base} rejected the request: {_error_text(response)}", EXIT_BAD_INPUT)
+        raise ReportError(f"the serve API at {api.url} rejected the request: {_error_text(response)}", EXIT_BAD_INPUT)
     if response.status_code != 200:
-        raise ReportError(f"the serve API at {base} answered {response.status_code}: {_error_text(response)}")
-    try:
-        return UsageReport.from_dict(response.json())
-    except ValueError as exc:  # also a body that is not JSON
-        raise ReportError(f"{base} did not answer with a usage report: {exc}") from None
+        raise ReportError(f"the serve API at {api.url} answered {response.status_code}: {_error_text(response)}")
+    return response
+
+
+def _same_store(display: str, location: StoreLocation) -> bool:
+    """Whether serve's ``store`` (its display URL) is ``location``; chDB paths compared as resolved."""
+    if location.kind == "chdb" and location.path is not None and display.startswith("chdb://"):
+        return Path(display.removeprefix("chdb://")).resolve() == location.path.resolve()
+    return display == location.display
 
 
 def _error_text(response: httpx.Response) -> str:

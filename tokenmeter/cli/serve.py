@@ -127,10 +127,14 @@ def _positive_seconds(text: str) -> float:
 
 
 def run_serve_command(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
+    from tokenmeter.cli.serve_lookup import held_hint, refuse_if_held
     from tokenmeter.serve.process import run_serve
     from tokenmeter.server.listening import ServerStartError
+    from tokenmeter.store.client import StoreLockedError, parse_store_url
 
     config = serve_config(args)
+    location = parse_store_url(config.clickhouse_url)
+    refuse_if_held(location)  # before chDB's own lock error, and before the ports are taken
     logging.getLogger("tokenmeter").setLevel(logging.INFO)
 
     def progress(line: str) -> None:
@@ -141,6 +145,8 @@ def run_serve_command(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO)
         return run_serve(config, progress=progress)
     except ServerStartError as exc:
         raise InputError(str(exc)) from None
+    except StoreLockedError as exc:  # another serve on this store: say where it answers
+        raise StoreLockedError(f"{exc}{held_hint(location)}") from None
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:

@@ -6,7 +6,7 @@
 - ``GET /metrics``: the receiver's and the enforcer's metrics in the Prometheus text
   format. Bearer token required: quota utilisation is per user and department.
 - ``GET /v1/report?by=&period=&at=&subject=``: a usage report, the document
-  ``tokenmeter report --format json`` prints. Bearer token required.
+  ``tokenmeter report --format json`` prints, with the ``store`` that answered. Bearer token required.
 - ``GET /`` and ``/v1/dashboard...``: the web page and its data (:mod:`tokenmeter.web.routes`); the data
   endpoints need the API token.
 - The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``
@@ -120,4 +120,4 @@ class ServeEndpoints:
         except Exception:
             logger.exception("usage report failed")
             return JSONResponse({"error": "the store could not answer; see the serve log"}, status_code=503)
-        return JSONResponse(document)
+        return JSONResponse({**document, "store": self._store_display})  # which store answered, for the CLI

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 URL_HELP: Final = "use chdb:///absolute/path or http(s)://user:password@host:port/database"
 DEFAULT_HTTP_PORT: Final = 8123
 DEFAULT_HTTPS_PORT: Final = 8443
+# "[Errno 111] Connection refused", "[Errno -2] Name or service not known" inside the driver's text.
+_SOCKET_ERROR: Final = re.compile(r"\[Errno -?\d+\] ([^\"')\]]+)")
+_MASKABLE_PASSWORD: Final = 4
 
 
 class StoreError(TokenmeterError):
@@ -140,8 +144,21 @@ def open_store(url: str | None = None, *, create: bool = True) -> Client:
             secure=location.secure,
         )
     except ClickHouseError as exc:
-        message = str(exc).replace(location.password, "***") if location.password else str(exc)
-        raise StoreError(f"cannot open ClickHouse at {location.display}: {message}") from None
+        reason = _driver_reason(str(exc), location)
+        raise StoreError(f"cannot open ClickHouse at {location.display}: {reason}") from None
+
+
+def _driver_reason(message: str, location: StoreLocation) -> str:
+    """The cause in the driver's message (urllib3's "[Errno 111] Connection refused" inside its retry text),
+    else the message with the password masked: the URL is shown already, the retry details are noise."""
+    cause = _SOCKET_ERROR.search(message)
+    if cause:
+        return cause.group(1).strip()
+    if location.password and len(location.password) >= _MASKABLE_PASSWORD:
+        message = message.replace(location.password, "***")
+    elif location.password:  # too short to mask in running text without mangling it: leave the text out
+        return "the server could not be reached or refused the connection"
+    return message
 
 
 def require_existing_store(location: StoreLocation) -> None:
