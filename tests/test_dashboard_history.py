@@ -114,10 +114,11 @@ def test_usage_panels_equal_the_raw_points(store: Any, name: str) -> None:
 
     board = overview()
     top_users = _panel_rows(store, board.panel(4).sql, span)
-    assert {user: tokens for user, _dept, tokens, _calls in top_users} == tokens_by_user
-    assert {user: calls for user, _dept, _tokens, calls in top_users} == calls_by_user
+    assert {user: tokens for user, _dept, tokens, _calls, _refused in top_users} == tokens_by_user
+    assert {user: calls for user, _dept, _tokens, calls, _refused in top_users} == calls_by_user
+    assert all(refused == 0 for *_, refused in top_users)  # no quota here: every call was sent
     per_user = _panel_rows(store, departments_and_users().panel(4).sql, span)
-    assert {user: (calls, tokens) for user, _dept, calls, tokens, _per_call in per_user} == {
+    assert {user: (calls, tokens) for user, _dept, calls, _refused, tokens, _per_call in per_user} == {
         user: (calls_by_user[user], tokens_by_user[user]) for user in tokens_by_user
     }
 
@@ -129,7 +130,7 @@ def test_usage_panels_equal_the_raw_points(store: Any, name: str) -> None:
 
     one = "user-5"
     filtered = _panel_rows(store, board.panel(4).sql, span, {"user": [one]})
-    assert [(user, tokens) for user, _dept, tokens, _calls in filtered] == (
+    assert [(user, tokens) for user, _dept, tokens, _calls, _refused in filtered] == (
         [(one, tokens_by_user[one])] if one in tokens_by_user else []
     )
 

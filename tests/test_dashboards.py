@@ -133,11 +133,14 @@ def test_usage_panels_add_up_to_the_report(seeded: Any) -> None:
         by_model[model] = by_model.get(model, 0) + int(tokens)
     report = build_usage_report(seeded, "model", "day", None)
     assert by_model == {row.subject: row.tokens for row in report.rows if row.tokens}
-    users = {user: int(tokens) for user, _department, tokens, _calls in run(4)}
     by_user = build_usage_report(seeded, "user", "day", None)
-    assert users == {row.subject: row.tokens for row in by_user.rows}
-    calls = sum(int(row[2]) for row in run(3))
-    assert calls == by_user.totals.calls
+    users = {user: (int(tokens), int(sent), int(refused)) for user, _department, tokens, sent, refused in run(4)}
+    assert users == {row.subject: (row.tokens, row.calls, row.refused_calls) for row in by_user.rows}
+    # Calls by department: calls sent per department, and the calls a quota refused as series of their own.
+    sent = sum(int(calls) for _time, department, calls in run(3) if not department.endswith(" (refused)"))
+    refused = sum(int(calls) for _time, department, calls in run(3) if department.endswith(" (refused)"))
+    assert (sent, refused) == (by_user.totals.calls, by_user.totals.refused_calls)
+    assert refused > 0  # the demo's batch-bot is denied
 
 
 @pytest.mark.parametrize("selection", sorted(SELECTIONS))

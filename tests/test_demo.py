@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -30,6 +34,12 @@ def test_the_demo_ends_with_a_report_equal_to_the_store(demo_run: tuple[Path, su
         assert heading in out
     assert "tokens per user in the report = the stored counters, per user" in out
     assert "tokens per model in the report = what the LLM server counted and served" in out
+    # sent and refused calls apart, each checked by the demo against what happened
+    assert "calls sent per model in the report = the calls the LLM server answered, per model" in out
+    refused = re.search(r"calls refused in the report = the user turns a quota refused \(([\d,]+)\)", out)
+    assert refused is not None and int(refused.group(1).replace(",", "")) > 0, out[-3000:]
+    assert "calls sent" in out and "calls refused" in out and "rows: most tokens first" in out
+    assert "(used + reserved) / limit" in out
     assert "(virtual)" in out  # local models at virtual prices
     assert "Traceback" not in result.stderr
     # Not at a terminal: it ends (does not keep serving) with the dashboard's address and how to open it.
@@ -53,7 +63,6 @@ def test_the_data_stays_for_tokenmeter_report(demo_run: tuple[Path, subprocess.C
 def test_demo_show_serves_the_dashboard_of_the_last_run(demo_run: tuple[Path, subprocess.CompletedProcess[str]]
                                                          ) -> None:  # fmt: skip
     """`make dashboard`: the page and its data from the demo's store, with the link's token, until Ctrl-C."""
-    import re
     import signal
 
     import httpx
@@ -70,7 +79,7 @@ def test_demo_show_serves_the_dashboard_of_the_last_run(demo_run: tuple[Path, su
         while "Web dashboard" not in line:
             line = show.stdout.readline()
             assert line, show.stderr.read() if show.stderr else ""
-        link = re.search(r"(http://127\.0\.0\.1:\d+/)#token=(\S+)", line)
+        link = re.search(r"(http://127\.0\.0\.1:\d+/)#range=30d&token=(\S+)", line)  # the month of history
         assert link is not None, line
         url, token = link.groups()
         assert url == f"http://127.0.0.1:{port}/"
@@ -147,3 +156,72 @@ def test_the_demo_refuses_to_delete_a_store_another_process_holds(tmp_path: Path
         assert httpx.get(f"{serve.api}/healthz", timeout=30).status_code == 200  # its store still answers
     finally:
         serve.stop()
+
+
+def test_the_demo_leaves_a_month_of_history(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The history went through serve's receiver into the accounting tables, dated on the days before today;
+    today's report is today's traffic alone (the checks of the first test compare it with today's process)."""
+    from tokenmeter.store import open_store
+
+    directory, result = demo_run
+    assert result.returncode == 0
+    assert "a month of history" in result.stdout
+    client = open_store(f"chdb://{directory / 'chdb'}")
+    try:
+        days = client.query(
+            "SELECT day, sum(value) FROM usage_daily WHERE metric = 'tokenmeter.usage.tokens' "
+            "AND day >= today() - 31 AND day < today() GROUP BY day HAVING sum(value) > 0 ORDER BY day"
+        ).result_rows
+        histories = client.query(
+            "SELECT uniqExact(toDate(Timestamp)) FROM otel_traces WHERE Timestamp < toStartOfDay(now(), 'UTC') "
+            "AND ResourceAttributes['service.instance.id'] LIKE 'demo-history-%'"
+        ).result_rows
+    finally:
+        client.close()
+    assert len(days) >= 20, days
+    assert histories[0][0] >= 20  # the spans too: latency and decisions panels over the month
+    weekdays = [tokens for day, tokens in days if day.weekday() < 5]
+    weekends = [tokens for day, tokens in days if day.weekday() >= 5]
+    assert weekends and min(weekdays) > max(weekends)  # office days, and the nightly job alone at weekends
+
+
+def test_history_days_end_before_today_in_utc_and_in_the_policy_zone() -> None:
+    """Whatever the hour: no history point in today's UTC day (the report) nor today's local day (the budgets)."""
+    from tokenmeter.demo.history import DAYS, history_days
+
+    zone = ZoneInfo("Asia/Shanghai")
+    for now in (datetime(2026, 12, 5, 0, 30, tzinfo=UTC), datetime(2026, 12, 5, 9, 0, tzinfo=UTC),
+                datetime(2026, 12, 5, 17, 0, tzinfo=UTC), datetime(2026, 12, 5, 23, 59, tzinfo=UTC)):  # fmt: skip
+        days = history_days(now, zone, scale=0.5)
+        local_midnight = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), zone)
+        utc_midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
+        assert len(days) == DAYS and len({d.day for d in days}) == DAYS
+        assert all(end < min(local_midnight, utc_midnight) for d in days for end in d.hour_ends), now
+        assert [d.day for d in days] == sorted(d.day for d in days)
+        assert all(d.calls for d in days)
+        stamps = [end for d in days for end in d.hour_ends]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # counters only move forward
+    late = history_days(datetime(2026, 12, 5, 17, 0, tzinfo=UTC), zone, scale=0.5)  # 01:00 on the 6th in Shanghai
+    assert late[-1].day == date(2026, 12, 4) and late[0].day == date(2026, 12, 4) - timedelta(days=DAYS - 1)
+
+
+def test_the_budget_table_shows_what_its_ratio_is_of() -> None:
+    """The enforcer's ratio counts reservations: the table shows them, so 2,903 + 457 of 3,000 reads as 112 %."""
+    from rich.console import Console
+
+    from tokenmeter.demo.summary import render_budgets
+
+    row = {"budget": "per-user-paid", "subject": "batch-bot", "used_tokens": 2903, "reserved_tokens": 457,
+           "limit_tokens": 3000, "used_cost": None, "reserved_cost": None, "limit_cost": None, "currency": None,
+           "ratio": 1.12, "action": "deny"}  # fmt: skip
+    cost = {**row, "budget": "company-paid", "subject": "", "used_tokens": 0, "reserved_tokens": 0,
+            "limit_tokens": None, "used_cost": "0.41", "reserved_cost": "0.000000000", "limit_cost": "0.5",
+            "currency": "CNY", "ratio": 0.82, "action": "downgrade"}  # fmt: skip
+    out = io.StringIO()
+    render_budgets(Console(file=out, width=160), [row, cost])
+    lines = out.getvalue().splitlines()
+    assert "(used + reserved) / limit" in out.getvalue()
+    [bot] = [line for line in lines if "batch-bot" in line]
+    assert re.search(r"2,903 │ +457 │ +3,000 │ +112% │ deny", bot), bot
+    [company] = [line for line in lines if "company-paid" in line]
+    assert re.search(r"0\.41 CNY │ +│ +0\.5 CNY │ +82% │ downgrade", company), company  # nothing reserved: blank

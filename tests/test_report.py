@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import socket
 from collections import defaultdict
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ class Usage:
     cost: tuple[str, bool, Decimal] | None  # (currency, virtual, amount); None: the model has no price
     earlier_in: int = 0
     app: str = ""
+    refused: tuple[str, int] | None = None  # (error.type, calls) a quota refused: never sent, no tokens
 
     def subject(self, by: str) -> str:
         value = {"user": self.user, "department": self.department, "model": self.model, "app": self.app or APP}[by]
@@ -63,21 +65,38 @@ class Usage:
 
 USAGE = [
     Usage("alice", "研发部", "qwen2.5-7b-instruct", 100, 40, 3, ("CNY", True, Decimal("0.5")), earlier_in=50),
-    Usage("bob", "sales", "gpt-4o", 200, 10, 2, ("USD", False, Decimal("1.25"))),
+    Usage("bob", "sales", "gpt-4o", 200, 10, 2, ("USD", False, Decimal("1.25")), refused=("QuotaExceeded", 2)),
     Usage("bob", "sales", "mystery-model", 7, 3, 1, None),
     Usage(QUOTED, "sales", "gpt-4o", 5, 5, 1, ("USD", False, Decimal("0.01"))),
     Usage("", "", "gpt-4o", 1, 1, 1, ("USD", False, Decimal("0.000001"))),
-    Usage("张三", "研发部", "deepseek-chat", 30, 20, 2, ("CNY", False, Decimal("0.3")), app="kb-chat"),
+    # the large spend in CNY; one call degraded by a quota (refused), one failed at the server (sent)
+    Usage(
+        "张三",
+        "研发部",
+        "deepseek-chat",
+        30,
+        20,
+        2,
+        ("CNY", False, Decimal("0.3")),
+        app="kb-chat",
+        refused=("QuotaDegraded", 1),
+    ),
+    Usage("张三", "研发部", "deepseek-chat", 0, 0, 1, ("CNY", False, Decimal(0)), app="kb-chat"),
+    # a tiny cost in USD (embeddings)
+    Usage("embedder", "研发部", "text-embedding-3-small", 30, 0, 2, ("USD", False, Decimal("0.0000006"))),
 ]
+SERVER_ERROR = "500"  # error.type of the call that failed at the server: sent all the same
 
 
 def expected_rows(by: str) -> dict[str, dict[str, Any]]:
     """What the report must say for October, computed from USAGE, not from the store."""
     rows: dict[str, dict[str, Any]] = {}
     for usage in USAGE:
-        row = rows.setdefault(usage.subject(by), {"calls": 0, "input_tokens": 0, "output_tokens": 0,
-                                                  "unpriced_calls": 0, "costs": defaultdict(Decimal)})  # fmt: skip
+        row = rows.setdefault(usage.subject(by), {"calls": 0, "refused_calls": 0, "input_tokens": 0,
+                                                  "output_tokens": 0, "unpriced_calls": 0,
+                                                  "costs": defaultdict(Decimal)})  # fmt: skip
         row["calls"] += usage.calls
+        row["refused_calls"] += usage.refused[1] if usage.refused else 0
         row["input_tokens"] += usage.input_tokens
         row["output_tokens"] += usage.output_tokens
         if usage.cost is None:
@@ -109,14 +128,21 @@ def _metrics(usage: Usage) -> list[metrics_pb2.Metric]:
     if usage.app:
         base[semconv.TM_APP] = usage.app
     before = [(BEFORE, usage.earlier_in)] if usage.earlier_in else []
+    calls = {**base, semconv.TM_COST_UNPRICED: usage.cost is None}
+    if usage.input_tokens == 0:  # the call that failed at the server: a calls series of its own, nothing billed
+        return [_series(semconv.METRIC_USAGE_CALLS, {**calls, semconv.ERROR_TYPE: SERVER_ERROR},
+                        [(DURING, usage.calls)])]  # fmt: skip
     metrics = [
         _series(semconv.METRIC_USAGE_TOKENS, {**base, semconv.GEN_AI_TOKEN_TYPE: "input"},
                 [*before, (DURING, usage.earlier_in + usage.input_tokens)]),
         _series(semconv.METRIC_USAGE_TOKENS, {**base, semconv.GEN_AI_TOKEN_TYPE: "output"},
                 [(DURING, usage.output_tokens)]),
-        _series(semconv.METRIC_USAGE_CALLS, {**base, semconv.TM_COST_UNPRICED: usage.cost is None},
-                [(DURING, usage.calls)]),
+        _series(semconv.METRIC_USAGE_CALLS, calls, [(DURING, usage.calls)]),
     ]  # fmt: skip
+    if usage.refused is not None:  # the refused calls' own series, as the instrumentation writes it
+        error_type, refused = usage.refused
+        metrics.append(_series(semconv.METRIC_USAGE_CALLS, {**calls, semconv.ERROR_TYPE: error_type},
+                               [(DURING, refused)]))  # fmt: skip
     if usage.cost is not None:
         currency, virtual, amount = usage.cost
         metrics.append(_series(semconv.METRIC_USAGE_COST, {**base, semconv.TM_COST_CURRENCY: currency,
@@ -173,7 +199,8 @@ def _as_expected(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The document's rows in the shape of expected_rows (cost amounts as Decimal)."""
     return {
         row["subject"]: {
-            "calls": row["calls"], "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
+            "calls": row["calls"], "refused_calls": row["refused_calls"], "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
             "unpriced_calls": row["unpriced_calls"],
             "costs": {(c["currency"], c["virtual"]): Decimal(c["amount"]) for c in row["costs"]},
         }
@@ -225,24 +252,59 @@ def test_every_dimension_totals_the_october_increments(serve_environment: ServeP
                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """serve holds the chDB directory: report notices, says so, and asks serve's API with the token file."""
     document = _json("--by", by, "--at", "2026-10-15", "--clickhouse-url", serve_environment.url)
-    assert "held by another process" in capsys.readouterr().err
+    assert "held by" in capsys.readouterr().err
     assert _as_expected(document) == expected_rows(by)
     assert document["totals"] == {
-        "subject": "total", "calls": 10, "input_tokens": 343, "output_tokens": 79, "unpriced_calls": 1,
+        "subject": "total", "calls": 13, "refused_calls": 3, "input_tokens": 373, "output_tokens": 79,
+        "unpriced_calls": 1,
         "costs": [{"currency": "CNY", "virtual": False, "amount": "0.3"},
                   {"currency": "CNY", "virtual": True, "amount": "0.5"},
-                  {"currency": "USD", "virtual": False, "amount": "1.260001"}],
+                  {"currency": "USD", "virtual": False, "amount": "1.2600016"}],
     }  # fmt: skip
     assert (document["by"], document["period"], document["label"]) == (by, "month", "2026-10")
     assert (document["start"], document["end"]) == ("2026-10-01T00:00:00+00:00", "2026-11-01T00:00:00+00:00")
 
 
-def test_rows_sorted_by_cost_then_tokens(serve_environment: ServeProcess) -> None:
-    """Real money first in the currency most rows are billed in (USD here), then CNY, then virtual CNY; then tokens."""
+def test_rows_sorted_by_tokens(serve_environment: ServeProcess) -> None:
+    """Most tokens first: a tiny USD embedding cost no longer ranks above a CNY spend (currencies are never
+    compared). Ties: most calls sent, then the name."""
     users = _json("--by", "user", "--at", "2026-10-15", "--api", serve_environment.api)["rows"]
-    assert [row["subject"] for row in users] == ["bob", QUOTED, "(none)", "张三", "alice"]
+    assert [row["subject"] for row in users] == ["bob", "alice", "张三", "embedder", QUOTED, "(none)"]
     models = _json("--by", "model", "--at", "2026-10-15", "--api", serve_environment.api)["rows"]
-    assert [row["subject"] for row in models] == ["gpt-4o", "deepseek-chat", "qwen2.5-7b-instruct", "mystery-model"]
+    assert [row["subject"] for row in models] == ["gpt-4o", "qwen2.5-7b-instruct", "deepseek-chat",
+                                                  "text-embedding-3-small", "mystery-model"]  # fmt: skip
+    code, table = _report("--by", "user", "--at", "2026-10-15", "--api", serve_environment.api)
+    assert code == 0 and "rows: most tokens first (input + output), then most calls sent." in table
+
+
+def test_sent_and_refused_calls_apart(serve_environment: ServeProcess) -> None:
+    """A call a quota refused was never sent: its own column, in every format; a call that failed at the server
+    was sent."""
+    rows = {row["subject"]: row for row in _json("--by", "user", "--at", "2026-10-15",
+                                                 "--api", serve_environment.api)["rows"]}  # fmt: skip
+    assert (rows["bob"]["calls"], rows["bob"]["refused_calls"]) == (3, 2)
+    assert (rows["张三"]["calls"], rows["张三"]["refused_calls"]) == (3, 1)
+    assert rows["bob"]["unpriced_calls"] == 1  # the refused calls are not among them
+    code, text = _report("--by", "user", "--at", "2026-10-15", "--api", serve_environment.api, "--format", "csv")
+    assert code == 0
+    [bob] = [line for line in csv.DictReader(io.StringIO(text)) if line["user"] == "bob"]
+    assert (bob["calls"], bob["refused_calls"]) == ("3", "2")
+    code, table = _report("--by", "user", "--at", "2026-10-15", "--api", serve_environment.api)
+    assert code == 0 and "calls sent" in table and "calls refused" in table
+    assert "stopped by a quota before the request" in table
+    [bob_line] = [line for line in table.splitlines() if "│ bob " in line]
+    assert re.match(r"│ bob +│ +3 │ +2 │ +207 │ +13 │", bob_line), bob_line
+
+
+def test_the_refused_error_types_are_the_quota_errors_the_gate_raises() -> None:
+    """The store tells refused calls by error.type: every QuotaError the gate raises, by the name metering records."""
+    from tokenmeter.instrumentation.quota.errors import QuotaError
+    from tokenmeter.store.usage_queries import REFUSED_ERROR_TYPES
+
+    def subclasses(cls: type) -> set[type]:
+        return {sub for direct in cls.__subclasses__() for sub in {direct, *subclasses(direct)}}
+
+    assert {cls.__qualname__ for cls in subclasses(QuotaError)} == set(REFUSED_ERROR_TYPES)
 
 
 def test_periods_cut_exactly(serve_environment: ServeProcess) -> None:
@@ -253,7 +315,7 @@ def test_periods_cut_exactly(serve_environment: ServeProcess) -> None:
         return {row["subject"]: row["input_tokens"] for row in rows}
 
     october = inputs("month", "2026-10-31")
-    assert october == {"研发部": 130, "sales": 212, "(none)": 1}
+    assert october == {"研发部": 160, "sales": 212, "(none)": 1}
     assert inputs("month", "2026-09-01") == {"研发部": 50}
     assert inputs("day", "2026-09-30") == {"研发部": 50}
     assert inputs("day", "2026-10-15") == october and inputs("day", "2026-10-14") == {}
@@ -282,12 +344,14 @@ def test_formats_agree(serve_environment: ServeProcess) -> None:
     code, text = _report(*argv, "--format", "csv")
     assert code == 0
     lines = list(csv.DictReader(io.StringIO(text)))
-    assert list(lines[0]) == ["department", "period", "calls", "input_tokens", "output_tokens", "cost", "currency",
-                              "virtual", "unpriced_calls"]  # fmt: skip
+    assert list(lines[0]) == ["department", "period", "calls", "refused_calls", "input_tokens", "output_tokens",
+                              "cost", "currency", "virtual", "unpriced_calls"]  # fmt: skip
     research = [line for line in lines if line["department"] == "研发部"]
     assert {(line["currency"], line["virtual"]): Decimal(line["cost"]) for line in research} == {
-        ("CNY", "false"): Decimal("0.3"), ("CNY", "true"): Decimal("0.5")}  # fmt: skip
-    assert {line["input_tokens"] for line in research} == {"130"}  # repeated on each of the subject's cost lines
+        ("CNY", "false"): Decimal("0.3"), ("CNY", "true"): Decimal("0.5"),
+        ("USD", "false"): Decimal("0.0000006")}  # fmt: skip
+    assert {line["input_tokens"] for line in research} == {"160"}  # repeated on each of the subject's cost lines
+    assert [line["cost"] for line in research if line["currency"] == "USD"] == ["0.0000006"]  # never 6E-7
     first_lines = {line["department"]: line for line in reversed(lines)}  # one line per subject
     assert sum(int(line["calls"]) for line in first_lines.values()) == document["totals"]["calls"]
     assert sum(int(line["unpriced_calls"]) for line in first_lines.values()) == 1
@@ -295,7 +359,7 @@ def test_formats_agree(serve_environment: ServeProcess) -> None:
     for line in lines:
         costs[(line["currency"], line["virtual"])] += Decimal(line["cost"])
     assert costs == {("CNY", "false"): Decimal("0.3"), ("CNY", "true"): Decimal("0.5"),
-                     ("USD", "false"): Decimal("1.260001")}  # fmt: skip
+                     ("USD", "false"): Decimal("1.2600016")}  # fmt: skip
 
     code, text = _report("--by", "model", *argv[2:], "--format", "csv")
     [mystery] = [line for line in csv.DictReader(io.StringIO(text)) if line["model"] == "mystery-model"]
@@ -304,7 +368,7 @@ def test_formats_agree(serve_environment: ServeProcess) -> None:
     code, table = _report("--by", "model", *argv[2:])
     assert code == 0
     assert "Usage by model, 2026-10 (month, UTC)" in table and f"serve API {serve_environment.api}" in table
-    assert "0.5 CNY (virtual)" in table and "qwen2.5-7b-instruct" in table and "1.260001 USD" in table
+    assert "0.5 CNY (virtual)" in table and "qwen2.5-7b-instruct" in table and "1.260002 USD" in table
     assert "unpriced calls" in table and "mystery-model" in table and "their cost is not in the totals" in table
 
 
@@ -319,7 +383,7 @@ def test_a_wrong_token_and_an_unreachable_api_are_clear_errors(
     monkeypatch.delenv("TOKENMETER_API_TOKEN")
     get_settings.cache_clear()
     assert _report("--api", serve_environment.api)[0] == 1
-    assert "refused the token" in capsys.readouterr().err
+    assert "needs a bearer token and none was sent" in capsys.readouterr().err
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,13 +13,15 @@ missing browser fails instead of skipping); Playwright drives it, never download
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
@@ -53,6 +55,15 @@ class Expected:
     decision_changes: int
 
 
+def _live_instance(client: Any) -> str:
+    """service.instance.id of the demo's live traffic (today's), not of its backfilled month."""
+    (instance,) = client.query(
+        "SELECT DISTINCT ResourceAttributes['service.instance.id'] AS instance FROM otel_metrics_sum "
+        "WHERE instance LIKE 'demo-%' AND instance NOT LIKE 'demo-history-%'"
+    ).result_rows
+    return str(instance[0])
+
+
 def _expected(store_url: str) -> Expected:
     client = open_store(store_url)
     try:
@@ -72,8 +83,16 @@ def _expected(store_url: str) -> Expected:
             tokens_by_user={row.subject: row.tokens for row in by_user.rows},
             calls_by_user={row.subject: row.calls for row in by_user.rows},
             department_of={str(user): str(department) for user, department in departments},
-            calls_by_department={row.subject or "(none)": row.calls for row in by_department.rows},
-            raw_tokens_by_user=raw_tokens_by(client, "enduser.id"),
+            # "Calls by department" draws a department's refused calls as a series of their own.
+            calls_by_department={
+                **{row.subject or "(none)": row.calls for row in by_department.rows},
+                **{
+                    f"{row.subject or '(none)'} (refused)": row.refused_calls
+                    for row in by_department.rows
+                    if row.refused_calls
+                },
+            },
+            raw_tokens_by_user=raw_tokens_by(client, "enduser.id", _live_instance(client)),
             costs={(cost.currency, cost.virtual): float(cost.amount) for cost in by_user.totals.costs},
             utilisation={(str(b), str(sc), str(su)): float(r) for b, sc, su, r in utilisation},
             decision_changes=int(changes),
@@ -162,11 +181,13 @@ def test_filter_values_with_quotes_are_bound_not_pasted(served: ServeProcess) ->
 
 def test_panel_answers_equal_the_store(served: ServeProcess, seeded: tuple[Path, Expected]) -> None:
     expected = seeded[1]
-    rows = _get(served, "/v1/dashboard/panels/overview/4").json()["rows"]
-    assert {user: int(tokens) for user, _dept, tokens, _calls in rows} == expected.tokens_by_user
+    # Today (UTC), as the report's day: the demo's backfilled month lies before it.
+    today = f"?from={int(datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp())}"
+    rows = _get(served, f"/v1/dashboard/panels/overview/4{today}").json()["rows"]
+    assert {user: int(tokens) for user, _dept, tokens, _calls, _refused in rows} == expected.tokens_by_user
     assert expected.tokens_by_user == expected.raw_tokens_by_user  # the report itself equals the raw OTLP rows
     by_model: dict[str, int] = {}
-    for _time, model, tokens in _get(served, "/v1/dashboard/panels/overview/1").json()["rows"]:
+    for _time, model, tokens in _get(served, f"/v1/dashboard/panels/overview/1{today}").json()["rows"]:
         by_model[model] = by_model.get(model, 0) + int(tokens)
     assert by_model == expected.tokens_by_model
 
@@ -207,9 +228,15 @@ def page(browser: Any, served: ServeProcess) -> Iterator[Any]:
     # (a refused token is logged as a failed load: the token test causes that on purpose)
     page.on("console", lambda message: errors.append(message.text)
             if message.type == "error" and "status of 401" not in message.text else None)  # fmt: skip
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     yield page
     context.close()
     assert not errors, errors  # no script errors, no refused requests (CSP), no failed loads
+    # Nothing from elsewhere (no CDN, no web font): every request went to serve (the icon is inline).
+    assert requested and all(url.startswith(f"{served.api}/") or url.startswith("data:") for url in requested), [
+        url for url in requested if not url.startswith(served.api)
+    ]
 
 
 def _open(page: Any, serve: ServeProcess, view: str = "") -> None:
@@ -245,6 +272,35 @@ def _page_query(page: Any) -> str:
 
 def _api_rows(serve: ServeProcess, board: str, panel_id: int, query: str) -> list[list[Any]]:
     return _get(serve, f"/v1/dashboard/panels/{board}/{panel_id}?{query}").json()["rows"]
+
+
+def _quota_subjects(page: Any) -> set[str]:
+    """The budget · subject of every bar in Quota utilisation, checked equal to the rows of the table beside it."""
+    gauges = _panel(page, "departments", 1).locator(".gauges li[data-series]")
+    bars = {gauges.nth(i).get_attribute("data-series") for i in range(gauges.count())}
+    table = {f"{row['budget']} · {row['subject'] or 'organisation'}"
+             for row in _table(page, "departments", 2) if "budget" in row}  # fmt: skip
+    assert bars == table
+    return bars
+
+
+def _budgets_of(expected: Expected, department: str) -> set[str]:
+    """What the quota panels list under a department filter: that department's budget, the budgets of the
+    users whose usage is the department's, and the organisation's (and app budgets, which no department owns)."""
+    return {f"{budget} · {subject or 'organisation'}" for (budget, scope, subject) in expected.utilisation
+            if (scope == "department" and subject == department)
+            or (scope == "user" and expected.department_of.get(subject) == department)
+            or scope in ("organisation", "app")}  # fmt: skip
+
+
+def _wait_for_view(page: Any, wanted: str) -> str:
+    """Wait until the page asks for a view whose query contains ``wanted`` and every panel has drawn that
+    query (the page's own signal: each panel's data-query); the query."""
+    expect(page.locator("body")).to_have_attribute("data-query", re.compile(re.escape(wanted)))
+    query = _page_query(page)
+    expect(page.locator(f'section.panel[data-state=ready][data-query="{query}"]')).to_have_count(PANELS)
+    wait_until_drawn(page)
+    return query
 
 
 def _choose(page: Any, filter_name: str, value: str) -> None:
@@ -360,13 +416,10 @@ def test_filters_change_the_numbers(page: Any, served: ServeProcess, seeded: tup
         row[0]: int(row[2]) for row in _api_rows(served, "overview", 4, query)
     }
     assert {k: int(v) for k, v in _legend(page, "overview", 3).items()} == {
-        department: expected.calls_by_department[department]
+        name: calls for name, calls in expected.calls_by_department.items() if name.split(" (")[0] == department
     }
-    gauges = _panel(page, "departments", 1).locator(".gauges li[data-series]")
-    subjects = {gauges.nth(i).get_attribute("data-series") for i in range(gauges.count())}
-    wanted = {f"{budget} · {subject or 'organisation'}" for (budget, scope, subject) in expected.utilisation
-              if scope != "department" or subject == department}  # fmt: skip
-    assert subjects == wanted
+    # The department's own budget, its users' budgets and the organisation's; no other department's.
+    assert _quota_subjects(page) == _budgets_of(expected, department)
     assert "department=" in page.url  # the view is in the address
 
     user = sorted(members)[0]
@@ -399,3 +452,93 @@ def test_model_filter_and_time_range(page: Any, served: ServeProcess, seeded: tu
     wait_until_drawn(page)
     assert _legend(page, "overview", 1) == {}
     expect(_panel(page, "overview", 4).locator("td.empty")).to_have_text("no data in this range")
+
+
+# --- the issue after a user's try: the quota table's width, the department filter, the address
+
+
+@pytest.mark.parametrize("width", [1400, 1920])
+def test_the_quota_table_fits_its_panel(page: Any, served: ServeProcess, width: int) -> None:
+    """At 1,400 px "Period to date against the limit" needed a horizontal scroll that hid cost, ratio and reset."""
+    page.set_viewport_size({"width": width, "height": 900})
+    _open(page, served)
+    assert _table(page, "departments", 2)  # the demo's budgets: rows to fit, with a cost limit among them
+    # No table on the page scrolls sideways, and neither does the page.
+    overflowing = page.evaluate("""() => [...document.querySelectorAll(".table-wrap")]
+        .filter((wrap) => wrap.scrollWidth > wrap.clientWidth)
+        .map((wrap) => wrap.closest("section.panel").querySelector("h3").textContent)""")
+    assert overflowing == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    panel = _panel(page, "departments", 2)
+    wrap = panel.locator(".table-wrap").bounding_box()
+    assert wrap["x"] >= 0 and wrap["x"] + wrap["width"] <= width
+    for column in ("used_cost", "limit_cost", "ratio", "resets_at"):
+        heading = panel.locator("th", has_text=re.compile(f"^{column.replace('_', ' ')}$"))
+        cells = panel.locator(f"td[data-column={column}]")
+        assert cells.count() == len(_table(page, "departments", 2))
+        for box in [heading.bounding_box(), *(cells.nth(i).bounding_box() for i in range(cells.count()))]:
+            # Inside the viewport and inside the table's frame (not scrolled out of its sight).
+            assert box["x"] >= 0 and box["x"] + box["width"] <= min(width, wrap["x"] + wrap["width"]) + 0.5, column
+        # Nothing cut inside a cell either.
+        assert cells.evaluate_all("(cells) => cells.every((cell) => cell.scrollWidth <= cell.clientWidth)"), column
+    costs = [text for text in panel.locator("td[data-column=limit_cost]").all_inner_texts() if text != "–"]
+    assert costs and all(text.startswith(("CN¥", "$")) for text in costs)  # the cost limit shows, as money
+
+
+def test_a_department_filter_lists_only_its_users_budgets(
+    page: Any, served: ServeProcess, seeded: tuple[Path, Expected]
+) -> None:
+    """With the filter on 研发部, the quota panels listed 销售部's per-user budgets too."""
+    from tokenmeter.enforcer.policy import load_policy
+
+    expected = seeded[1]
+    # The data: per-user budgets in the policy, users of both departments with a budget row each.
+    policy = load_policy(ROOT / "tokenmeter" / "demo" / "policy.yaml")
+    assert any(budget.scope == "user" and budget.subject is None for budget in policy.budgets)
+    with_budget = {subject for (_budget, scope, subject) in expected.utilisation if scope == "user"}
+    research = {user for user in with_budget if expected.department_of.get(user) == "研发部"}
+    sales = {user for user in with_budget if expected.department_of.get(user) == "销售部"}
+    assert research and sales
+
+    _open(page, served, f"department={quote('研发部')}")
+    listed = _quota_subjects(page)
+    assert listed == _budgets_of(expected, "研发部")
+    assert not {subject for subject in listed if subject.split(" · ")[1] in sales | {"销售部"}}, listed
+    assert {f"per-user-paid · {user}" for user in research} <= listed
+    # The API answers the same for the same query (the page adds nothing of its own).
+    query = _page_query(page)
+    assert {row[0] for row in _api_rows(served, "departments", 1, query)} == listed
+    assert {row[2] for row in _api_rows(served, "departments", 2, query) if row[1] == "user"} == research
+
+
+def test_editing_the_address_changes_the_view_without_a_reload(
+    page: Any, served: ServeProcess, seeded: tuple[Path, Expected]
+) -> None:
+    """Changing the filters in the address (#department=...) did nothing until a reload."""
+    expected = seeded[1]
+    _open(page, served)
+    everything = _quota_subjects(page)
+    assert everything == {f"{budget} · {subject or 'organisation'}" for (budget, _scope, subject)
+                          in expected.utilisation}  # fmt: skip
+    page.evaluate("() => { window.sameDocument = true; }")  # gone if the page reloads
+
+    for department in ("研发部", "销售部"):
+        page.evaluate("hash => { location.hash = hash; }", f"#department={quote(department)}")
+        query = _wait_for_view(page, f"department={quote(department)}")
+        members = {user for user, dept in expected.department_of.items() if dept == department}
+        assert _quota_subjects(page) == _budgets_of(expected, department)
+        assert {row["user"] for row in _table(page, "overview", 4)} == members
+        assert page.locator('details.filter[data-filter="department"] .filter-value').inner_text() == department
+        assert parse_qs(query)["department"] == [department]
+        assert "range=1h" in page.url  # the address is written back whole
+
+    page.evaluate("hash => { location.hash = hash; }", "#range=6h")  # the filter cleared, another range
+    _wait_for_view(page, "from=")
+    expect(page.locator("#range")).to_have_value("6h")
+    assert "department" not in _page_query(page)
+    assert _quota_subjects(page) == everything
+
+    page.go_back()  # Back returns to the previous view, in the same page
+    _wait_for_view(page, f"department={quote('销售部')}")
+    assert _quota_subjects(page) == _budgets_of(expected, "销售部")
+    assert page.evaluate("() => window.sameDocument") is True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
-import select
+import selectors
 import subprocess
 import sys
 import uuid
@@ -77,7 +77,10 @@ class Holder:
                 str(HOLDER_SESSION_TIMEOUT)]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], DEADLINE)
+        # A selector, not select.select(): late in a long test session this process's descriptors pass 1023.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(DEADLINE)
         line = self.process.stdout.readline() if ready else ""
         if not line:
             self.kill()

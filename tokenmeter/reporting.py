@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -29,6 +28,7 @@ DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
 NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
 _DISPLAY_DECIMALS: Final = Decimal("0.000001")
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+ROW_ORDER: Final = "rows: most tokens first (input + output), then most calls sent"
 
 
 def resolve_period(period: str, at: date | None = None, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -62,11 +62,12 @@ def period_label(period: str, start: datetime) -> str:
 @dataclass(frozen=True)
 class ReportRow:
     subject: str
-    calls: int
+    calls: int  # sent to a model
     input_tokens: int
     output_tokens: int
     costs: tuple[CostAmount, ...] = ()
     unpriced_calls: int = 0
+    refused_calls: int = 0  # refused by a quota before the request: never sent
 
     @property
     def tokens(self) -> int:
@@ -100,6 +101,7 @@ class UsageReport:
             output_tokens=sum(row.output_tokens for row in self.rows),
             costs=tuple(CostAmount(currency, virtual, amount) for (currency, virtual), amount in sorted(costs.items())),
             unpriced_calls=sum(row.unpriced_calls for row in self.rows),
+            refused_calls=sum(row.refused_calls for row in self.rows),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,9 +137,10 @@ def _row_dict(row: ReportRow) -> dict[str, Any]:
     return {
         "subject": row.subject,
         "calls": row.calls,
+        "refused_calls": row.refused_calls,
         "input_tokens": row.input_tokens,
         "output_tokens": row.output_tokens,
-        "costs": [{"currency": c.currency, "virtual": c.virtual, "amount": str(c.amount)} for c in row.costs],
+        "costs": [{"currency": c.currency, "virtual": c.virtual, "amount": _decimal_text(c.amount)} for c in row.costs],
         "unpriced_calls": row.unpriced_calls,
     }
 
@@ -150,7 +153,13 @@ def _row_from_dict(row: dict[str, Any]) -> ReportRow:
         output_tokens=int(row["output_tokens"]),
         costs=tuple(CostAmount(str(c["currency"]), bool(c["virtual"]), _amount(c["amount"])) for c in row["costs"]),
         unpriced_calls=int(row["unpriced_calls"]),
+        refused_calls=int(row["refused_calls"]),
     )
+
+
+def _decimal_text(amount: Decimal) -> str:
+    """Plain digits, never an exponent: 0.0000006, not 6E-7 (str() of a Decimal below 1e-6)."""
+    return format(amount, "f")
 
 
 def _amount(text: object) -> Decimal:
@@ -167,31 +176,16 @@ def _report_row(usage: PeriodUsage) -> ReportRow:
         output_tokens=usage.output_tokens,
         costs=tuple(usage.costs),
         unpriced_calls=usage.unpriced_calls,
+        refused_calls=usage.refused_calls,
     )
 
 
-def _cost_order(rows: list[ReportRow]) -> list[tuple[str, bool]]:
-    """The report's (currency, virtual) pairs in the order they rank rows: real money before
-    virtual, then the currency most rows are billed in, then the larger total. Currencies are
-    never converted or added to each other, so this order is a convention, not a conversion."""
-    totals: dict[tuple[str, bool], Decimal] = defaultdict(Decimal)
-    billed: dict[tuple[str, bool], int] = defaultdict(int)
-    for row in rows:
-        for cost in row.costs:
-            totals[(cost.currency, cost.virtual)] += cost.amount
-            billed[(cost.currency, cost.virtual)] += 1
-    return sorted(totals, key=lambda pair: (pair[1], -billed[pair], -totals[pair], pair[0]))
-
-
 def _sorted_rows(rows: list[ReportRow]) -> tuple[ReportRow, ...]:
-    """Cost first (in the order of ``_cost_order``), then tokens, then calls, most first."""
-    order = _cost_order(rows)
+    """Most tokens (input + output) first, then most calls sent, then by name (:data:`ROW_ORDER`).
 
-    def key(row: ReportRow) -> tuple[object, ...]:
-        amounts = {(cost.currency, cost.virtual): cost.amount for cost in row.costs}
-        return (*(-amounts.get(pair, Decimal(0)) for pair in order), -row.tokens, -row.calls, row.subject)
-
-    return tuple(sorted(rows, key=key))
+    Tokens, not cost: a report holds several currencies (and virtual prices) that are never
+    converted into each other, so no cost ranks every row; tokens are one unit everywhere."""
+    return tuple(sorted(rows, key=lambda row: (-row.tokens, -row.calls, row.subject)))
 
 
 def build_usage_report(
@@ -224,13 +218,13 @@ def render_csv(report: UsageReport) -> str:
     """One line per subject and currency; a subject without cost has one line with empty cost columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([report.by, "period", "calls", "input_tokens", "output_tokens", "cost", "currency", "virtual",
-                     "unpriced_calls"])  # fmt: skip
+    writer.writerow([report.by, "period", "calls", "refused_calls", "input_tokens", "output_tokens", "cost",
+                     "currency", "virtual", "unpriced_calls"])  # fmt: skip
     for row in report.rows:
-        lines = [(str(c.amount), c.currency, str(c.virtual).lower()) for c in row.costs] or [("", "", "")]
+        lines = [(_decimal_text(c.amount), c.currency, str(c.virtual).lower()) for c in row.costs] or [("", "", "")]
         for amount, currency, virtual in lines:
-            writer.writerow([row.subject, report.label, row.calls, row.input_tokens, row.output_tokens, amount,
-                             currency, virtual, row.unpriced_calls])  # fmt: skip
+            writer.writerow([row.subject, report.label, row.calls, row.refused_calls, row.input_tokens,
+                             row.output_tokens, amount, currency, virtual, row.unpriced_calls])  # fmt: skip
     return buffer.getvalue()
 
 
@@ -257,18 +251,22 @@ def render_table(report: UsageReport, console: Console, store: str = "", now: da
     table = Table(title=Text(title, style="table.title"), caption=Text(store, style="table.caption") if store else None,
                   show_footer=True)  # fmt: skip
     table.add_column(report.by, footer="total")
-    for name, value in (("calls", totals.calls), ("input tokens", totals.input_tokens),
-                        ("output tokens", totals.output_tokens)):  # fmt: skip
+    for name, value in (("calls sent", totals.calls), ("calls refused", totals.refused_calls),
+                        ("input tokens", totals.input_tokens), ("output tokens", totals.output_tokens)):  # fmt: skip
         table.add_column(name, justify="right", footer=f"{value:,}")
     table.add_column("cost", justify="right", footer="\n".join(format_cost(c) for c in totals.costs) or "–")
     table.add_column("unpriced calls", justify="right", footer=f"{totals.unpriced_calls:,}")
     for row in report.rows:
         table.add_row(
-            Text(row.subject), f"{row.calls:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
+            Text(row.subject), f"{row.calls:,}", f"{row.refused_calls:,}" if row.refused_calls else "",
+            f"{row.input_tokens:,}", f"{row.output_tokens:,}",
             "\n".join(format_cost(c) for c in row.costs) or "–",
             f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
         )  # fmt: skip
     console.print(table)
+    console.print(f"{ROW_ORDER}.")
+    if totals.refused_calls:
+        console.print("calls refused: stopped by a quota before the request (deny, degrade); never sent.")
     if any(cost.virtual for cost in totals.costs):
         console.print("(virtual) = an internal price for a local model, not an invoice amount.")
     if totals.unpriced_calls:

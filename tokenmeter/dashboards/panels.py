@@ -29,6 +29,7 @@ from tokenmeter.store.counter_increase import (
 )
 from tokenmeter.store.counter_increase import range_increases as range_increases_of_counters
 from tokenmeter.store.otlp_sql import attribute
+from tokenmeter.store.usage_queries import REFUSED_SERIES
 
 TOKENS, CALLS, COST = semconv.METRIC_USAGE_TOKENS, semconv.METRIC_USAGE_CALLS, semconv.METRIC_USAGE_COST
 FORMAT_TIME_SERIES: Final = 0  # Grafana's target formats
@@ -91,9 +92,12 @@ def variable_query(column: str) -> str:
 
 FILTERS: Final = filters()
 # quota_utilisation rows are per budget subject: a department budget answers to $department,
-# a user budget to $user.
+# a user budget to $user and to $department through the departments the user's usage carries
+# (quota_utilisation has no department; a user who used several is listed under each).
+USERS_OF_DEPARTMENTS: Final = "SELECT user FROM usage_counter_series WHERE department IN (${department:singlequote})"
 SUBJECT_FILTERS: Final = (
     "($__conditionalAll(scope != 'department' OR subject IN (${department:singlequote}), $department)) AND "
+    f"($__conditionalAll(scope != 'user' OR subject GLOBAL IN ({USERS_OF_DEPARTMENTS}), $department)) AND "
     "($__conditionalAll(scope != 'user' OR subject IN (${user:singlequote}), $user))"
 )
 LATEST_UTILISATION: Final = f"""
@@ -135,19 +139,31 @@ def per_interval(metric: str, label: str, value: str, label_sql: str | None = No
         GROUP BY time, {label} ORDER BY time"""
 
 
+# Calls sent and calls a quota refused before the request (never sent), as two columns.
+SENT_AND_REFUSED: Final = (f"sumIf(increase, metric = '{CALLS}' AND NOT refused) AS calls, "
+                           f"sumIf(increase, metric = '{CALLS}' AND refused) AS refused_calls")  # fmt: skip
+
+
+def with_refused(increases: str) -> str:
+    """Rows of counter increases (with ``series_id``) and ``refused``: the series counts refused calls."""
+    return f"SELECT *, {REFUSED_SERIES} AS refused FROM ({increases})"
+
+
 def calls_and_tokens(select: str, group_by: str, columns: str) -> str:
-    """Calls, tokens and tokens per call in the range, per ``group_by`` (``select`` names the key columns).
+    """Calls sent and refused, tokens and tokens per call sent in the range, per ``group_by`` (``select`` names
+    the key columns).
 
     Ordered ties and all (here and in every panel with a LIMIT): the same rows on every run."""
     return f"""
-        SELECT {select}, sumIf(increase, metric = '{CALLS}') AS calls, sumIf(increase, metric = '{TOKENS}') AS tokens,
+        SELECT {select}, {SENT_AND_REFUSED}, sumIf(increase, metric = '{TOKENS}') AS tokens,
                round(tokens / greatest(calls, 1), 1) AS tokens_per_call
-        FROM ({range_increases((TOKENS, CALLS), columns)})
+        FROM ({with_refused(range_increases((TOKENS, CALLS), columns))})
         GROUP BY {group_by} ORDER BY tokens DESC, {group_by}"""
 
 
 DEPARTMENT_OR_NONE: Final = "if(department = '', '(none)', department)"
-USAGE_COLUMNS: Final = (("tokens", "tokens"), ("calls", "calls"), ("tokens_per_call", "tokens"))
+USAGE_COLUMNS: Final = (("tokens", "tokens"), ("calls", "calls"), ("refused_calls", "calls"),
+                        ("tokens_per_call", "tokens"))  # fmt: skip
 COST_COLUMNS: Final = (("cost", "cost"), ("used_cost", "cost"), ("limit_cost", "cost"))
 
 
@@ -159,11 +175,13 @@ def overview() -> Board:
                sum(increase) / 1e9 AS cost
         FROM ({increments(COST, "currency, virtual, model, department, user, app")})
         GROUP BY time, currency_kind ORDER BY time"""
-    calls_by_department = per_interval(CALLS, "department", "calls", DEPARTMENT_OR_NONE)
+    calls_by_department = per_interval(
+        CALLS, "department", "calls", f"concat({DEPARTMENT_OR_NONE}, if({REFUSED_SERIES}, ' (refused)', ''))"
+    )
     top_users = f"""
         SELECT if(user = '', '(none)', user) AS user, any(department) AS department,
-               sumIf(increase, metric = '{TOKENS}') AS tokens, sumIf(increase, metric = '{CALLS}') AS calls
-        FROM ({range_increases((TOKENS, CALLS), "user, department")})
+               sumIf(increase, metric = '{TOKENS}') AS tokens, {SENT_AND_REFUSED}
+        FROM ({with_refused(range_increases((TOKENS, CALLS), "user, department"))})
         GROUP BY user ORDER BY tokens DESC, user LIMIT 20"""
     source_mix = f"""
         SELECT if(s.usage_source = '', '(unknown)', s.usage_source) AS source, sum(i.increase) AS tokens
@@ -182,7 +200,8 @@ def overview() -> Board:
         Panel(2, "Cost by currency", "timeseries", cost_by_currency, fmt=FORMAT_TIME_SERIES, grid=(12, 0, 12, 8),
               unit="cost", description="Exact costs per currency; local models at their virtual prices."),
         Panel(3, "Calls by department", "timeseries", calls_by_department, fmt=FORMAT_TIME_SERIES,
-              grid=(0, 8, 12, 8), unit="calls"),
+              grid=(0, 8, 12, 8), unit="calls", description="Calls sent to a model; \"(refused)\": calls a "
+                                                            "quota stopped before the request (never sent)."),
         Panel(4, "Top users", "table", top_users, grid=(12, 8, 12, 8), columns=USAGE_COLUMNS),
         Panel(5, "Where token counts come from", "piechart", source_mix, grid=(0, 16, 12, 8), unit="tokens",
               description="server: the model server's usage; tokenizer: the model's own tokenizer; "

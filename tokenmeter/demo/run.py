@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Final
+from zoneinfo import ZoneInfo
 
 from tokenmeter import semconv
 from tokenmeter.demo.llm_server import DemoLLMServer
@@ -32,10 +34,16 @@ WORKERS: Final = 6
 READY_TIMEOUT_SECONDS: Final = 120.0
 DASHBOARD_PORT: Final = 9400  # serve's default API port: the page is at http://127.0.0.1:9400/
 SILENT_MODELS: Final = frozenset({"qwen2.5-14b-instruct"})  # "an old local server": never reports usage
+DASHBOARD_RANGE: Final = "30d"  # what the printed dashboard link shows: the month of history and today
 
 
 class DemoError(TokenmeterError):
     """The demo cannot go on; the message says why."""
+
+
+def live_instance_id() -> str:
+    """service.instance.id of this process's live traffic (the history has its own: demo/history.py)."""
+    return f"demo-{os.getpid()}"
 
 
 def prepare_directory(directory: Path) -> None:
@@ -159,7 +167,7 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     from tokenmeter.tokenizers import TokenizerRegistry
 
     headers = {"authorization": f"Bearer {endpoints.otlp_token}"} if endpoints.otlp_token else None
-    process = {semconv.SERVICE_NAME: "chatchat-demo", semconv.SERVICE_INSTANCE_ID: f"demo-{os.getpid()}"}
+    process = {semconv.SERVICE_NAME: "chatchat-demo", semconv.SERVICE_INSTANCE_ID: live_instance_id()}
     resource = Resource.create(process)
     spans = InMemorySpanExporter()  # for the decisions table at the end
     tracer_provider = TracerProvider(resource=resource)
@@ -239,31 +247,27 @@ def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = D
     Afterwards the dashboard is served on ``dashboard_port`` until Ctrl-C when someone is at the
     terminal (``None``: never); otherwise the way to open it is printed.
     """
-    from rich.console import Console
-
     from tokenmeter.catalog import ModelCatalog
+    from tokenmeter.cli.output_console import output_console
     from tokenmeter.tokenizers import TokenizerRegistry
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = output_console(highlight=False)  # printed commands are never split across lines
     started = time.monotonic()
     directory = directory.resolve()
     prepare_directory(directory)
-    console.print(f"[bold]1/4[/] tokenmeter serve on an embedded ClickHouse store in {directory} ...")
+    console.print(f"[bold]1/5[/] tokenmeter serve on an embedded ClickHouse store in {directory} ...")
     serve = ServeProcess(directory)
     serve.start()
     llm = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None)), SILENT_MODELS).start()
     try:
-        reports = _run_and_report(serve, llm, scale, console)
+        _backfill_history(serve, llm, scale, console)
+        reports, outcomes = _run_and_report(serve, llm, scale, console)
     finally:
         serve.stop()
         llm.stop()
-    if not _check(serve, reports, llm, console):
+    if not _check(serve, reports, outcomes, llm, console):
         return 1
-    console.print(f"\nDone in {time.monotonic() - started:.0f} s. The data stays in {directory}:")
-    console.print(f"  tokenmeter report --clickhouse-url {serve.store_url} --by user --period day")
-    console.print(f"  tokenmeter serve --clickhouse-url {serve.store_url} --policy {directory / 'policy.yaml'}"
-                  "   # then: tokenmeter check --model qwen-max --user zhang.wei --department 研发部")  # fmt: skip
-    console.print("  Grafana dashboards for the same data: docs/dashboards.md")
+    _print_next_steps(console, serve, time.monotonic() - started)
     if screenshot is not None:
         take_screenshot(directory, screenshot, console)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -273,6 +277,17 @@ def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = D
                   f"`tokenmeter demo --show --dir {directory}` (make dashboard) runs; it asks for the API token "
                   f"in {directory / 'xdg' / 'tokenmeter' / 'api-token'}.", soft_wrap=True, markup=False)  # fmt: skip
     return 0
+
+
+def _print_next_steps(console: Any, serve: ServeProcess, seconds: float) -> None:
+    directory = serve.directory
+    console.print(f"\nDone in {seconds:.0f} s. The data stays in {directory}:")
+    console.print(f"  tokenmeter report --clickhouse-url {serve.store_url} --by user --period day")
+    console.print(f"  tokenmeter report --clickhouse-url {serve.store_url} --by department --period month"
+                  "   # the month so far, history included")  # fmt: skip
+    console.print(f"  tokenmeter serve --clickhouse-url {serve.store_url} --policy {directory / 'policy.yaml'}"
+                  "   # then: tokenmeter check --model qwen-max --user zhang.wei --department 研发部")  # fmt: skip
+    console.print("  Grafana dashboards for the same data: docs/dashboards.md")
 
 
 def show_dashboard(directory: Path, port: int, console: Any) -> int:
@@ -289,8 +304,10 @@ def show_dashboard(directory: Path, port: int, console: Any) -> int:
                         "or choose another port with --port") from None  # fmt: skip
     from tokenmeter.web import token_link
 
+    # The last 30 days: the history and today (the page's own default is the last hour).
+    link = token_link(serve.dashboard_url(), serve.token, view=f"range={DASHBOARD_RANGE}")
     console.print(
-        f"\nWeb dashboard of the demo's data: {token_link(serve.dashboard_url(), serve.token)}",
+        f"\nWeb dashboard of the demo's data: {link}",
         soft_wrap=True,
         markup=False,
     )  # one line: terminals make the whole link clickable
@@ -317,7 +334,7 @@ def take_screenshot(directory: Path, path: Path, console: Any) -> None:
     serve = ServeProcess(directory, log_name="serve-screenshot.log")
     serve.start()
     try:
-        written = screenshot(serve.dashboard_url(), serve.token, path)
+        written = screenshot(serve.dashboard_url(), serve.token, path, view=f"range={DASHBOARD_RANGE}")
     except BrowserError as exc:
         raise DemoError(str(exc)) from None
     finally:
@@ -325,45 +342,76 @@ def take_screenshot(directory: Path, path: Path, console: Any) -> None:
     console.print(f"  screenshot of the web dashboard: {written}")
 
 
-def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float, console: Any) -> dict[str, Any]:
+def _progress(console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tokenmeter.demo import summary
-    from tokenmeter.reporting import render_table
+    columns = (TextColumn("     {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console)
+
+
+def _backfill_history(serve: ServeProcess, llm: DemoLLMServer, scale: float, console: Any) -> None:
+    """The 30 days before today, through the same pipeline, dated in the past (demo/history.py)."""
+    import yaml
+
+    from tokenmeter.demo import history
 
     console.print(f"     OTLP {serve.info['otlp_http']}, API and enforcer {serve.info['api']}, "
                   f"policy {serve.directory / 'policy.yaml'}; local LLM server {llm.base_url}")  # fmt: skip
-    calls = plan(scale=scale)
-    console.print(f"[bold]2/4[/] {len(calls)} questions from {len({c.person.user for c in calls})} users in "
-                  "3 departments, through the instrumented openai SDK ...")  # fmt: skip
-    columns = (TextColumn("     {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    policy = yaml.safe_load((serve.directory / "policy.yaml").read_text(encoding="utf-8"))
+    zone = ZoneInfo(str(policy["timezone"]))
+    days = history.history_days(datetime.now(UTC), zone, scale)
+    console.print(f"[bold]2/5[/] a month of history: the same users' office hours ({zone.key}) from "
+                  f"{days[0].day} to {days[-1].day}, dated in the past, through the same pipeline ...")  # fmt: skip
     endpoints = Endpoints(serve.info["otlp_http"], serve.info["api"], serve.token)
-    with instrumented(endpoints, hash_key=f"demo-{os.getpid()}") as spans, Progress(*columns, console=console) as bar:
+    past_llm = DemoLLMServer(llm.registry, llm.silent_models).start()  # today's server counts today only
+    try:
+        with _progress(console) as bar:
+            made = history.backfill(endpoints, past_llm.base_url, days, bar)
+    finally:
+        past_llm.stop()
+    console.print(f"     {made:,} calls on {len(days)} days (weekends: the nightly job only)")
+
+
+def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float,
+                    console: Any) -> tuple[dict[str, Any], Counter[str]]:  # fmt: skip
+    from tokenmeter.demo import summary
+    from tokenmeter.reporting import render_table
+
+    calls = plan(scale=scale)
+    console.print(f"[bold]3/5[/] today: {len(calls)} questions from {len({c.person.user for c in calls})} users in "
+                  "3 departments, through the instrumented openai SDK ...")  # fmt: skip
+    endpoints = Endpoints(serve.info["otlp_http"], serve.info["api"], serve.token)
+    with instrumented(endpoints, hash_key=f"demo-{os.getpid()}") as spans, _progress(console) as bar:
         outcomes = run_workload(llm.base_url, calls, bar)
     token = serve.token
     summary.wait_until_settled(serve.info["api"], token)
-    console.print("[bold]3/4[/] report (from serve's API: the numbers `tokenmeter report` prints)")
+    console.print("[bold]4/5[/] report (from serve's API: the numbers `tokenmeter report` prints)")
     reports = {by: summary.fetch_report(serve.info["api"], token, by) for by in ("department", "user", "model")}
     for report in reports.values():
         render_table(report, console)
     summary.render_budgets(console, summary.fetch_budgets(serve.info["api"], token))
     summary.render_decisions(console, summary.decisions(spans), outcomes)
-    return reports
+    return reports, outcomes
 
 
-def _check(serve: ServeProcess, reports: dict[str, Any], llm: DemoLLMServer, console: Any) -> bool:
+def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str], llm: DemoLLMServer,
+           console: Any) -> bool:  # fmt: skip
     from tokenmeter.demo import summary
     from tokenmeter.store import open_store
 
-    console.print("[bold]4/4[/] checking the report against a direct query of the stored OTLP rows ...")
+    console.print("[bold]5/5[/] checking the report against a direct query of the stored OTLP rows ...")
     client = open_store(serve.store_url)
     try:
-        stored = summary.raw_tokens_by(client, semconv.ENDUSER_ID)
+        stored = summary.raw_tokens_by(client, semconv.ENDUSER_ID, live_instance_id())
         events = client.query("SELECT event, count() FROM quota_events GROUP BY event ORDER BY event").result_rows
     finally:
         client.close()
     problems = summary.compare("user", summary.tokens_by_subject(reports["user"]), stored)
     problems += summary.compare("model", summary.tokens_by_subject(reports["model"]), dict(llm.tokens_by_model))
+    problems += summary.compare("calls sent, model", summary.sent_calls_by_subject(reports["model"]),
+                                dict(llm.calls_by_model))  # fmt: skip
+    refused = {"all": outcomes["denied"] + outcomes["degraded"]}
+    problems += summary.compare("calls refused", {"all": reports["user"].totals.refused_calls}, refused)
     if problems:
         console.print("[red]the totals differ:[/]")
         for line in problems:
@@ -372,5 +420,7 @@ def _check(serve: ServeProcess, reports: dict[str, Any], llm: DemoLLMServer, con
     total = reports["user"].totals.tokens
     console.print(f"     tokens per user in the report = the stored counters, per user ({total:,} tokens in all)")
     console.print("     tokens per model in the report = what the LLM server counted and served, per model")
+    console.print("     calls sent per model in the report = the calls the LLM server answered, per model")
+    console.print(f"     calls refused in the report = the user turns a quota refused ({refused['all']:,})")
     console.print(f"     quota_events: {', '.join(f'{count} {event}' for event, count in events) or 'none'}")
     return True

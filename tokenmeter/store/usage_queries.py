@@ -25,14 +25,27 @@ Dimension = Literal["user", "department", "app", "model"]
 _DIMENSION_COLUMNS: Final[dict[str, str]] = {"user": "user", "department": "department", "app": "app", "model": "model"}
 
 _PERIOD_SQL: Final = """
-SELECT subject, metric, token_type, currency, virtual, unpriced, toInt64(sum(used)) AS used
+SELECT subject, metric, token_type, currency, virtual, unpriced, refused, toInt64(sum(used)) AS used
 FROM ({increases})
-GROUP BY subject, metric, token_type, currency, virtual, unpriced
+GROUP BY subject, metric, token_type, currency, virtual, unpriced, refused
 ORDER BY subject
 """
 # Calls of unpriced models carry tokenmeter.cost.unpriced on their series; only reports
 # need that (a lookup in usage_counter_series), the enforcer's hot path does not.
 _UNPRICED_SERIES: Final = "series_id IN (SELECT series_id FROM usage_counter_series WHERE unpriced)"
+# Calls a quota refused were never sent: the quota gate raises its error before the request
+# (deny, degrade of a chat call, and "unavailable" when the deployment fails closed), and the
+# call's counters carry the error's class name as error.type (instrumentation/metering.py).
+# usage_counter_series keeps error.type per series (the aggregate tables do not), so a calls
+# series is a refused one when its series_id is there with one of these names; tests check
+# that they are the names of the errors the gate raises. Written without ", ": the panels
+# pass it as one of a comma-separated list of columns.
+REFUSED_ERROR_TYPES: Final = ("QuotaExceeded", "QuotaDegraded", "QuotaUnavailable")
+REFUSED_SERIES: Final = (
+    "series_id GLOBAL IN (SELECT series_id FROM usage_counter_series WHERE error_type IN ("  # noqa: S608 - constants
+    + ",".join(f"'{name}'" for name in REFUSED_ERROR_TYPES)
+    + "))"
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +62,10 @@ class PeriodUsage:
     subject: str
     input_tokens: int = 0
     output_tokens: int = 0
-    calls: int = 0
+    calls: int = 0  # calls sent to a model (answered or failed there)
+    refused_calls: int = 0  # calls a quota refused before the request: never sent
     costs: list[CostAmount] = field(default_factory=list)
-    unpriced_calls: int = 0  # calls of models without a price (0 unless asked for)
+    unpriced_calls: int = 0  # sent calls of models without a price (0 unless asked for)
 
 
 def _midnight(value: datetime) -> datetime:
@@ -79,7 +93,8 @@ def period_usage(
     """Usage per ``by`` value in ``[start, end)``, optionally for one subject only.
 
     ``start`` and ``end`` are timezone-aware and on whole minutes. ``with_unpriced`` also
-    counts the calls of unpriced models (``unpriced_calls``).
+    counts the calls of unpriced models (``unpriced_calls``). Calls a quota refused are counted
+    apart from the calls sent (``refused_calls``, ``calls``).
     """
     column = _DIMENSION_COLUMNS.get(by)
     if column is None:
@@ -105,18 +120,20 @@ def period_usage(
     until, since = f"{{end:{bound}}}", f"{{start:{bound}}}"
     unpriced = _UNPRICED_SERIES if with_unpriced else "false"
     increases = series_increases(table_rows(table, until, condition), since, (
-        f"{column} AS subject", "metric", "token_type", "currency", "virtual", f"{unpriced} AS unpriced"))  # fmt: skip
-    sql = _PERIOD_SQL.format(increases=increases)
-    rows = client.query(sql, parameters=parameters).result_rows
-    return _collect(rows)
+        f"{column} AS subject", "metric", "token_type", "currency", "virtual", f"{unpriced} AS unpriced",
+        f"{REFUSED_SERIES} AS refused"))  # fmt: skip
+    return _collect(client.query(_PERIOD_SQL.format(increases=increases), parameters=parameters).result_rows)
 
 
 def _collect(rows: list[tuple[object, ...]] | list[list[object]]) -> list[PeriodUsage]:
     usage: dict[str, PeriodUsage] = {}
     costs: dict[str, dict[tuple[str, bool], int]] = defaultdict(lambda: defaultdict(int))
-    for subject, metric, token_type, currency, virtual, unpriced, used in rows:
+    for subject, metric, token_type, currency, virtual, unpriced, refused, used in rows:
         entry = usage.setdefault(str(subject), PeriodUsage(subject=str(subject)))
         amount = int(used)  # type: ignore[call-overload]
+        if metric == semconv.METRIC_USAGE_CALLS and refused:
+            entry.refused_calls += amount
+            continue
         if metric == semconv.METRIC_USAGE_CALLS and unpriced:
             entry.unpriced_calls += amount
         if metric == semconv.METRIC_USAGE_TOKENS and token_type == semconv.TOKEN_TYPE_INPUT:

@@ -49,8 +49,11 @@ def chromium_executable() -> str:
 
 
 @contextmanager
-def dashboard_page(url: str, token: str | None = None, width: int = 1440, height: int = 900) -> Iterator[Page]:
-    """The page at ``url`` (``http://127.0.0.1:9400/``), token handed over in the fragment, fully drawn."""
+def dashboard_page(
+    url: str, token: str | None = None, width: int = 1440, height: int = 900, view: str = ""
+) -> Iterator[Page]:
+    """The page at ``url`` (``http://127.0.0.1:9400/``), token handed over in the fragment after the ``view``'s
+    parameters (``range=30d``), fully drawn."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -60,7 +63,7 @@ def dashboard_page(url: str, token: str | None = None, width: int = 1440, height
         browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(token_link(url, token) if token else url)
+            page.goto(token_link(url, token, view) if token else f"{url}#{view}" if view else url)
             if token:
                 wait_until_drawn(page)
             yield page
@@ -77,9 +80,9 @@ def wait_until_drawn(page: Page) -> None:
     expect(page.locator("#health[data-state]")).to_have_count(1, timeout=DRAW_TIMEOUT_MS)
 
 
-def screenshot(url: str, token: str, path: Path, width: int = 1440) -> Path:
-    """A full-page PNG of the drawn dashboard."""
+def screenshot(url: str, token: str, path: Path, width: int = 1440, view: str = "") -> Path:
+    """A full-page PNG of the drawn dashboard (``view``: fragment parameters such as ``range=30d``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with dashboard_page(url, token, width=width) as page:
+    with dashboard_page(url, token, width=width, view=view) as page:
         page.screenshot(path=str(path), full_page=True)
     return path

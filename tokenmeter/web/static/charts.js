@@ -157,7 +157,8 @@ export function barGauge(container, data, panel) {
         style: { left: `${(mark / scale) * 100}%` }, title: `${fmt.percent(mark)} ${index === marks.length - 1 ? "limit" : "warning"}` }));
     });
     list.append(el("li", { "data-series": String(row[labelAt]), "data-level": level },
-      el("span", { class: "gauge-label", text: String(row[labelAt]) }), track, valueCell(ratio, "percentunit")));
+      el("span", { class: "gauge-label", text: String(row[labelAt]), title: String(row[labelAt]) }), track,
+      valueCell(ratio, "percentunit")));
   }
   container.append(list);
   const scaleNote = el("p", { class: "note" });

@@ -1,5 +1,6 @@
 // The dashboard page: asks for the API token once, then draws every panel of the boards serve lists,
-// with the time range and filters kept in the address (#range=1h&department=…), refreshed every minute.
+// with the time range and filters kept in the address (#range=1h&department=…, followed when edited there),
+// refreshed every minute.
 import * as fmt from "./format.js";
 import { el, RENDERERS } from "./charts.js";
 
@@ -7,6 +8,7 @@ const TOKEN_KEY = "tokenmeter.api-token";
 const PRESETS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000 };
 const REFRESH_MS = 60000;
 const FILTER_LABELS = { department: "Department", user: "User", model: "Model" };
+const PANEL_MIN_WIDTH = 300;  // px, as dashboard.css's .panel: a narrower panel goes to a row of its own
 
 const state = { range: "1h", from: null, to: null, filters: {}, catalog: null, values: {}, generation: 0 };
 
@@ -42,6 +44,20 @@ function readAddress() {
     if (values.length) state.filters[name] = values;
   }
   writeAddress();
+}
+
+// The address edited by hand, or Back/Forward: the view follows it without a reload.
+// (writeAddress replaces the address without a hashchange, so this only sees others' changes.)
+function followAddress() {
+  const before = token();
+  readAddress();
+  showRange();
+  if (token() !== before) {  // a token link pasted into this tab: the filter values may differ too
+    refresh();
+    return;
+  }
+  renderFilters();
+  loadPanels();
 }
 
 function writeAddress() {
@@ -141,15 +157,25 @@ function changed() {
   loadPanels();
 }
 
+function toLocalInput(seconds) {
+  const date = new Date(seconds * 1000);
+  return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+// The range picker as the state has it (at start, and when the address changes).
+function showRange() {
+  document.getElementById("range").value = state.range;
+  document.getElementById("custom-range").hidden = state.range !== "custom";
+  if (state.range === "custom") {
+    document.getElementById("range-from").value = toLocalInput(state.from);
+    document.getElementById("range-to").value = toLocalInput(state.to);
+  }
+}
+
 function wireControls() {
   const select = document.getElementById("range");
   const custom = document.getElementById("custom-range");
-  const toLocalInput = (seconds) => {
-    const date = new Date(seconds * 1000);
-    return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
-  };
-  select.value = state.range;
-  custom.hidden = state.range !== "custom";
+  showRange();
   select.addEventListener("change", () => {
     if (select.value === "custom") {
       const { from, to } = rangeSeconds();
@@ -184,23 +210,43 @@ function wireControls() {
 
 // --- boards and panels
 
+// Grafana's layout as rows (panels with the same y), each panel as wide as its share of the 24 columns;
+// a table panel takes at least the width its table needs (fitTable), and a row that cannot give it wraps.
 function renderBoards() {
   const main = document.getElementById("boards");
   main.replaceChildren();
   for (const board of state.catalog.boards) {
-    const grid = el("div", { class: "grid" });
-    for (const panel of board.panels) {
+    const rows = new Map();
+    for (const panel of [...board.panels].sort((a, b) => a.grid.y - b.grid.y || a.grid.x - b.grid.x)) {
+      if (!rows.has(panel.grid.y)) rows.set(panel.grid.y, el("div", { class: "row" }));
       const body = el("div", { class: "panel-body" });
       const section = el("section", { class: `panel kind-${panel.kind}`, "data-board": board.name,
         "data-panel": String(panel.id), "data-state": "loading" },
       el("h3", { text: panel.title, title: panel.description || "" }), body);
-      section.style.gridColumn = `span ${panel.grid.w}`;
+      section.style.flexGrow = String(panel.grid.w);
       section.style.minHeight = `${panel.grid.h * 34}px`;
-      grid.append(section);
+      rows.get(panel.grid.y).append(section);
+    }
+    for (const row of rows.values()) {  // a row narrower than the 24 columns keeps its empty part
+      const used = [...row.children].reduce((sum, section) => sum + Number(section.style.flexGrow), 0);
+      if (used < 24) row.append(el("div", { class: "row-rest", style: { flexGrow: String(24 - used) } }));
     }
     main.append(el("section", { class: "board", "data-board": board.name },
-      el("h2", { text: board.title.replace(/^tokenmeter \/ /, "") }), grid));
+      el("h2", { text: board.title.replace(/^tokenmeter \/ /, "") }), el("div", { class: "rows" }, ...rows.values())));
   }
+}
+
+// A table panel at least as wide as its table at its narrowest (headings and names wrapped between
+// words, numbers on one line), or the whole row when even that is wider: no column is scrolled out of
+// sight while the page has the room.
+function fitTable(section) {
+  const table = section.querySelector(".table-wrap > table");
+  if (!table) return;
+  table.style.width = "min-content";
+  const need = Math.ceil(table.getBoundingClientRect().width);
+  table.style.width = "";
+  const frame = section.getBoundingClientRect().width - section.querySelector(".panel-body").getBoundingClientRect().width;
+  section.style.minWidth = `min(${Math.max(need + Math.ceil(frame), PANEL_MIN_WIDTH)}px, 100%)`;
 }
 
 async function loadPanel(board, panel, generation, params) {
@@ -212,6 +258,7 @@ async function loadPanel(board, panel, generation, params) {
     if (generation !== state.generation) return;  // a newer range or filter was chosen meanwhile
     body.replaceChildren();
     (RENDERERS[panel.kind] || RENDERERS.table)(body, data, panel);
+    fitTable(section);
     section.dataset.state = "ready";
     section.dataset.query = params;
   } catch (error) {
@@ -280,6 +327,7 @@ async function start() {
   wireControls();
   state.catalog = await withToken(() => api("/v1/dashboard"));
   renderBoards();
+  window.addEventListener("hashchange", () => followAddress());
   await refresh();
   setInterval(() => { if (state.range !== "custom" && !document.hidden) refresh(); }, REFRESH_MS);
 }
