@@ -8,12 +8,11 @@ drawn in the dashboard's own font stack, from its stylesheet.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from headless_chromium import chromium_or_skip
 
-from tokenmeter.web.browser import CHROMIUM_ARGS, BrowserError, chromium_executable
+from tokenmeter.web.browser import CHROMIUM_ARGS
 
 STYLESHEET = Path(__file__).resolve().parents[1] / "tokenmeter/web/static/dashboard.css"
 # Two department names of the demo, a character apart, and two Latin letters as the control.
@@ -35,13 +34,7 @@ def _glyph_pictures(executable: str, stylesheet: str) -> dict[str, bytes]:
 
 
 def test_chinese_department_names_are_drawn_as_characters() -> None:
-    try:
-        executable = chromium_executable()
-    except BrowserError as exc:
-        if os.environ.get("TOKENMETER_REQUIRE_BROWSER"):
-            pytest.fail(f"no browser: {exc}")
-        pytest.skip(f"no browser: {exc}")
-    pictures = _glyph_pictures(executable, STYLESHEET.read_text(encoding="utf-8"))
+    pictures = _glyph_pictures(chromium_or_skip("the font test"), STYLESHEET.read_text(encoding="utf-8"))
     assert pictures["latin_a"] != pictures["latin_b"]  # the comparison itself tells glyphs apart
     assert pictures["research"] != pictures["sales"], (
         "研 and 销 are drawn alike: no CJK font (apt-get install fonts-wqy-microhei)"

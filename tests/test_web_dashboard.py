@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
+from headless_chromium import chromium_or_skip
 from playwright.sync_api import expect, sync_playwright
 from serve_process import ServeProcess
 
@@ -32,7 +33,7 @@ from tokenmeter.demo.summary import raw_tokens_by
 from tokenmeter.reporting import build_usage_report
 from tokenmeter.store import open_store
 from tokenmeter.web import token_link
-from tokenmeter.web.browser import CHROMIUM_ARGS, BrowserError, chromium_executable, wait_until_drawn
+from tokenmeter.web.browser import CHROMIUM_ARGS, wait_until_drawn
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "web-test-token-'\"<>&+="  # quotes, markup, & + =: the link must encode it, the page pass it through
@@ -205,12 +206,7 @@ def test_health_reports_the_store_and_the_enforcer(served: ServeProcess) -> None
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        executable = chromium_executable()
-    except BrowserError as exc:
-        if os.environ.get("TOKENMETER_REQUIRE_BROWSER"):
-            pytest.fail(f"no browser for the dashboard tests: {exc}")
-        pytest.skip(f"no browser for the dashboard tests: {exc}")
+    executable = chromium_or_skip("the dashboard tests")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:

@@ -49,9 +49,9 @@ def run_db_migrate(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> 
     if args.dry_run:  # renders every migration; does not connect (a chDB directory stays free)
         _print_migrations(options, stdout)
         return EXIT_OK
-    from tokenmeter.cli.serve_lookup import held_hint, refuse_if_held
+    from tokenmeter.cli.serve_lookup import naming_the_holder
     from tokenmeter.store import migrations
-    from tokenmeter.store.client import StoreLockedError, open_store, parse_store_url
+    from tokenmeter.store.client import open_store, parse_store_url
 
     url = args.clickhouse_url if args.clickhouse_url is not None else get_settings().clickhouse_url
     location = parse_store_url(url)
@@ -60,11 +60,8 @@ def run_db_migrate(args: argparse.Namespace, stdout: TextIO, _stdin: TextIO) -> 
         sys.stderr.write(f"tokenmeter db migrate: {line}\n")
 
     progress(f"store {location.display}")
-    refuse_if_held(location)
-    try:
+    with naming_the_holder(location):  # serve migrates when it starts: say where it answers
         client = open_store(url)
-    except StoreLockedError as exc:  # serve migrates when it starts: say where it answers
-        raise StoreLockedError(f"{exc}{held_hint(location)}") from None
     try:
         result = migrations.migrate(client, options, progress=progress)
     finally:

@@ -127,26 +127,24 @@ def _positive_seconds(text: str) -> float:
 
 
 def run_serve_command(args: argparse.Namespace, _stdout: TextIO, _stdin: TextIO) -> int:
-    from tokenmeter.cli.serve_lookup import held_hint, refuse_if_held
+    from tokenmeter.cli.serve_lookup import naming_the_holder
     from tokenmeter.serve.process import run_serve
     from tokenmeter.server.listening import ServerStartError
-    from tokenmeter.store.client import StoreLockedError, parse_store_url
+    from tokenmeter.store.client import parse_store_url
 
     config = serve_config(args)
-    location = parse_store_url(config.clickhouse_url)
-    refuse_if_held(location)  # before chDB's own lock error, and before the ports are taken
     logging.getLogger("tokenmeter").setLevel(logging.INFO)
 
     def progress(line: str) -> None:
         sys.stderr.write(f"{line}\n")
         sys.stderr.flush()
 
-    try:
-        return run_serve(config, progress=progress)
-    except ServerStartError as exc:
-        raise InputError(str(exc)) from None
-    except StoreLockedError as exc:  # another serve on this store: say where it answers
-        raise StoreLockedError(f"{exc}{held_hint(location)}") from None
+    # A held store is refused before chDB's own lock error and before the ports are taken.
+    with naming_the_holder(parse_store_url(config.clickhouse_url)):
+        try:
+            return run_serve(config, progress=progress)
+        except ServerStartError as exc:
+            raise InputError(str(exc)) from None
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:

@@ -6,6 +6,8 @@ enforcer URL is set, and `db migrate` and a second `serve` name it in their "hel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tokenmeter.store.client import StoreConfigError, StoreLocation, StoreLockedError, lock_holder, parse_store_url
@@ -31,12 +33,18 @@ def serve_holding_url(clickhouse_url: str) -> ServeRecord | None:
         return None
 
 
-def held_hint(location: StoreLocation) -> str:
-    """For a "held by another process" error: where the serve holding the store answers, if it said."""
-    record = serve_holding(location)
-    if record is None:
-        return ""
-    return f"; it is `tokenmeter serve` with its API at {record.api}"
+@contextmanager
+def naming_the_holder(location: StoreLocation) -> Iterator[None]:
+    """For commands that open a chDB directory themselves (`db migrate`, `serve`): refuse a held one before
+    chDB does (:func:`refuse_if_held`), and when another process takes it between that look and the open,
+    say in the "held" error where the serve holding it answers, if it said."""
+    refuse_if_held(location)
+    try:
+        yield
+    except StoreLockedError as exc:
+        record = serve_holding(location)
+        hint = f"; it is `tokenmeter serve` with its API at {record.api}" if record is not None else ""
+        raise StoreLockedError(f"{exc}{hint}") from None
 
 
 def refuse_if_held(location: StoreLocation) -> None:
