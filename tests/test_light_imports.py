@@ -120,10 +120,10 @@ def _enforcer_modules_imported(path: Path) -> set[str]:
 
 
 def test_the_enforcer_core_and_its_replica_room_stay_apart() -> None:
-    """The decision core (policy, decisions) imports no other enforcer module but itself; the replicas'
-    room (Keeper leases) builds only on that core, never on the service around it."""
+    """The decision core (policy and its wallets, decisions) imports no other enforcer module but itself; the
+    replicas' room (Keeper leases) builds only on that core, never on the service around it."""
     enforcer = PACKAGE / "enforcer"
-    core = {"policy", "decision"}
+    core = {"policy", "wallet_policy", "decision"}
     problems = []
     for name in sorted(core):
         extra = _enforcer_modules_imported(enforcer / f"{name}.py") - core

@@ -91,7 +91,7 @@ def test_every_problem_is_shown_with_its_line_and_field() -> None:
     assert lines[1] == "  line 2, timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Asia/Shanghai"
     assert lines[2] == "  line 23, budgets[1].limit.tokens: Input should be greater than 0"
     assert lines[3].startswith("  line 24, budgets[1].action: Input should be 'downgrade', 'degrade' or 'deny'")
-    assert lines[4].startswith("  line 28, budgets[2].period: Input should be 'day', 'week' or 'month'")
+    assert lines[4].startswith("  line 28, budgets[2].period: Input should be 'day', 'week', 'month' or 'year'")
     assert "more problems" not in str(error.value)
 
 

@@ -223,8 +223,9 @@ def test_periods_are_utc_calendar_periods() -> None:
     # no --at: the period holding "now" in UTC (23:30 in UTC-5 is already the next day)
     late = datetime.fromisoformat("2026-11-30T23:30:00-05:00")
     assert resolve_period("month", None, now=late) == (utc(2026, 12, 1), utc(2027, 1, 1))
+    assert resolve_period("year", date(2026, 10, 15)) == (utc(2026, 1, 1), utc(2027, 1, 1))  # credits count per year
     with pytest.raises(ValueError, match="period must be one of"):
-        resolve_period("year", None)
+        resolve_period("quarter", None)
 
 
 @pytest.mark.parametrize("text", ["2026-13-01", "20261015", "2026-W42-4", "yesterday", "2026-10-15T00:00"])

@@ -1,4 +1,4 @@
-"""Calendar periods: the day, ISO week (Monday first) or month that holds a date.
+"""Calendar periods: the day, ISO week (Monday first), month or year that holds a date.
 
 Shared by reports (UTC) and quota budgets (the policy's time zone): both turn the dates
 into midnights of their own zone.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Final
 
-PERIODS: Final[tuple[str, ...]] = ("day", "week", "month")
+PERIODS: Final[tuple[str, ...]] = ("day", "week", "month", "year")
 
 
 def calendar_period(period: str, day: date) -> tuple[date, date]:
@@ -22,6 +22,8 @@ def calendar_period(period: str, day: date) -> tuple[date, date]:
     if period == "month":
         first = day.replace(day=1)
         return first, (first + timedelta(days=32)).replace(day=1)
+    if period == "year":
+        return day.replace(month=1, day=1), day.replace(year=day.year + 1, month=1, day=1)
     raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
     from rich.console import Console
 
-Period = Literal["day", "week", "month"]
+Period = Literal["day", "week", "month", "year"]
 DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
 NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
 _DISPLAY_DECIMALS: Final = Decimal("0.000001")
@@ -56,6 +56,8 @@ def period_label(period: str, start: datetime) -> str:
     if period == "week":
         year, week, _ = start.isocalendar()
         return f"{year}-W{week:02d}"
+    if period == "year":
+        return start.strftime("%Y")
     return start.strftime("%Y-%m")
 
 

@@ -65,7 +65,9 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         ),
     )
     report.add_argument("--by", choices=DIMENSIONS, default="department", help="group by (default department)")
-    report.add_argument("--period", choices=PERIODS, default="month", help="day, ISO week or month (default month)")
+    report.add_argument(
+        "--period", choices=PERIODS, default="month", help="day, ISO week, month or year (default month)"
+    )
     report.add_argument("--at", metavar="YYYY-MM-DD", help="any day in the period (default today, UTC)")
     report.add_argument("--subject", metavar="NAME", help="only this department / user / model / app ('' = none)")
     report.add_argument("--format", choices=FORMATS, default="table", help="output (default table)")

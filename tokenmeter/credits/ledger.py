@@ -25,6 +25,22 @@ class LedgerError(TokenmeterError, ValueError):
     """An entry that cannot be recorded; the message names the entry and what is wrong."""
 
 
+def wallet_account(wallet: str, subject: str) -> str:
+    """The ledger's name for one subject's wallet: ``dept-credits/研发部`` (the organisation's: the wallet's
+    name). Wallet names have no ``/``, so the subject is everything after the first one."""
+    return f"{wallet}/{subject}" if subject else wallet
+
+
+def charge_id(account: str, day: str, number: int) -> str:
+    """The id of the ``number``-th charge (from 0) of ``account``'s usage on the local ``day`` (YYYY-MM-DD):
+    the first is the day's usage when it closed; later ones add what arrived late."""
+    return f"charge:{account}:{day}" + (f"#{number}" if number else "")
+
+
+def yearly_grant_id(account: str, year: int) -> str:
+    return f"grant:{account}:{year}"
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One recorded change to a wallet. Amounts are credits in the wallet's unit, exact."""

@@ -8,7 +8,7 @@ Rules (docs/quotas.md):
 - A budget applies to a call when its scope's subject matches (organisation: every call),
   the user is not exempt, and the model is in its model group (a budget on "remote paid
   models" never blocks a local model).
-- Usage counts in the budget's current period (day, ISO week or month in the policy's
+- Usage counts in the budget's current period (day, ISO week, month or year in the policy's
   time zone). Numbers from an earlier period count as 0: the rollover is exact at the
   boundary even before the next snapshot arrives.
 - A budget is exceeded when used + reserved reaches its limit (tokens or cost, whichever
@@ -88,6 +88,17 @@ class UsageSnapshot:
 
     used: Mapping[UsageKey, Usage] = field(default_factory=dict)
     period_starts: Mapping[str, datetime] = field(default_factory=dict)
+    # Limits read with the usage: a wallet budget's is the subject's credits this year (from the ledger).
+    limits: Mapping[UsageKey, Limit] = field(default_factory=dict)
+
+
+def limit_in_force(policy: Policy, snapshot: UsageSnapshot, budget: Budget, subject: str) -> Limit:
+    """The limit a (budget, subject) is decided against: the snapshot's when it has one, else the policy's."""
+    if snapshot.limits:
+        limit = snapshot.limits.get((budget.name, subject))
+        if limit is not None:
+            return limit
+    return policy.limit_for(budget, subject)
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,8 @@ class CheckRequest:
     # Estimated cost of this call per model it may run on (the requested one and its
     # downgrade targets): model -> (amount, currency). Missing: cost limits ignore it.
     estimated_costs: Mapping[str, tuple[Decimal, str]] = field(default_factory=dict)
+    # The same cost in each wallet's unit: model -> {wallet cost key: amount}.
+    estimated_wallet_costs: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
 
     @property
     def estimated_tokens(self) -> int:
@@ -143,7 +156,7 @@ class _BudgetState(NamedTuple):  # a tuple: built for every budget of every chec
 
 
 def period_bounds(period: Period, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """``[start, end)`` of the day, ISO week or month holding ``now``, in ``zone``, returned in UTC."""
+    """``[start, end)`` of the day, ISO week, month or year holding ``now``, in ``zone``, returned in UTC."""
     return _bounds_of_day(period, now.astimezone(zone).date(), zone)
 
 
@@ -173,8 +186,11 @@ def subject_of(budget: Budget, request: CheckRequest) -> str | None:
 def ratio_of(limit: Limit, used: Usage) -> float:
     """How much of ``limit`` is used: the larger of the token and the cost ratio."""
     ratio = used.tokens / limit.tokens if limit.tokens is not None else 0.0
-    if limit.cost is not None and limit.currency is not None and used.cost:
-        ratio = max(ratio, float(used.cost.get(limit.currency, 0) / limit.cost))
+    if limit.cost is not None and limit.currency is not None:
+        if limit.cost <= 0:  # a wallet with nothing left this year
+            return max(ratio, 1.0)
+        if used.cost:
+            ratio = max(ratio, float(used.cost.get(limit.currency, 0) / limit.cost))
     return ratio
 
 
@@ -198,7 +214,7 @@ def _states(
         held = reservations.get(key)
         if held is not None:
             used = used.plus(held)
-        limit = budget.overrides.get(subject, budget.limit) if budget.overrides else budget.limit
+        limit = limit_in_force(policy, snapshot, budget, subject)
         states.append(_BudgetState(budget, subject, limit, used, ratio_of(limit, used), start, end))
     return states
 
@@ -294,8 +310,12 @@ def lease_calls(policy: Policy, states: list[_BudgetState], estimate: Usage, max
 
 
 def _estimate(request: CheckRequest, decision: Decision) -> Usage:
-    cost = request.estimated_costs.get(decision.effective_model)
-    return Usage(request.estimated_tokens, {cost[1]: cost[0]} if cost is not None else {})
+    model = decision.effective_model
+    cost = request.estimated_costs.get(model)
+    costs = {cost[1]: cost[0]} if cost is not None else {}
+    if request.estimated_wallet_costs:
+        costs.update(request.estimated_wallet_costs.get(model, {}))
+    return Usage(request.estimated_tokens, costs)
 
 
 def _decide(
@@ -384,7 +404,7 @@ def budget_usages(
         start, end = period_bounds(budget.period, now, policy.zone)
         used = snapshot.used.get(key, Usage()) if snapshot.period_starts.get(budget.name) == start else Usage()
         reserved = reservations.get(key, Usage())
-        limit = budget.overrides.get(key[1], budget.limit)
+        limit = limit_in_force(policy, snapshot, budget, key[1])
         ratio = ratio_of(limit, used.plus(reserved))
         rows.append(BudgetUsage(budget, key[1], limit, used, reserved, ratio, start, end))
     return rows

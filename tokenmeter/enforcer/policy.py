@@ -9,7 +9,7 @@ and, when there are several, every one of them on its own line. A file with no `
 (empty, only comments, or cut off before its budgets) is refused too: read while someone
 rewrites it, it would otherwise switch every quota off. ``budgets: []`` says "none" on purpose.
 
-See docs/quotas.md for the format. Loading is pure apart from reading the file.
+See docs/quotas.md for the format (wallets: docs/credits.md). Loading is pure apart from reading the file.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tokenmeter.enforcer.wallet_policy import Scope, Wallet
 from tokenmeter.errors import ConfigurationError
 
-Scope = Literal["organisation", "department", "user", "app"]
-Period = Literal["day", "week", "month"]
+Period = Literal["day", "week", "month", "year"]
 Action = Literal["downgrade", "degrade", "deny"]
 DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
 DEFAULT_WARN_AT: Final = (0.8,)
@@ -67,7 +67,8 @@ class Budget(_Strict):
     # its own budget of this size ("each user: 1M tokens a month").
     subject: str | None = None
     period: Period = "month"
-    limit: Limit
+    limit: Limit | None = None  # or wallet:
+    wallet: str | None = None  # draws on this wallet: takes its scope and subject, counts per year
     models: str | None = None  # a model group; omitted: every model
     warn_at: tuple[float, ...] | None = None  # ratios of the limit; default the policy's
     action: Action = "deny"
@@ -84,6 +85,10 @@ class Budget(_Strict):
 
     @model_validator(mode="after")
     def _subject_rules(self) -> Budget:
+        if (self.limit is None) == (self.wallet is None):
+            raise ValueError("give a limit: or a wallet: (not both)")
+        if self.wallet is not None and self.overrides:
+            raise ValueError("a budget on a wallet has no overrides: the wallet's grants set each subject's credits")
         if self.scope == "organisation" and (self.subject is not None or self.overrides):
             raise ValueError("an organisation budget has no subject and no overrides")
         if self.subject is not None and self.overrides:
@@ -113,7 +118,30 @@ class Policy(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     model_groups: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # name -> glob patterns
     routes: dict[str, str] = Field(default_factory=dict)  # downgrade: model -> cheaper model
+    wallets: tuple[Wallet, ...] = ()
     budgets: tuple[Budget, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wallet_budgets_take_the_wallets_scope(cls, data: Any) -> Any:
+        """A budget with ``wallet:`` gets the wallet's scope and subject, and the year, unless it says them."""
+        if not isinstance(data, dict) or not isinstance(data.get("budgets"), list):
+            return data
+        wallets = {w.get("name"): w for w in data.get("wallets") or () if isinstance(w, dict)}
+        budgets = []
+        for given in data["budgets"]:
+            if not isinstance(given, dict) or given.get("wallet") is None:
+                budgets.append(given)
+                continue
+            wallet = wallets.get(given["wallet"])
+            if wallet is None:  # said by the reference check ("not defined"), not as a missing scope
+                budgets.append({"scope": "organisation", "period": "year", **given})
+                continue
+            budget = {"scope": wallet.get("scope"), "period": "year", **given}
+            if wallet.get("subject") is not None:
+                budget.setdefault("subject", wallet["subject"])
+            budgets.append(budget)
+        return {**data, "budgets": budgets}
 
     @field_validator("timezone")
     @classmethod
@@ -126,9 +154,29 @@ class Policy(_Strict):
 
     @functools.cached_property
     def has_cost_limits(self) -> bool:
-        return any(
-            limit.cost is not None for budget in self.budgets for limit in (budget.limit, *budget.overrides.values())
+        return bool(self.wallets) or any(
+            limit.cost is not None
+            for budget in self.budgets
+            for limit in (budget.limit, *budget.overrides.values())
+            if limit is not None
         )
+
+    @functools.cached_property
+    def wallets_by_name(self) -> dict[str, Wallet]:
+        return {wallet.name: wallet for wallet in self.wallets}
+
+    @functools.cached_property
+    def wallet_budgets(self) -> tuple[Budget, ...]:
+        return tuple(budget for budget in self.budgets if budget.wallet is not None)
+
+    def limit_for(self, budget: Budget, subject: str) -> Limit:
+        """The budget's limit for ``subject`` as the policy file says it. A wallet budget's real limit is
+        the subject's credits this year, read from the ledger (``UsageSnapshot.limits``); without it, the
+        wallet's yearly grant."""
+        if budget.limit is not None:
+            return budget.overrides.get(subject, budget.limit) if budget.overrides else budget.limit
+        wallet = self.wallets_by_name[budget.wallet]  # type: ignore[index]  # checked when loaded
+        return wallet_limit(wallet, wallet.yearly_grant_for(subject))
 
     @functools.cached_property
     def zone(self) -> ZoneInfo:
@@ -162,6 +210,12 @@ class Policy(_Strict):
     def _group_memo(self) -> dict[tuple[str, str], bool]:
         # Checked on every budget of every check; fnmatch per pattern costs more than the rest.
         return {}
+
+
+def wallet_limit(wallet: Wallet, credits: Decimal) -> Limit:
+    """A wallet budget's limit: ``credits`` in the wallet's unit (0 or less: no room at all)."""
+    # Not validated: a wallet can have 0 credits left, which no limit: in a file may say.
+    return Limit.model_construct(tokens=None, cost=credits, currency=wallet.cost_key)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -230,6 +284,7 @@ def _reference_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str
             defined = ", ".join(sorted(policy.model_groups)) or "none"
             message = f"model group {budget.models!r} is not defined in model_groups (defined: {defined})"
             problems.append((("budgets", index, "models"), message))
+    problems += _wallet_problems(policy)
     reported_loops: set[frozenset[str]] = set()
     for start in policy.routes:
         seen = [start]
@@ -242,6 +297,25 @@ def _reference_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str
                     problems.append((("routes", start), f"routes loop: {' -> '.join([*seen, following])}"))
                 break
             seen.append(following)
+    return problems
+
+
+def _wallet_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str]]:
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    names = [wallet.name for wallet in policy.wallets]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            problems.append((("wallets", index, "name"), f"wallet names must be unique; {name!r} is used twice"))
+    for index, budget in enumerate(policy.budgets):
+        if budget.wallet is None:
+            continue
+        wallet = policy.wallets_by_name.get(budget.wallet)
+        if wallet is None:
+            message = f"wallet {budget.wallet!r} is not defined in wallets (defined: {', '.join(names) or 'none'})"
+            problems.append((("budgets", index, "wallet"), message))
+        elif (budget.scope, budget.period) != (wallet.scope, "year") or budget.subject != wallet.subject:
+            problems.append((("budgets", index, "wallet"), f"a budget on wallet {wallet.name!r} counts per year for "
+                             "the wallet's scope and subject; leave out scope, subject and period"))  # fmt: skip
     return problems
 
 

@@ -15,7 +15,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from tokenmeter.enforcer.decision import CheckRequest, Decision, UsageSnapshot, period_bounds, ratio_of
+from tokenmeter.enforcer.decision import CheckRequest, Decision, UsageSnapshot, limit_in_force, period_bounds, ratio_of
 from tokenmeter.enforcer.policy import Policy
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class QuotaEventLog:
             start = snapshot.period_starts.get(name)
             if budget is None or start is None:
                 continue
-            limit = budget.overrides.get(subject, budget.limit)
+            limit = limit_in_force(policy, snapshot, budget, subject)
             ratio = ratio_of(limit, usage)
             key = (name, subject, start)
             already = self._levels.get(key, 0.0)

@@ -152,7 +152,7 @@ class SharedHeadroom:
             if budget is None:
                 continue
             lease_key = LeaseKey(key[0], key[1], period_bounds(budget.period, now, policy.zone)[0])
-            limit = limit_of(budget, key[1])
+            limit = limit_of(policy, snapshot, budget, key[1])
             before, call = limited_part(local.get(key, ZERO), limit), limited_part(amount, limit)
             granted = self._book.use(lease_key, moment)
             if not covers(granted, before.plus(call)):

@@ -52,9 +52,9 @@ class SpareReturn:
         for lease_key, lease in written.items():
             budget, start = budgets.get(lease_key.budget, (None, None))
             others_held = others.get((lease_key.budget, lease_key.subject), ZERO)
-            spare = spare_due(lease_key, budget, start, written=lease, last_used=last_used.get(lease_key, never),
-                              others=others_held, snapshot=snapshot, local=local, moment=moment,
-                              idle_seconds=idle_seconds)  # fmt: skip
+            spare = spare_due(lease_key, policy, budget, start, written=lease,
+                              last_used=last_used.get(lease_key, never), others=others_held, snapshot=snapshot,
+                              local=local, moment=moment, idle_seconds=idle_seconds)  # fmt: skip
             if spare is not None:
                 due.append(lease_key)
         return due
@@ -66,8 +66,8 @@ class SpareReturn:
         budget = budget_named(policy, lease_key.budget)
         start = period_bounds(budget.period, now, policy.zone)[0] if budget is not None else None
         last_used, others = self._book.last_use(lease_key)
-        return spare_due(lease_key, budget, start, written=self._coordinator.own(lease_key), last_used=last_used,
-                         others=others, snapshot=snapshot, local=local, moment=self._clock(),
+        return spare_due(lease_key, policy, budget, start, written=self._coordinator.own(lease_key),
+                         last_used=last_used, others=others, snapshot=snapshot, local=local, moment=self._clock(),
                          idle_seconds=self._idle_seconds)  # fmt: skip
 
     def lowering(self, lease_key: LeaseKey, policy: Policy, snapshot: UsageSnapshot, local: Mapping[UsageKey, Usage],

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Final
 
-from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, ratio_of
+from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot, limit_in_force, ratio_of
 from tokenmeter.enforcer.policy import Budget, Limit, Policy
 from tokenmeter.enforcer.replicas.lease_document import LeaseKey
 
@@ -48,8 +48,8 @@ def budget_named(policy: Policy, name: str) -> Budget | None:
     return next((budget for budget in policy.budgets if budget.name == name), None)
 
 
-def limit_of(budget: Budget, subject: str) -> Limit:
-    return budget.overrides.get(subject, budget.limit) if budget.overrides else budget.limit
+def limit_of(policy: Policy, snapshot: UsageSnapshot, budget: Budget, subject: str) -> Limit:
+    return limit_in_force(policy, snapshot, budget, subject)
 
 
 def used_in_period(snapshot: UsageSnapshot, key: UsageKey, lease_key: LeaseKey) -> Usage:
@@ -102,7 +102,8 @@ def _cost_share_alike(limit: Limit, taken: Usage, amount: Usage, spare: Usage) -
     return Usage(0, {limit.currency: (share * cost_left).quantize(_BILLIONTH, rounding=ROUND_DOWN)})
 
 
-def spare_due(lease_key: LeaseKey, budget: Budget | None, period_start: datetime | None, *, written: Usage,
+def spare_due(lease_key: LeaseKey, policy: Policy, budget: Budget | None, period_start: datetime | None, *,
+              written: Usage,
               last_used: float, others: Usage, snapshot: UsageSnapshot, local: Mapping[UsageKey, Usage],
               moment: float, idle_seconds: float) -> SpareDue | None:  # fmt: skip
     """The lease's spare is due back when this replica ``written`` more than its reservations hold and the lease
@@ -111,12 +112,12 @@ def spare_due(lease_key: LeaseKey, budget: Budget | None, period_start: datetime
     current = budget is not None and period_start == lease_key.period_start
     held = ZERO
     if current and budget is not None:
-        held = limited_part(non_negative(local.get(key, ZERO)), limit_of(budget, key[1]))
+        held = limited_part(non_negative(local.get(key, ZERO)), limit_of(policy, snapshot, budget, key[1]))
     if covers(held, written):
         return None  # no spare
     idle = moment - last_used >= idle_seconds
     if current and budget is not None and not idle:
         taken = used_in_period(snapshot, key, lease_key).plus(others).plus(written)
-        if room_calls(limit_of(budget, key[1]), taken, written.minus(held), 1, 1) >= 1:
+        if room_calls(limit_of(policy, snapshot, budget, key[1]), taken, written.minus(held), 1, 1) >= 1:
             return None  # in use, and the others still have more free room than this spare: keep it
     return held, written, current
