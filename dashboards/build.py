@@ -3,8 +3,8 @@ SQL of the Grafana alert rules into alert_rules/grafana/tokenmeter-alerts.yaml.
 
     .venv/bin/python dashboards/build.py
 
-The panels are defined once in tokenmeter/dashboards/panels.py; the same definitions feed
-the web page of `tokenmeter serve`. The committed JSON is what Grafana loads
+The panels are defined once in tokenmeter/dashboards/panels.py (the Credits board's in credit_panels.py); the
+same definitions feed the web page of `tokenmeter serve`. The committed JSON is what Grafana loads
 (grafana/provisioning/dashboards); tests/test_dashboards.py checks it equals this output. The alert
 rules' queries come from tokenmeter/dashboards/alert_queries.py (tests/test_grafana_alerts.py checks).
 """

@@ -61,6 +61,7 @@ budgets:
 """
 HANDBOOK = "报销制度：员工出差回来后三十天内提交报销，附发票原件和审批单。年假：满一年五天，满十年十天。\n" * 20
 QUESTION = "公司的报销制度是怎样的？请简要说明。"
+TOPUP_URL = "https://tokenmeter.example/#request?budget={budget}&subject={subject}"
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiktoken_cache: Path
         # The model server here is a test instrument that tells users apart by the baggage they
         # send: opt in to sending it to loopback model servers (by default only hops get it).
         "TOKENMETER_PROPAGATE": "loopback",
+        "TOKENMETER_TOPUP_URL": TOPUP_URL,
     })  # fmt: skip
     try:
         chatchat.start()
@@ -154,8 +156,11 @@ def test_knowledge_base_upload_and_chat_and_a_degraded_user_gets_retrieval_only(
     assert degraded.status_code == 200 and "error" not in degraded.text, degraded.text
     assert "三十天内提交报销" in degraded.text  # the retrieved passage ...
     assert sum(upstream.calls_by_model[model] for model in LLMS) == chat_calls  # ... and no model call
+    link = "https://tokenmeter.example/#request?budget=gina-cap&subject=gina"
+    assert f"如需追加额度，请在此申请：{link}" in degraded.text  # ... and where to ask for more
     plain = chat(chatchat, "gina", "研发部")
     assert plain.status_code == 429 and plain.json()["error"]["type"] == "quota_degraded"
+    assert f"To ask for a top-up: {link}" in plain.json()["error"]["message"]
 
 
 def test_file_chat_on_a_temporary_document(stack: tuple[ChatchatProcess, ServeProcess, DemoLLMServer],

@@ -169,3 +169,27 @@ def test_a_charge_never_adds_credits(entries: list[LedgerEntry], day: int, amoun
     before = wallet_balance(WALLET, entries, _days(day))
     after = wallet_balance(WALLET, [*entries, _charge("extra", str(amount), day)], _days(day))
     assert after.available == before.available - amount
+
+
+def test_a_wallet_runs_out_at_the_rate_of_its_recent_charges() -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from tokenmeter.credits.projection import projection
+
+    zone = ZoneInfo("Asia/Shanghai")
+
+    def charge(day: int, amount: str) -> LedgerEntry:
+        at = datetime(2026, 11, day, tzinfo=zone)
+        return LedgerEntry(f"c{day}", WALLET, "charge", D(amount), at, "enforcer", "usage")
+
+    today = date(2026, 11, 21)
+    # 10 days of history (from the 11th), 500 credits in all: 50 a day; 1,000 left last 20 days
+    charges = [charge(11, "100"), charge(15, "250"), charge(20, "150"), charge(21, "999")]  # today's: not yet a rate
+    ahead = projection(charges, D(1000), today, zone)
+    assert (ahead.daily_rate, ahead.days_left, ahead.runs_out_on) == (D(50), 20, date(2026, 12, 11))
+    # only the last 30 days count
+    old = [charge(1, "10000"), *charges]
+    assert projection(old, D(1000), today, zone, window=10).daily_rate == D(50)
+    assert projection([], D(1000), today, zone).runs_out_on is None  # no usage: nothing says it runs out
+    assert projection(charges, D(0), today, zone).runs_out_on == today  # nothing left

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from grafana_alert_rules import fires as _fires
+from grafana_alert_rules import instances as _instances
 from otlp_requests import attributes, usage_counter_request
 
 from tokenmeter import semconv
@@ -62,32 +64,6 @@ def test_dollars_are_escaped_and_secrets_come_from_documented_variables() -> Non
     assert len(placeholders) == 6
     alerting_doc = (ROOT / "docs" / "alerting.md").read_text(encoding="utf-8")
     assert all(f"`{name}`" in alerting_doc for name in placeholders), placeholders
-
-
-def _sql(uid: str) -> str:
-    query = next(q for q in RULES[uid]["data"] if q["datasourceUid"] != "__expr__")
-    return str(query["model"]["rawSql"]).replace("$$", "$")
-
-
-def _fires(uid: str, value: float) -> bool:
-    """Grafana's math expression for one instance, e.g. ``$A >= 0.8 && $A < 1``."""
-    condition = next(q for q in RULES[uid]["data"] if q["refId"] == RULES[uid]["condition"])
-    expression = condition["model"]["expression"].replace("$$", "$").replace("$A", repr(float(value)))
-    assert re.fullmatch(r"[\d.\s<>=&|!()]+", expression), expression
-    return bool(eval(expression.replace("&&", " and ").replace("||", " or ")))
-
-
-def _instances(client: Any, uid: str) -> dict[tuple[str, ...], float]:
-    """One instance per row: the string columns are its labels, the one numeric column its value."""
-    result = client.query(_sql(uid))
-    described = client.query(f"DESCRIBE TABLE ({_sql(uid)})").result_rows
-    numeric = [i for i, row in enumerate(described) if any(k in str(row[1]) for k in ("Int", "Float", "Decimal"))]
-    assert len(numeric) == 1, f"{uid}: Grafana needs exactly one numeric column, got {described}"
-    instances = {}
-    for row in result.result_rows:
-        labels = tuple(str(value) for i, value in enumerate(row) if i != numeric[0])
-        instances[labels] = float(row[numeric[0]])
-    return instances
 
 
 def test_quota_alerts_fire_for_exactly_the_subjects_past_their_thresholds(migrated_store: Any) -> None:

@@ -41,6 +41,7 @@ SHARED_CORE = (
     "calendar_periods",
     "settings",
     "log_once",
+    "identity_proofs",
     "quota_wire",
     "errors",
 )

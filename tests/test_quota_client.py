@@ -34,7 +34,7 @@ from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
 from tokenmeter.instrumentation.quota.client import QuotaClient
 from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaExceeded, QuotaUnavailable, QuotaVerdict
-from tokenmeter.settings import Settings
+from tokenmeter.settings import Settings, get_settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
 MESSAGES = [{"role": "user", "content": "人工智能是什么？"}]
@@ -274,6 +274,24 @@ def test_messages_name_the_budget_the_usage_and_the_reset_in_both_languages() ->
                                       scope="user", subject="alice", period="day"))  # fmt: skip
     assert "retrieval only" in degraded.message("en") and "1,200,000 / 1,000,000 tokens" in degraded.message("en")
     assert "仅提供知识库检索结果" in degraded.message("zh")
+
+
+def test_a_refusal_says_where_to_ask_for_a_top_up_when_a_link_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    verdict = _verdict(used_cost="1000", limit_cost="1000", currency="credits (dept-credits)", period="year",
+                       budget="dept credits", subject="研发部")  # fmt: skip
+    assert "top-up" not in QuotaExceeded(verdict).message("en")  # no link set: nothing promised
+    monkeypatch.setenv("TOKENMETER_TOPUP_URL", "https://tm.example/#request?budget={budget}&subject={subject}")
+    get_settings.cache_clear()  # the process reads its settings once
+    try:
+        link = "https://tm.example/#request?budget=dept%20credits&subject=%E7%A0%94%E5%8F%91%E9%83%A8"
+        denied = QuotaExceeded(verdict)
+        assert denied.message("en").endswith(f"(Asia/Shanghai). To ask for a top-up: {link}")
+        assert denied.message("zh").endswith(f"重置。如需追加额度，请在此申请：{link}")
+        assert "per year" in denied.message("en") and "每年" in denied.message("zh")
+        assert link in QuotaDegraded(verdict).message("en")
+    finally:
+        monkeypatch.delenv("TOKENMETER_TOPUP_URL")
+        get_settings.cache_clear()
 
 
 def test_the_client_module_stays_light() -> None:

@@ -25,15 +25,15 @@ from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
-from headless_chromium import chromium_or_skip
-from playwright.sync_api import expect, sync_playwright
+from headless_chromium import launched_chromium
+from playwright.sync_api import expect
 from serve_process import ServeProcess
 
 from tokenmeter.demo.summary import raw_tokens_by
 from tokenmeter.reporting import build_usage_report
 from tokenmeter.store import open_store
 from tokenmeter.web import token_link
-from tokenmeter.web.browser import CHROMIUM_ARGS, wait_until_drawn
+from tokenmeter.web.browser import wait_until_drawn
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "web-test-token-'\"<>&+="  # quotes, markup, & + =: the link must encode it, the page pass it through
@@ -206,13 +206,8 @@ def test_health_reports_the_store_and_the_enforcer(served: ServeProcess) -> None
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = chromium_or_skip("the dashboard tests")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium("the dashboard tests") as chromium:
+        yield chromium
 
 
 @pytest.fixture

@@ -121,11 +121,10 @@ class Settings(BaseSettings):
 
     # Streaming: "inject" adds stream_options.include_usage so the server reports usage.
     stream_usage: Literal["off", "inject"] = "off"
-    # Where trace context and attribution baggage (user id, department) are added to
-    # outgoing LLM requests: by default only to hop servers (your own forwarding services,
-    # e.g. Chatchat's /v1), never to a model server, even on loopback: a local proxy
-    # (one-api ...) may forward them to a third-party API. "loopback" adds every loopback
-    # server, "always" every server, "never" none.
+    # Where trace context and attribution baggage (user id, department) are added to outgoing LLM
+    # requests: by default only to hop servers (your own forwarding services, e.g. Chatchat's /v1), never
+    # to a model server, even on loopback: a local proxy (one-api ...) may forward them to a third-party
+    # API. "loopback" adds every loopback server, "always" every server, "never" none.
     propagate: Literal["hops", "loopback", "always", "never"] = "hops"
     # Your own services that forward LLM calls (host:port): calls to them are hops, not
     # billed or checked here; the forwarded call is (e.g. Chatchat's API, 127.0.0.1:7861).
@@ -133,10 +132,9 @@ class Settings(BaseSettings):
     # The usage counters carry a user dimension; the OTel SDK's default per-metric
     # limit (2000 series) would fold extra users into one overflow series.
     metrics_cardinality_limit: int = 100_000
-    # Export the usage counters this long after a call finishes (debounced: at most one
-    # export per this many seconds while calls keep finishing), not only every
-    # OTEL_METRIC_EXPORT_INTERVAL: a process killed without warning loses at most the
-    # calls of its last such period. 0 = off (periodic exports only).
+    # Export the usage counters this long after a call finishes (debounced: at most one export per this
+    # many seconds while calls keep finishing), not only every OTEL_METRIC_EXPORT_INTERVAL: a process
+    # killed without warning loses at most the calls of its last such period. 0 = off (periodic only).
     usage_flush_seconds: float = Field(default=1.0, ge=0, le=3600)
     # Chatchat's launcher (`chatchat start`) SIGKILLs its servers when it is stopped:
     # tokenmeter makes it send SIGTERM first and wait this long for them to finish their
@@ -144,6 +142,8 @@ class Settings(BaseSettings):
     chatchat_stop_seconds: float = Field(default=30.0, ge=0, le=3600)
     # Chatchat: languages of the quota notices added to answers, or "off" (docs/chatchat.md).
     quota_notice: Literal["zh+en", "zh", "en", "off"] = "zh+en"
+    # A refusal (deny, degrade) ends with this link to ask for a top-up; {budget} {scope} {subject} filled in.
+    topup_url: str | None = Field(default=None, max_length=2000)
 
     @classmethod
     def settings_customise_sources(

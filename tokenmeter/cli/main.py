@@ -35,12 +35,14 @@ from pydantic import ValidationError
 
 from tokenmeter.catalog import CatalogError
 from tokenmeter.cli.count import add_count_parser
+from tokenmeter.cli.credits import add_credits_parsers
 from tokenmeter.cli.db import add_db_parser
 from tokenmeter.cli.demo import add_demo_parsers
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from tokenmeter.cli.input_error import InputError
 from tokenmeter.cli.quota import add_quota_parsers
 from tokenmeter.cli.serve import add_serve_parser
+from tokenmeter.cli.statement import add_statement_parser
 from tokenmeter.cli.tiktoken_cache import add_tiktoken_cache_parser
 from tokenmeter.cli.version import VersionAction
 from tokenmeter.store.client import StoreConfigError, StoreError
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_parser(commands)
     add_serve_parser(commands)
     _add_report_parser(commands)
+    add_statement_parser(commands)
     add_quota_parsers(commands)
+    add_credits_parsers(commands)
     add_demo_parsers(commands)
     add_tiktoken_cache_parser(commands)
     return parser

@@ -85,6 +85,9 @@ def add_enforcer_options(parser: argparse.ArgumentParser) -> None:
                         help="an app may decide up to N calls like one it asked about by itself, for "
                              f"{DEFAULT_LEASE_SECONDS:g} s, while every budget is far from its first warning "
                              f"threshold; 1 turns leases off (default {DEFAULT_LEASE_MAX_CALLS})")  # fmt: skip
+    parser.add_argument("--no-wallet-charges", dest="charge_wallets", action="store_false",
+                        help="do not record wallets' grants and daily charges in the ledger (with enforcer "
+                             "replicas, every replica but one; docs/credits.md)")  # fmt: skip
 
 
 def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
@@ -104,6 +107,7 @@ def enforcer_options(args: argparse.Namespace, policy: Path | None) -> Any:
         clock_offset_seconds=settings.enforcer_clock_offset,
         lease_max_calls=args.lease_calls,
         coordination_url=settings.coordination_url,
+        charge_wallets=args.charge_wallets,
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Final
 
 from tokenmeter import semconv
+from tokenmeter.dashboards.credit_alert_queries import CREDIT_ALERT_QUERIES
 from tokenmeter.store.counter_increase import DAILY, increase, metric_list, raw_rows, series_increases, table_rows
 from tokenmeter.store.otlp_sql import attribute
 
@@ -72,6 +73,7 @@ ALERT_QUERIES: Final[dict[str, Callable[[], str]]] = {
     "tokenmeter-spend-spike": _spend_spike,
     "tokenmeter-no-data": _no_data,
     "tokenmeter-failing-open": _failing_open,
+    **CREDIT_ALERT_QUERIES,
 }
 
 # A rule's uid line, then (before the next rule) its folded rawSql block.

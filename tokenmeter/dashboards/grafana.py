@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from tokenmeter.dashboards.credit_panels import credits
 from tokenmeter.dashboards.panels import ALL_BOARDS, DIMENSIONS, FORMAT_TIME_SERIES, Board, Panel, variable_query
 
 DATASOURCE: Final = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
@@ -52,22 +53,22 @@ def variable(name: str, sql: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def variables() -> list[dict[str, Any]]:
+def variables(dimensions: tuple[str, ...] = DIMENSIONS) -> list[dict[str, Any]]:
     datasource = {"name": "datasource", "label": "data source", "type": "datasource",
                   "query": "grafana-clickhouse-datasource", "current": {}, "hide": 0}  # fmt: skip
-    return [datasource] + [variable(column, variable_query(column)) for column in DIMENSIONS]
+    return [datasource] + [variable(column, variable_query(column)) for column in dimensions]
 
 
 def dashboard_json(board: Board) -> dict[str, Any]:
     return {
         "uid": board.uid, "title": board.title, "tags": ["tokenmeter"], "timezone": "browser", "schemaVersion": 39,
-        "version": 1, "editable": False, "time": {"from": "now-24h", "to": "now"}, "refresh": "1m",
-        "templating": {"list": variables()}, "annotations": {"list": []},
+        "version": 1, "editable": False, "time": dict(zip(("from", "to"), board.time_range, strict=True)),
+        "refresh": "1m", "templating": {"list": variables(board.variables)}, "annotations": {"list": []},
         "panels": [panel_json(panel) for panel in board.panels],
     }  # fmt: skip
 
 
 def build() -> dict[str, str]:
     """File name -> JSON text, as committed under dashboards/."""
-    boards = [make() for make in ALL_BOARDS]
+    boards = [make() for make in (*ALL_BOARDS, credits)]
     return {board.file_name: json.dumps(dashboard_json(board), ensure_ascii=False, indent=2) + "\n" for board in boards}

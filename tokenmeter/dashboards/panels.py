@@ -67,6 +67,8 @@ class Board:
     title: str
     file_name: str
     panels: tuple[Panel, ...] = field(default_factory=tuple)
+    variables: tuple[str, ...] = DIMENSIONS  # the dimension variables Grafana offers
+    time_range: tuple[str, str] = ("now-24h", "now")  # Grafana's default range
 
     def panel(self, panel_id: int) -> Panel:
         for candidate in self.panels:

@@ -112,6 +112,10 @@ class Enforcer:
         """Usage from the store for ``policy`` (default: the current one), and when the query started."""
         return self.usage.read_snapshot(client, policy)
 
+    def charge_wallets(self, client: Client) -> int:
+        """Record what the policy's wallets are owed in the ledger (refresh thread); how many entries."""
+        return self.usage.wallets.charge(client, self.policy, self.now())
+
     def refresh(self, client: Client) -> UsageSnapshot:
         """Read usage from the store (outside the lock) and use it from now on."""
         return self.usage.refresh(client)

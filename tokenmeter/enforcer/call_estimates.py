@@ -8,9 +8,11 @@ route it to, at the model catalog's prices (each model's price looked up once).
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from tokenmeter.credits.ledger import LedgerError
 from tokenmeter.enforcer.decision import CheckRequest
 from tokenmeter.enforcer.policy import Policy
 from tokenmeter.pricing import Price, cost_of
@@ -29,6 +31,7 @@ class CallEstimates:
     def request(self, policy: Policy, body: CheckBody) -> CheckRequest:
         """The call of ``body`` with its estimates under ``policy``."""
         output = policy.output_estimate(body.model, body.max_output_tokens)
+        costs = self.costs(policy, body.model, body.input_tokens, output)
         return CheckRequest(
             user=body.user,
             department=body.department,
@@ -36,7 +39,8 @@ class CallEstimates:
             model=body.model,
             input_tokens=body.input_tokens,
             max_output_tokens=output,
-            estimated_costs=self.costs(policy, body.model, body.input_tokens, output),
+            estimated_costs=costs,
+            estimated_wallet_costs=self.wallet_costs(policy, costs),
         )
 
     def costs(self, policy: Policy, model: str, input_tokens: int, output_tokens: int
@@ -54,6 +58,23 @@ class CallEstimates:
                 costs[current] = (cost.amount, cost.currency)
             current = policy.routes.get(current)
         return costs
+
+    def wallet_costs(self, policy: Policy, costs: dict[str, tuple[Decimal, str]]
+                     ) -> dict[str, dict[str, Decimal]]:  # fmt: skip
+        """Each estimated cost in the unit of each wallet a budget draws on: model -> {wallet's cost key: amount}.
+        A currency a wallet has no rate for is left out (the charge for the call's usage says so)."""
+        if not policy.wallet_budgets:
+            return {}
+        converted: dict[str, dict[str, Decimal]] = {}
+        for model, (amount, currency) in costs.items():
+            price = self._price(model)
+            virtual = price is not None and price.virtual
+            for wallet in policy.wallets:
+                if virtual and not wallet.charges_virtual:
+                    continue
+                with contextlib.suppress(LedgerError):
+                    converted.setdefault(model, {})[wallet.cost_key] = amount * wallet.wallet_unit.rate(currency)
+        return converted
 
     def _price(self, model: str) -> Price | None:
         if model not in self._prices:

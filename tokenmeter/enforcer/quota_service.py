@@ -102,6 +102,9 @@ class EnforcerOptions:
     # A changed policy file is read once it has not changed for this long (a file renamed
     # into place, or SIGHUP: at once); see tokenmeter/enforcer/policy_file.py.
     policy_settle_seconds: float = DEFAULT_POLICY_SETTLE_SECONDS
+    # Record wallets' grants and daily charges in the ledger (docs/credits.md). With replicas, one
+    # replica charges and the others only read: --no-wallet-charges on them.
+    charge_wallets: bool = True
 
     @property
     def stale_after(self) -> float:
@@ -139,7 +142,8 @@ class EnforcerService:
         self.utilisation = UtilisationWriter(self.enforcer, self.presence, self.events.replica, clock)
         self.refresher = UsageRefresher(open_client, self.enforcer, options.refresh_seconds,
                                         policy_file=self.policy_file, utilisation=self.utilisation,
-                                        events=self.events, stats=self.stats)  # fmt: skip
+                                        events=self.events, stats=self.stats,
+                                        charge_wallets=options.charge_wallets)  # fmt: skip
         self._estimates = CallEstimates(catalog)
 
     @property

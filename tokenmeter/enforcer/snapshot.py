@@ -47,7 +47,8 @@ def read_snapshot(client: Client, policy: Policy, now: datetime) -> UsageSnapsho
     period_starts: dict[str, datetime] = {}
     groups: dict[tuple[str, str], list[Budget]] = defaultdict(list)
     for budget in policy.budgets:
-        groups[(budget.scope, budget.period)].append(budget)
+        if budget.wallet is None:  # a wallet budget's usage is its wallet's (wallet_accounts)
+            groups[(budget.scope, budget.period)].append(budget)
     for (scope, period), budgets in groups.items():
         start, end = period_bounds(period, now, policy.zone)  # type: ignore[arg-type]
         for budget in budgets:

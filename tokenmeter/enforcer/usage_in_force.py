@@ -16,6 +16,7 @@ from tokenmeter.enforcer.decision import Usage, UsageKey, UsageSnapshot
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import Policy
 from tokenmeter.enforcer.snapshot import read_snapshot
+from tokenmeter.enforcer.wallet_accounts import WalletAccounts
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -40,6 +41,7 @@ class UsageInForce:
         self._clock = clock
         self._snapshot = UsageSnapshot()
         self._snapshot_started_at = float("-inf")  # no snapshot yet: every reservation still counts
+        self.wallets = WalletAccounts()  # used on the refresh thread only
 
     @property
     def policy(self) -> Policy:
@@ -86,7 +88,9 @@ class UsageInForce:
     def read_snapshot(self, client: Client, policy: Policy | None = None) -> tuple[UsageSnapshot, float]:
         """Usage from the store for ``policy`` (default: the current one), and when the query started."""
         started_at = self._clock()
-        return read_snapshot(client, policy or self._policy, self._now()), started_at
+        policy, now = policy or self._policy, self._now()
+        snapshot = self.wallets.with_wallets(client, policy, read_snapshot(client, policy, now), now)
+        return snapshot, started_at
 
     def refresh(self, client: Client) -> UsageSnapshot:
         """Read usage from the store (outside the lock) and use it from now on."""

@@ -39,6 +39,7 @@ class UsageRefresher:
         utilisation: UtilisationWriter,
         events: QuotaEventLog,
         stats: EnforcerStats,
+        charge_wallets: bool = True,
     ) -> None:
         self.last_error: str | None = None  # why usage cannot be read from the store; None while it can
         self._open_client = open_client
@@ -48,6 +49,7 @@ class UsageRefresher:
         self._utilisation = utilisation
         self._events = events
         self._stats = stats
+        self._charge_wallets = charge_wallets  # one writer of charges per store: off on all replicas but one
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._first_refresh = threading.Event()
@@ -106,6 +108,8 @@ class UsageRefresher:
 
     def _tick(self, client: Client) -> None:
         self._policy_file.reload_if_changed(client, self._enforcer, self._failed)
+        if self._charge_wallets:
+            self._enforcer.charge_wallets(client)
         snapshot = self._enforcer.refresh(client)
         self._enforcer.give_back_headroom()
         if self._utilisation.due():

@@ -11,6 +11,9 @@
   endpoints need the API token.
 - The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``
   (:mod:`tokenmeter.enforcer.http_api`): the API token or ``TOKENMETER_ENFORCER_TOKEN``.
+- Credits (docs/credits.md), with the API token: top-up requests and their approval (and a person,
+  :mod:`tokenmeter.serve.credit_routes`), the wallets' standing (``GET /v1/credits/wallets``), a
+  department's monthly statement (``GET /v1/credits/statement``).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.quota_service import EnforcerService
+from tokenmeter.serve.credit_routes import credit_routes
+from tokenmeter.serve.statement_routes import statement_routes
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
+from tokenmeter.serve.wallet_routes import wallet_routes
 from tokenmeter.server.bearer import BearerToken
 from tokenmeter.web.routes import Handler, web_routes
 
@@ -65,6 +71,9 @@ def api_app(
             Route("/v1/report", api_guard(endpoints.report), methods=["GET"]),
             *enforcer_routes(enforcer, any_bearer, ENFORCER_TOKEN_HINT),
             *web_routes(reader, api_guard, queue.stats, enforcer),
+            *credit_routes(reader, api_guard, enforcer),  # top-up requests: the API token and a person
+            *wallet_routes(reader, api_guard, enforcer),
+            *statement_routes(reader, api_guard, enforcer, store_display),
         ]
     )
     return CheckPath(app, enforcer, any_bearer, ENFORCER_TOKEN_HINT)

@@ -52,6 +52,19 @@ def wallet_entries(client: Client, wallet: str) -> list[LedgerEntry]:
     return recorded_once(_rows(client, wallet, "1", {}))
 
 
+def accounts_entries(client: Client, wallet: str, recorded_since: datetime | None = None
+                     ) -> list[tuple[LedgerEntry, datetime]]:  # fmt: skip
+    """The entries of every account of the policy wallet ``wallet`` (``wallet`` and ``wallet/...``), with
+    when each was recorded; only those recorded at or after ``recorded_since`` when given. Not checked
+    for repeats: the caller keeps them by id (:func:`tokenmeter.credits.ledger.recorded_once`)."""
+    sql = (f"SELECT {', '.join(_ENTRY_COLUMNS)}, recorded_at FROM {TABLE} "  # noqa: S608 - constants
+           "WHERE (wallet = {wallet:String} OR startsWith(wallet, {prefix:String})) "
+           "AND recorded_at >= {since:DateTime64(6, 'UTC')} ORDER BY recorded_at, entry_id")  # fmt: skip
+    since = (recorded_since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC).replace(tzinfo=None)
+    rows = client.query(sql, parameters={"wallet": wallet, "prefix": f"{wallet}/", "since": since}).result_rows
+    return [(_entry(row[:-1]), _utc(row[-1])) for row in rows]
+
+
 def _rows(client: Client, wallet: str, condition: str, parameters: dict[str, Any]) -> list[LedgerEntry]:
     sql = f"{_SELECT} AND {condition} ORDER BY at, entry_id"
     rows = client.query(sql, parameters={"wallet": wallet, **parameters}).result_rows

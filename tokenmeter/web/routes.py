@@ -40,6 +40,8 @@ STATIC_FILES: Final = {
     "dashboard.css": "text/css; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
     "format.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "credits.js": "text/javascript; charset=utf-8",
 }
 # Everything from this origin only; no inline script; no framing.
 PAGE_HEADERS: Final = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Final, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter.errors import TokenmeterError
@@ -24,8 +25,8 @@ from tokenmeter.quota_wire import DecisionDocument
 Language = Literal["zh", "en"]
 
 _SCOPE_ZH: Final = {"organisation": "组织", "department": "部门", "user": "用户", "app": "应用"}
-_PERIOD_ZH: Final = {"day": "每日", "week": "每周", "month": "每月"}
-_PERIOD_EN: Final = {"day": "per day", "week": "per week", "month": "per month"}
+_PERIOD_ZH: Final = {"day": "每日", "week": "每周", "month": "每月", "year": "每年"}
+_PERIOD_EN: Final = {"day": "per day", "week": "per week", "month": "per month", "year": "per year"}
 
 
 _DOCUMENT_FIELDS: Final = frozenset(DecisionDocument.model_fields)
@@ -96,6 +97,26 @@ def budget_description(verdict: QuotaVerdict, language: Language) -> str:
     return f"budget '{verdict.budget}' ({who}, {_PERIOD_EN.get(verdict.period or '', verdict.period or '')})"
 
 
+def top_up_link(verdict: QuotaVerdict) -> str | None:
+    """Where the person asks for more (``TOKENMETER_TOPUP_URL`` with the budget filled in), or None."""
+    from tokenmeter.settings import get_settings  # read when a call is refused, not at import
+
+    template = get_settings().topup_url
+    if not template or verdict.budget is None:
+        return None
+    for name in ("budget", "scope", "subject"):
+        template = template.replace("{" + name + "}", quote(getattr(verdict, name) or "", safe=""))
+    return template
+
+
+def top_up_text(verdict: QuotaVerdict, language: Language) -> str:
+    """The sentence a refusal ends with when a top-up can be asked for ('' when no link is set)."""
+    link = top_up_link(verdict)
+    if link is None:
+        return ""
+    return f"如需追加额度，请在此申请：{link}" if language == "zh" else f" To ask for a top-up: {link}"
+
+
 class QuotaError(TokenmeterError):
     """A quota decision that stops the call; ``verdict`` has the details."""
 
@@ -126,10 +147,11 @@ class QuotaExceeded(QuotaError):  # noqa: N818 - the name the issue and docs use
         if language == "zh":
             return (
                 f"额度已用尽：{self._who('zh')}已使用 {verdict.usage_text('zh')}，将于 {verdict.resets_text()} 重置。"
+                + top_up_text(verdict, "zh")
             )
         return (
             f"Quota exceeded: {self._who('en')} has used {verdict.usage_text('en')}; "
-            f"it resets at {verdict.resets_text()}."
+            f"it resets at {verdict.resets_text()}." + top_up_text(verdict, "en")
         )
 
 
@@ -141,11 +163,11 @@ class QuotaDegraded(QuotaError):  # noqa: N818
         if language == "zh":
             return (
                 f"已达额度上限：{self._who('zh')}已使用 {verdict.usage_text('zh')}，"
-                f"在 {verdict.resets_text()} 重置前仅提供知识库检索结果，不调用模型。"
+                f"在 {verdict.resets_text()} 重置前仅提供知识库检索结果，不调用模型。" + top_up_text(verdict, "zh")
             )
         return (
             f"Quota reached: {self._who('en')} has used {verdict.usage_text('en')}; until it resets at "
-            f"{verdict.resets_text()} answers come from retrieval only, without a model."
+            f"{verdict.resets_text()} answers come from retrieval only, without a model." + top_up_text(verdict, "en")
         )
 
 

@@ -3,8 +3,9 @@
 // refreshed every minute.
 import * as fmt from "./format.js";
 import { el, RENDERERS } from "./charts.js";
+import { api, token, TOKEN_KEY, Unauthorized } from "./api.js";
+import { askFor, loadCredits, readRequestLink, wireCredits } from "./credits.js";
 
-const TOKEN_KEY = "tokenmeter.api-token";
 const PRESETS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000 };
 const REFRESH_MS = 60000;
 const FILTER_LABELS = { department: "Department", user: "User", model: "Model" };
@@ -12,24 +13,13 @@ const PANEL_MIN_WIDTH = 300;  // px, as dashboard.css's .panel: a narrower panel
 
 const state = { range: "1h", from: null, to: null, filters: {}, catalog: null, values: {}, generation: 0 };
 
-class Unauthorized extends Error {}
-
-function token() {
-  return sessionStorage.getItem(TOKEN_KEY) || "";
-}
-
-async function api(path) {
-  const response = await fetch(path, { headers: { authorization: `Bearer ${token()}` }, cache: "no-store" });
-  if (response.status === 401) throw new Unauthorized("the API token was refused");
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
-  return body;
-}
-
 // --- the address: range and filters, so a view can be bookmarked and shared (never the token)
 
 function readAddress() {
-  const params = new URLSearchParams(location.hash.slice(1));
+  // A top-up link from a refusal message (#request?budget=B&subject=S): the Credits form, filled in.
+  const { link, rest } = readRequestLink(location.hash.slice(1));
+  if (link) askFor(link);
+  const params = new URLSearchParams(rest);
   if (params.has("token")) {  // `tokenmeter demo` prints a link with the token: keep it in the tab, drop it from the URL
     sessionStorage.setItem(TOKEN_KEY, params.get("token"));
     params.delete("token");
@@ -316,20 +306,22 @@ async function loadHealth() {
   }
 }
 
-async function refresh() {
+async function refresh({ quiet = false } = {}) {
   state.values = await withToken(() => api("/v1/dashboard/filters"));
   renderFilters();
   await loadPanels();
+  await withToken(() => loadCredits({ quiet }));
 }
 
 async function start() {
   readAddress();
   wireControls();
+  wireCredits(withToken);
   state.catalog = await withToken(() => api("/v1/dashboard"));
   renderBoards();
   window.addEventListener("hashchange", () => followAddress());
   await refresh();
-  setInterval(() => { if (state.range !== "custom" && !document.hidden) refresh(); }, REFRESH_MS);
+  setInterval(() => { if (state.range !== "custom" && !document.hidden) refresh({ quiet: true }); }, REFRESH_MS);
 }
 
 start().catch((error) => {
