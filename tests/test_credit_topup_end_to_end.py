@@ -1,6 +1,6 @@
-"""The way out, end to end on a real `tokenmeter serve`: a department whose wallet is at 0 is degraded; a
-member asks for a top-up, the department head approves it as another SSO identity; the next check is
-allowed, and the wallet's standing shows the credits."""
+"""The way out, end to end on a real `tokenmeter serve`: a department's usage, exported to serve's OTLP
+receiver, uses up its yearly credits and it is degraded; a member asks for a top-up, the department head
+approves it as another SSO identity; the next check is allowed, and the wallet's standing shows the credits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from otlp_requests import cost_series, metrics_request, post
 from serve_process import ServeProcess
 from waiting import wait_for
 
@@ -21,6 +22,7 @@ wallets:
     scope: department
     subject: 研发部
     rates: {CNY: 10, USD: 72}
+    yearly_grant: 50
     approvals:
       approvers: ["dept-heads-{subject}"]
 budgets:
@@ -46,12 +48,17 @@ def _check(serve: ServeProcess) -> dict[str, Any]:
 def test_a_degraded_department_asks_its_head_approves_and_the_next_call_is_allowed(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
-    # A 60 s refresh: the top-up must reach the enforcer because the approval wakes it, not by the clock.
-    serve = ServeProcess(tmp_path, ["--policy", str(policy), "--refresh-interval", "60"],
+    # A 1 s refresh to see the usage; the top-up is read at once because the approval wakes the enforcer.
+    serve = ServeProcess(tmp_path, ["--policy", str(policy), "--refresh-interval", "1"],
                          {"TOKENMETER_API_TOKEN": TOKEN}).start()  # fmt: skip
     try:
+        assert _check(serve)["decision"] == "allow"  # 50 credits this year, none used
+        now = time.time_ns()
+        spent = cost_series("研发部", "gpt-4o", [(now, 6 * 10**9)], now - 60 * 10**9)  # ¥6 = 60 credits
+        assert post(serve.otlp_http, "metrics", metrics_request(spent).SerializeToString()).status_code == 200
+        assert wait_for(lambda: _check(serve)["decision"] == "degrade", timeout=30), "the usage never counted"
         stopped = _check(serve)
-        assert (stopped["decision"], stopped["budget"]) == ("degrade", "rd-wallet")  # top-ups only: 0 credits
+        assert (stopped["budget"], stopped["used_cost"], stopped["limit_cost"]) == ("rd-wallet", "60", "50")
         asked = _call(
             serve,
             "POST",
@@ -69,8 +76,8 @@ def test_a_degraded_department_asks_its_head_approves_and_the_next_call_is_allow
         assert wait_for(lambda: _check(serve)["decision"] == "allow", timeout=30), "the top-up never arrived"
         print(f"allowed {time.monotonic() - approved_at:.2f} s after the approval")  # docs/credits.md
         standing = _call(serve, "GET", "/v1/credits/wallets", {}).json()["wallets"]
-        assert [(row["account"], row["credits"], row["available"]) for row in standing] == [
-            ("rd-credits/研发部", "2000", "2000")
+        assert [(row["account"], row["used"], row["credits"], row["available"]) for row in standing] == [
+            ("rd-credits/研发部", "60", "2050", "1990")  # the yearly 50 and the top-up, less the 60 used
         ]
     finally:
         serve.stop()

@@ -9,12 +9,9 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1 import metrics_pb2
-from otlp_requests import attributes, resource
+from otlp_requests import cost_series, metrics_request
 
-from tokenmeter import semconv
 from tokenmeter.collector.ingest_queue import IngestSchema, insert_payloads
 from tokenmeter.collector.payloads import Signal, decode_protobuf
 from tokenmeter.credits.burn_down import wallet_balance
@@ -48,13 +45,8 @@ def _local(day: int, hour: int, minute: int = 0) -> datetime:
 
 def _cost_series(department: str, model: str, started: datetime, points: list[tuple[datetime, str]],
                  virtual: bool = False) -> metrics_pb2.Metric:  # fmt: skip
-    labels = {semconv.ENDUSER_ID: "alice", semconv.TM_DEPARTMENT: department, semconv.GEN_AI_REQUEST_MODEL: model,
-              semconv.TM_COST_CURRENCY: "CNY", semconv.TM_COST_VIRTUAL: virtual}  # fmt: skip
-    data = [metrics_pb2.NumberDataPoint(attributes=attributes(labels), start_time_unix_nano=_nanos(started),
-                                        time_unix_nano=_nanos(at), as_int=int(D(total) * 10**9))
-            for at, total in points]  # fmt: skip
-    return metrics_pb2.Metric(name=semconv.METRIC_USAGE_COST, sum=metrics_pb2.Sum(
-        data_points=data, aggregation_temporality=2, is_monotonic=True))  # fmt: skip
+    totals = [(_nanos(at), int(D(total) * 10**9)) for at, total in points]
+    return cost_series(department, model, totals, _nanos(started), virtual=virtual)
 
 
 def _nanos(moment: datetime) -> int:
@@ -62,11 +54,7 @@ def _nanos(moment: datetime) -> int:
 
 
 def _insert(client: object, *metrics: metrics_pb2.Metric) -> None:
-    request = ExportMetricsServiceRequest(resource_metrics=[metrics_pb2.ResourceMetrics(
-        resource=resource("wallet-test"),
-        scope_metrics=[metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"), metrics=list(metrics))],
-    )])  # fmt: skip
-    payload = decode_protobuf(Signal.METRICS, request.SerializeToString())
+    payload = decode_protobuf(Signal.METRICS, metrics_request(*metrics, service="wallet-test").SerializeToString())
     insert_payloads(client, Signal.METRICS, [payload], IngestSchema.for_store(embedded=True))  # type: ignore[arg-type]
 
 

@@ -121,6 +121,25 @@ def usage_counter_request(
     )
 
 
+def cost_series(department: str, model: str, points: list[tuple[int, int]], start_ns: int, *,
+                virtual: bool = False, user: str = "alice") -> metrics_pb2.Metric:  # fmt: skip
+    """A cumulative tokenmeter.usage.cost series in CNY (billionths) with (time_ns, running total) points."""
+    labels = {semconv.ENDUSER_ID: user, semconv.TM_DEPARTMENT: department, semconv.GEN_AI_REQUEST_MODEL: model,
+              semconv.TM_COST_CURRENCY: "CNY", semconv.TM_COST_VIRTUAL: virtual}  # fmt: skip
+    data = [metrics_pb2.NumberDataPoint(attributes=attributes(labels), start_time_unix_nano=start_ns,
+                                        time_unix_nano=time_ns, as_int=total) for time_ns, total in points]  # fmt: skip
+    return metrics_pb2.Metric(name=semconv.METRIC_USAGE_COST, sum=metrics_pb2.Sum(
+        data_points=data, aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        is_monotonic=True))  # fmt: skip
+
+
+def metrics_request(*metrics: metrics_pb2.Metric, service: str = "test-app") -> ExportMetricsServiceRequest:
+    scope = metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="tokenmeter"), metrics=list(metrics))
+    return ExportMetricsServiceRequest(
+        resource_metrics=[metrics_pb2.ResourceMetrics(resource=resource(service), scope_metrics=[scope])]
+    )
+
+
 def post(
     base_url: str,
     signal: str,
