@@ -134,11 +134,12 @@ class WalletAccounts:
         for cost in costs_in_range(client, wallet.scope, since, year[1]):
             if _is_wallets_subject(wallet, cost.subject):
                 live[cost.subject].append(cost)
+        year_number = year[0].astimezone(policy.zone).year
         for subject in sorted({*_subjects(wallet, entries), *live}):
             account = wallet.account(subject)
             own = entries.get(account, [])
-            to_come = ZERO if any(e.entry_id == yearly_grant_id(account, year[0].astimezone(policy.zone).year)
-                                  for e in own) else wallet.yearly_grant_for(subject)  # fmt: skip
+            grant_id = yearly_grant_id(account, year_number)
+            to_come = ZERO if any(e.entry_id == grant_id for e in own) else wallet.yearly_grant_for(subject)
             uncharged = in_wallet_units(_with_rates(wallet, live.get(subject, ())), wallet.wallet_unit)
             state = standing(account, own, year, now, uncharged=uncharged, grant_to_come=to_come)
             yield subject, state.used, state.credits
