@@ -64,7 +64,7 @@ test-openai1: $(OPENAI1_VENV)/.installed
 		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
-	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py
+	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py tests/test_chatchat_ratings.py
 	$(CHATCHAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_langchain_callback.py
 
 test: lint pytest test-chatchat test-openai1

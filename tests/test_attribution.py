@@ -19,6 +19,7 @@ from tokenmeter.instrumentation.attribution import (
     MAX_VALUE_LENGTH,
     Attribution,
     attribution,
+    bind_message,
     current_attribution,
     default_app,
     sanitize,
@@ -54,6 +55,7 @@ def tokenmeter_baggage() -> dict[str, object]:
         semconv.BAGGAGE_DEPARTMENT,
         semconv.BAGGAGE_APP,
         semconv.BAGGAGE_SESSION,
+        semconv.BAGGAGE_MESSAGE,
     }
     return {key: value for key, value in baggage.get_all().items() if key in keys}
 
@@ -364,3 +366,60 @@ def test_baggage_app_beats_the_service_name_default(monkeypatch: pytest.MonkeyPa
         assert current_attribution().app == "upstream-app"
     finally:
         context.detach(token)
+
+
+# --- the answer's message id -------------------------------------------------------
+
+
+def test_the_message_id_rides_in_baggage_like_the_other_fields() -> None:
+    with attribution(user="alice", message="  m-1\n") as who:
+        assert who == Attribution(user="alice", message="m-1")
+        assert tokenmeter_baggage() == {semconv.BAGGAGE_USER: "alice", semconv.BAGGAGE_MESSAGE: "m-1"}
+        received = _round_trip(W3CBaggagePropagator())
+        with attribution(message="m-2"):  # the inner answer wins, the user stays
+            assert current_attribution() == Attribution(user="alice", message="m-2")
+    assert received == Attribution(user="alice", message="m-1")
+    assert semconv.BAGGAGE_MESSAGE == semconv.TM_MESSAGE_ID == "tokenmeter.message.id"
+    assert Attribution.from_baggage({semconv.BAGGAGE_MESSAGE: "m-3"}) == Attribution(message="m-3")
+    assert tokenmeter_baggage() == {}
+
+
+def test_an_authoritative_scope_drops_an_incoming_message_id() -> None:
+    token = context.attach(baggage.set_baggage(semconv.BAGGAGE_MESSAGE, "someone-elses-answer"))
+    try:
+        assert current_attribution().message == "someone-elses-answer"
+        with attribution(user="alice", authoritative=True):
+            assert current_attribution() == Attribution(user="alice")
+            assert semconv.BAGGAGE_MESSAGE not in baggage.get_all()
+        with attribution(user="alice", message="m-1", authoritative=True):  # one it was given is kept
+            assert current_attribution().message == baggage.get_all()[semconv.BAGGAGE_MESSAGE] == "m-1"
+    finally:
+        context.detach(token)
+
+
+async def test_bind_message_lasts_for_the_rest_of_the_enclosing_scope_and_no_longer() -> None:
+    async def answer_calls() -> tuple[Attribution, object]:
+        await asyncio.sleep(0)
+        return current_attribution(), baggage.get_all().get(semconv.BAGGAGE_MESSAGE)
+
+    with attribution(user="alice", authoritative=True):
+        bind_message("  m-7 ")
+        assert current_attribution() == Attribution(user="alice", message="m-7")
+        # A task started later (a streamed answer's) and a worker thread see it too.
+        assert await asyncio.create_task(answer_calls()) == (Attribution(user="alice", message="m-7"), "m-7")
+        assert await asyncio.to_thread(lambda: current_attribution().message) == "m-7"
+        bind_message("")  # nothing to bind: the answer stays
+        assert current_attribution().message == "m-7"
+    assert current_attribution() == Attribution()
+    assert tokenmeter_baggage() == {}
+
+
+async def test_bind_message_in_a_task_stays_in_that_task() -> None:
+    async def request() -> str | None:
+        bind_message("m-8")
+        return current_attribution().message
+
+    with attribution(user="bob"):
+        assert await asyncio.create_task(request()) == "m-8"
+        assert current_attribution() == Attribution(user="bob")
+        assert semconv.BAGGAGE_MESSAGE not in baggage.get_all()

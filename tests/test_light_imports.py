@@ -32,7 +32,7 @@ def test_instrument_imports_nothing_heavy() -> None:
 # What each part of the package must not import (docs/architecture.md). A part is a top-level module or
 # package of tokenmeter; imports are read from the source (every `import` / `from` statement, also
 # those inside functions and under TYPE_CHECKING), so a lazy import cannot hide a dependency.
-APP_SIDE = ("instrumentation", "integrations", "attribution", "quota_errors")
+APP_SIDE = ("instrumentation", "integrations", "attribution", "feedback", "quota_errors")
 SHARED_CORE = (
     "tokenizers",
     "catalog",
@@ -44,6 +44,7 @@ SHARED_CORE = (
     "identity_proofs",
     "quota_wire",
     "errors",
+    "text_digest",
 )
 SERVER_PARTS = ("store", "collector", "enforcer", "server", "serve", "web", "dashboards", "reporting")
 COMMAND_LINE = ("cli", "demo")
@@ -52,6 +53,8 @@ MUST_NOT_IMPORT: dict[tuple[str, ...], tuple[str, ...]] = {
     SHARED_CORE: APP_SIDE + SERVER_PARTS + COMMAND_LINE,
     # Credits: the pure core of wallets and their ledger; the store, enforcer and pages build on it.
     ("credits",): APP_SIDE + SERVER_PARTS + COMMAND_LINE,
+    # The model comparison's pure core, on the shared core only.
+    ("comparison",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits"),
     ("server",): (*APP_SIDE, "store", "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("store",): (*APP_SIDE, "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("collector",): (*APP_SIDE, "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
@@ -124,7 +127,7 @@ def test_the_enforcer_core_and_its_replica_room_stay_apart() -> None:
     """The decision core (policy and its wallets, decisions) imports no other enforcer module but itself; the
     replicas' room (Keeper leases) builds only on that core, never on the service around it."""
     enforcer = PACKAGE / "enforcer"
-    core = {"policy", "wallet_policy", "decision"}
+    core = {"policy", "wallet_policy", "experiment_policy", "decision"}
     problems = []
     for name in sorted(core):
         extra = _enforcer_modules_imported(enforcer / f"{name}.py") - core

@@ -38,7 +38,7 @@ from tokenmeter.web.browser import wait_until_drawn
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "web-test-token-'\"<>&+="  # quotes, markup, & + =: the link must encode it, the page pass it through
 OUTPUT = Path(os.environ.get("TOKENMETER_TEST_OUTPUT", ROOT / "test-output"))
-PANELS = 12  # Overview (6) + Departments and users (6)
+PANELS = 14  # Overview (6) + Departments and users (6) + the Models board's comparison (2)
 
 
 @dataclass
@@ -150,10 +150,11 @@ def test_the_page_is_public_and_its_data_needs_the_token(served: ServeProcess) -
 
 def test_the_catalog_lists_the_grafana_panels_without_sql(served: ServeProcess) -> None:
     from tokenmeter.dashboards.panels import departments_and_users, overview
+    from tokenmeter.dashboards.quality_panels import comparison_board
 
     catalog = _get(served, "/v1/dashboard").json()
     titles = {board["uid"]: [panel["title"] for panel in board["panels"]] for board in catalog["boards"]}
-    boards = (overview(), departments_and_users())
+    boards = (overview(), departments_and_users(), comparison_board())
     assert titles == {board.uid: [panel.title for panel in board.panels] for board in boards}
     assert "SELECT" not in str(catalog)
 
@@ -384,6 +385,17 @@ def test_panels_show_the_api_and_store_numbers(page: Any, served: ServeProcess, 
     expect(strip.locator("[data-health=last]")).to_contain_text("ago")
     assert strip.locator("[data-health=fail-open]").get_attribute("data-value") == "0"
     assert strip.locator("[data-health=rate]").get_attribute("data-value") is not None
+
+    # The Models board's comparison (the demo rates no answer): the API's rows, money in each row's currency, no
+    # interval without ratings, and the notes and verdicts as text.
+    for panel_id in (6, 7):
+        assert len(_table(page, "models", panel_id)) == len(_api_rows(served, "models", panel_id, query)) > 0
+    quality = _table(page, "models", 6)
+    assert {(row["note"], row["rated_answers"], row["ci_low"], row["ci_high"]) for row in quality} == {
+        ("too few ratings", "0", "–", "–")}  # fmt: skip
+    per_answer = _panel(page, "models", 6).locator("td[data-column=cost_per_answer]").all_inner_texts()
+    assert per_answer and all(text.startswith(("CN¥", "$")) or text == "–" for text in per_answer), per_answer
+    assert {row["verdict"] for row in _table(page, "models", 7)} == {"too few ratings"}
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
     shot = OUTPUT / "web-dashboard.png"

@@ -6,6 +6,7 @@ App-side API (light imports only):
     tokenmeter.instrument()                       # or run under `opentelemetry-instrument`
     with tokenmeter.attribution(user="alice", department="finance"):
         client.chat.completions.create(...)
+    tokenmeter.feedback(80, message_id="m-1")     # a user's rating of an answer (0 to 100)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tokenmeter.attribution import Attribution, attribution, current_attribution
+from tokenmeter.feedback import feedback
 from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ __all__ = [
     "QuotaUnavailable",
     "attribution",
     "current_attribution",
+    "feedback",
     "flush",
     "instrument",
     "uninstrument",

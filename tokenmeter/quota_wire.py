@@ -99,6 +99,10 @@ class DecisionDocument(BaseModel):
     reservation_id: str | None = None
     stale: bool = False  # the store could not be read lately: usage may be missing from the numbers
     lease: LeaseTerms | None = None
+    # The call is in this experiment of the policy, in this arm ("control" | "candidate"); in the candidate
+    # arm effective_model is the candidate (unless a budget's downgrade routed it on). None: in none.
+    experiment: str | None = None
+    experiment_arm: str | None = None
 
     @field_serializer("resets_at")
     def _iso(self, value: datetime | None) -> str | None:

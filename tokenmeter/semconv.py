@@ -114,6 +114,25 @@ TM_QUOTA_FAIL_OPEN: Final = "tokenmeter.quota.fail_open"
 # quota decision values besides allow / warn / downgrade / degrade / deny
 QUOTA_UNAVAILABLE: Final = "unavailable"
 
+# The answer a call helped produce, as the app names it (Chatchat's message_id, or the app's
+# own id given to tokenmeter.attribution(message=...)): ratings are joined to calls by it.
+TM_MESSAGE_ID: Final = "tokenmeter.message.id"
+# An experiment of the policy (docs/experiments.md) and the arm this call was in.
+TM_EXPERIMENT: Final = "tokenmeter.experiment"
+TM_EXPERIMENT_ARM: Final = "tokenmeter.experiment.arm"
+ARM_CONTROL: Final = "control"
+ARM_CANDIDATE: Final = "candidate"
+
+# --- ratings: one OTel log record (event) per rating of an answer -------------------
+EVENT_FEEDBACK: Final = "tokenmeter.feedback"
+# Also set as an attribute: log pipelines that drop the record's event name keep it.
+EVENT_NAME: Final = "event.name"
+# 0 to 100 (Chatchat's feedback_score scale).
+TM_FEEDBACK_SCORE: Final = "tokenmeter.feedback.score"
+# HMAC of the rater's reason text; the text itself only with content capture.
+TM_FEEDBACK_REASON_HASH: Final = "tokenmeter.feedback.reason.hash"
+TM_FEEDBACK_REASON: Final = "tokenmeter.feedback.reason"
+
 # usage source values
 SOURCE_SERVER: Final = "server"
 SOURCE_TOKENIZER: Final = "tokenizer"
@@ -134,6 +153,7 @@ BAGGAGE_USER: Final = ENDUSER_ID
 BAGGAGE_DEPARTMENT: Final = TM_DEPARTMENT
 BAGGAGE_APP: Final = TM_APP
 BAGGAGE_SESSION: Final = GEN_AI_CONVERSATION_ID
+BAGGAGE_MESSAGE: Final = TM_MESSAGE_ID
 
 # Instrumentation scope name for tracer and meter.
 INSTRUMENTATION_SCOPE: Final = "tokenmeter"

@@ -9,6 +9,7 @@
     tokenmeter serve [--host 127.0.0.1] [--otlp-grpc-port 4317] [--otlp-http-port 4318] [--api-port 9400]
     tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
+    tokenmeter compare [--period 2026-11] [--app A] [--models a,b] [--experiment NAME] [--format table|json|csv]
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
     tokenmeter demo [--dir .tokenmeter-demo]
     tokenmeter demo-traffic --otlp-endpoint URL --enforcer-url URL [--rounds N]
@@ -34,6 +35,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from tokenmeter.catalog import CatalogError
+from tokenmeter.cli.compare import add_compare_parser
 from tokenmeter.cli.count import add_count_parser
 from tokenmeter.cli.credits import add_credits_parsers
 from tokenmeter.cli.db import add_db_parser
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     _add_report_parser(commands)
     add_statement_parser(commands)
+    add_compare_parser(commands)
     add_quota_parsers(commands)
     add_credits_parsers(commands)
     add_demo_parsers(commands)

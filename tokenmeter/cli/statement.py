@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 from urllib.parse import unquote
 
-from tokenmeter.cli.api_tokens import TokenFileError, api_token, bearer_headers, refusal
+from tokenmeter.cli.api_tokens import TokenFileError
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
-from tokenmeter.cli.report import API_CONNECT_TIMEOUT_SECONDS, API_TIMEOUT_SECONDS, ReportError, ServeApi
-from tokenmeter.cli.serve_lookup import serve_holding
+from tokenmeter.cli.report import ReportError, ServeApi
 from tokenmeter.cli.store_options import add_clickhouse_url_option
+from tokenmeter.cli.store_or_serve import answered_by, get_from_serve, query_error_line, read_store_or_serve
 from tokenmeter.errors import ConfigurationError
 from tokenmeter.settings import get_settings
 
@@ -82,30 +82,13 @@ def _say(line: str) -> None:
 
 def _statement_text(args: argparse.Namespace) -> tuple[str, str]:
     """The rendered statement and who answered."""
-    if args.api:
-        return _from_api(ServeApi(args.api), args)
-    from tokenmeter.store import StoreLockedError, open_store, parse_store_url
-    from tokenmeter.store.client import StoreConfigError, StoreError, StoreMissingError, lock_holder
-
-    url = args.clickhouse_url or get_settings().clickhouse_url
-    try:
-        location = parse_store_url(url)
-    except StoreConfigError as exc:
-        raise ReportError(str(exc), EXIT_BAD_INPUT) from None
-    if location.kind == "chdb" and location.path is not None and lock_holder(location.path) is not None:
-        return _from_api(_serve_api(location), args)
-    try:
-        client = open_store(url, create=False)  # a statement never makes an empty store
-    except StoreLockedError:  # taken between the two looks
-        return _from_api(_serve_api(location), args)
-    except StoreMissingError as exc:
-        raise ReportError(str(exc), EXIT_BAD_INPUT) from None
-    except StoreError as exc:
-        raise ReportError(str(exc)) from None
-    try:
-        return _from_store(client, location, args), f"the store {location.display}"
-    finally:
-        client.close()
+    return read_store_or_serve(
+        "statement",
+        args.clickhouse_url,
+        args.api,
+        lambda client, location: (_from_store(client, location, args), f"the store {location.display}"),
+        lambda api: _from_api(api, args),
+    )
 
 
 def _from_store(client: Any, location: StoreLocation, args: argparse.Namespace) -> str:
@@ -121,9 +104,7 @@ def _from_store(client: Any, location: StoreLocation, args: argparse.Namespace) 
     try:
         statement = read_statement(client, args.department, month, policy.wallets, datetime.now(UTC))
     except ClickHouseError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if location.password:
-            first = first.replace(location.password, "***")
+        first = query_error_line(exc, location)
         if "UNKNOWN_TABLE" in first or "Unknown table" in first:
             first = "it has no usage or ledger tables yet; run `tokenmeter db migrate --clickhouse-url URL`"
         raise ReportError(f"{location.display} could not answer the statement's queries: {first}") from None
@@ -140,52 +121,9 @@ def render(statement: Any, form: str) -> str:
     return renderings[form](statement)
 
 
-def _serve_api(location: StoreLocation) -> ServeApi:
-    """The serve holding the chDB directory (at the address it recorded), else TOKENMETER_API_URL's."""
-    record = serve_holding(location)
-    if record is not None:
-        _say(f"{location.display} is held by `tokenmeter serve` (PID {record.pid}); asking its API at {record.api}")
-        return ServeApi(record.api, location, record.api_token_file)
-    api = get_settings().api_url
-    _say(f"{location.display} is held by another process that recorded no API address; asking {api}")
-    return ServeApi(api, location)
-
-
 def _from_api(api: ServeApi, args: argparse.Namespace) -> tuple[str, str]:
-    import httpx
-
     if args.policy is not None:
         _say("--policy is not used: the serve answering uses the policy file it was started with")
     params = {"department": args.department, "month": args.month, "format": args.format}
-    token = api_token(api.token_file)
-    timeout = httpx.Timeout(API_TIMEOUT_SECONDS, connect=API_CONNECT_TIMEOUT_SECONDS)
-    url = f"{api.url.rstrip('/')}/v1/credits/statement"
-    try:
-        response = httpx.get(url, params=params, headers=bearer_headers(token), timeout=timeout)
-    except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ReportError(f"cannot reach the serve API at {api.url} ({reason}); start `tokenmeter serve`, or "
-                          "point --api / TOKENMETER_API_URL at the one running") from None  # fmt: skip
-    if response.status_code == 401:
-        raise ReportError(refusal(f"the serve API at {api.url}", token, "set TOKENMETER_API_TOKEN to serve's token"))
-    if response.status_code != 200:
-        code = EXIT_BAD_INPUT if response.status_code == 400 else EXIT_UNAVAILABLE
-        raise ReportError(f"the serve API at {api.url} answered {response.status_code}: {_error(response)}", code)
-    store = unquote(response.headers.get(STORE_HEADER, ""))
-    if api.held is not None and store and not _same_store(store, api.held):
-        raise ReportError(f"the serve API at {api.url} answers for the store {store}, not for {api.held.display}; "
-                          "point --api / TOKENMETER_API_URL at the serve holding it")  # fmt: skip
-    return response.text, f"the serve API at {api.url}" + (f" (store {store})" if store else "")
-
-
-def _same_store(display: str, location: StoreLocation) -> bool:
-    if location.kind == "chdb" and location.path is not None and display.startswith("chdb://"):
-        return Path(display.removeprefix("chdb://")).resolve() == location.path.resolve()
-    return display == location.display
-
-
-def _error(response: Any) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return str(response.text[:300]).strip()
+    response = get_from_serve(api, "/v1/credits/statement", params)
+    return response.text, answered_by(api, unquote(response.headers.get(STORE_HEADER, "")))

@@ -276,6 +276,13 @@ SPAN_FILTERS: Final = filters(
 )
 
 
+def _comparison(top: int) -> tuple[Panel, ...]:
+    """The Models board's comparison of models by cost and ratings (its module imports this one: imported here)."""
+    from tokenmeter.dashboards.quality_panels import comparison_panels
+
+    return comparison_panels(top)
+
+
 def models() -> Board:
     per_call = calls_and_tokens("model", "model", "model")
     cost_per_call = f"""
@@ -317,7 +324,7 @@ def models() -> Board:
               description="Calls counted both ways (all without server usage, a sample of the rest): "
                           "drift = local / server - 1."),
     )  # fmt: skip
-    return Board("tokenmeter-models", "tokenmeter / Models", "tokenmeter-models.json", panels)
+    return Board("tokenmeter-models", "tokenmeter / Models", "tokenmeter-models.json", panels + _comparison(top=24))
 
 
 def _app_decisions(label_key: str) -> str:

@@ -4,11 +4,16 @@ The app sends the call's tokens (:class:`~tokenmeter.quota_wire.CheckBody`); the
 estimates: the output tokens (the policy's estimate when the call gives no ``max_tokens``) and, for
 budgets with cost limits, the call's cost on the requested model and on each model a downgrade may
 route it to, at the model catalog's prices (each model's price looked up once).
+
+A call in an experiment (the policy's ``experiments:``) gets its arm here, before anything is
+estimated: in the candidate arm the call is the candidate's, so its estimates, budgets and routes are.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -22,25 +27,33 @@ if TYPE_CHECKING:
     from tokenmeter.catalog import ModelCatalog
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class CallEstimates:
     def __init__(self, catalog: ModelCatalog | None) -> None:
         """No catalog: no prices, so no call has a cost (cost limits see none)."""
         self._catalog = catalog
         self._prices: dict[str, Price | None] = {}
 
-    def request(self, policy: Policy, body: CheckBody) -> CheckRequest:
-        """The call of ``body`` with its estimates under ``policy``."""
-        output = policy.output_estimate(body.model, body.max_output_tokens)
-        costs = self.costs(policy, body.model, body.input_tokens, output)
+    def request(self, policy: Policy, body: CheckBody, now: Callable[[], datetime] = _utc_now) -> CheckRequest:
+        """The call of ``body`` with its experiment arm and its estimates under ``policy``; ``now``: the
+        enforcer's clock, asked only for a call of an experiment's app and model (its days)."""
+        arm = policy.experiment_index.arm_for(body.user, body.department, body.app, body.model, now)
+        model = body.model if arm is None else arm.model
+        output = policy.output_estimate(model, body.max_output_tokens)
+        costs = self.costs(policy, model, body.input_tokens, output)
         return CheckRequest(
             user=body.user,
             department=body.department,
             app=body.app,
-            model=body.model,
+            model=model,
             input_tokens=body.input_tokens,
             max_output_tokens=output,
             estimated_costs=costs,
             estimated_wallet_costs=self.wallet_costs(policy, costs),
+            experiment=arm,
         )
 
     def costs(self, policy: Policy, model: str, input_tokens: int, output_tokens: int

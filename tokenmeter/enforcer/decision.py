@@ -25,6 +25,10 @@ Rules (docs/quotas.md):
   follows the route table (chains allowed) and re-checks the cheaper model; with no route
   left the budget's fallback applies. Without an exceeded budget, crossing a warning
   threshold gives ``warn``.
+- A call in an experiment (the policy's ``experiments:``) comes with its arm: in the candidate arm
+  ``request.model`` is the candidate already, so the candidate's budgets, routes and estimates
+  decide it, and a downgrade still routes it on. The decision names the arm; an experiment is not
+  a quota action.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from tokenmeter.calendar_periods import calendar_period, midnight
+from tokenmeter.enforcer.experiment_policy import ExperimentArm
 from tokenmeter.enforcer.policy import Budget, Limit, Period, Policy
 
 DecisionKind = Literal["allow", "warn", "downgrade", "degrade", "deny"]
@@ -114,10 +119,18 @@ class CheckRequest:
     estimated_costs: Mapping[str, tuple[Decimal, str]] = field(default_factory=dict)
     # The same cost in each wallet's unit: model -> {wallet cost key: amount}.
     estimated_wallet_costs: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+    # The call's experiment arm (policy ``experiments:``); ``model`` is then the arm's model (the candidate's
+    # in the candidate arm), so budgets and estimates are judged on the model that will run.
+    experiment: ExperimentArm | None = None
 
     @property
     def estimated_tokens(self) -> int:
         return self.input_tokens + self.max_output_tokens
+
+    @property
+    def requested_model(self) -> str:
+        """The model the app asked for."""
+        return self.model if self.experiment is None else self.experiment.requested_model
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,7 @@ class Decision:
     period_start: datetime | None = None
     resets_at: datetime | None = None
     reason: str = ""
+    experiment: ExperimentArm | None = None  # the call's experiment and arm (not a quota action)
 
 
 class _BudgetState(NamedTuple):  # a tuple: built for every budget of every check
@@ -222,11 +236,11 @@ def _states(
 def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _BudgetState | None,
               reason: str, *, threshold: float | None = None) -> Decision:  # fmt: skip
     if state is None:
-        return Decision(action, request.model, model, reason=reason)
+        return Decision(action, request.requested_model, model, reason=reason, experiment=request.experiment)
     limit = state.limit
     return Decision(
         action=action,
-        requested_model=request.model,
+        requested_model=request.requested_model,
         effective_model=model,
         budget=state.budget.name,
         scope=state.budget.scope,
@@ -242,6 +256,7 @@ def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _B
         period_start=state.period_start,
         resets_at=state.period_end,
         reason=reason,
+        experiment=request.experiment,
     )
 
 

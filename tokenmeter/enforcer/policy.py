@@ -1,4 +1,4 @@
-"""The quota policy file (``TOKENMETER_POLICY``): budgets, model groups, downgrade routes.
+"""The quota policy file (``TOKENMETER_POLICY``): budgets, model groups, downgrade routes, wallets, experiments.
 
 Read strictly: every problem is a ``PolicyError`` whose message names the file, the line,
 the field and what is wrong, e.g.::
@@ -9,7 +9,8 @@ and, when there are several, every one of them on its own line. A file with no `
 (empty, only comments, or cut off before its budgets) is refused too: read while someone
 rewrites it, it would otherwise switch every quota off. ``budgets: []`` says "none" on purpose.
 
-See docs/quotas.md for the format (wallets: docs/credits.md). Loading is pure apart from reading the file.
+See docs/quotas.md for the format (wallets: docs/credits.md; experiments: docs/experiments.md).
+Loading is pure apart from reading the file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tokenmeter.enforcer.experiment_policy import Experiment, ExperimentIndex, experiment_problems
 from tokenmeter.enforcer.wallet_policy import Scope, Wallet
 from tokenmeter.errors import ConfigurationError
 
@@ -120,6 +122,7 @@ class Policy(_Strict):
     routes: dict[str, str] = Field(default_factory=dict)  # downgrade: model -> cheaper model
     wallets: tuple[Wallet, ...] = ()
     budgets: tuple[Budget, ...] = ()
+    experiments: tuple[Experiment, ...] = ()  # a share of an app's users on a candidate model
 
     @model_validator(mode="before")
     @classmethod
@@ -181,6 +184,10 @@ class Policy(_Strict):
     @functools.cached_property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @functools.cached_property
+    def experiment_index(self) -> ExperimentIndex:
+        return ExperimentIndex(self.experiments, self.zone)
 
     def warn_thresholds(self, budget: Budget) -> tuple[float, ...]:
         return budget.warn_at if budget.warn_at is not None else self.defaults.warn_at
@@ -285,6 +292,7 @@ def _reference_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str
             message = f"model group {budget.models!r} is not defined in model_groups (defined: {defined})"
             problems.append((("budgets", index, "models"), message))
     problems += _wallet_problems(policy)
+    problems += experiment_problems(policy.experiments)
     reported_loops: set[frozenset[str]] = set()
     for start in policy.routes:
         seen = [start]

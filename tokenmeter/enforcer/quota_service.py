@@ -189,7 +189,7 @@ class EnforcerService:
     def prepare(self, body: CheckBody, started: float | None = None) -> PreparedCheck:
         """What a check asks, with its arrival noted once (:meth:`decide` may be called twice for it)."""
         started = time.perf_counter() if started is None else started
-        request = self._estimates.request(self.enforcer.policy, body)
+        request = self._estimates.request(self.enforcer.policy, body, self.enforcer.now)
         # A check its client gave up on before it arrived: nobody waits for it; hold and count nothing.
         arrived = body.check_id is None or self.receipts.arrive(body.check_id)
         return PreparedCheck(body, request, arrived, started)
@@ -255,7 +255,7 @@ def _answer(result: CheckResult, check: PreparedCheck, stale: bool, policy: Poli
         return CheckAnswer(result.decision, result.reservation_id, stale)
     estimate = check.body.input_tokens + check.request.max_output_tokens
     return CheckAnswer(result.decision, result.reservation_id, stale, result.lease_calls,
-                       result.lease_calls * estimate, policy.output_estimate(check.body.model, None))  # fmt: skip
+                       result.lease_calls * estimate, policy.output_estimate(check.request.model, None))  # fmt: skip
 
 
 def _replica_enforcer(options: EnforcerOptions, policy: Policy, clock: Callable[[], float]) -> Enforcer:

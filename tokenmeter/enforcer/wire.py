@@ -42,4 +42,6 @@ def decision_document(
         reservation_id=reservation_id,
         stale=stale,
         lease=lease,
+        experiment=None if decision.experiment is None else decision.experiment.name,
+        experiment_arm=None if decision.experiment is None else decision.experiment.arm,
     )

@@ -116,6 +116,8 @@ class IdentityMiddleware:
                     department=identity.department,
                     app=identity.app,
                     session=identity.session,
+                    # From a trusted peer's baggage only (a hop's answer id); any other peer's is dropped.
+                    message=identity.message,
                     authoritative=True,
                 )
             )

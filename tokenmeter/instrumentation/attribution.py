@@ -1,4 +1,4 @@
-"""Who an LLM call is for: user, department, app and session.
+"""Who an LLM call is for: user, department, app and session, and the answer it helps produce.
 
 The attribution lives in a context variable, so it follows the code that runs a
 request: nested ``with attribution(...)`` blocks, asyncio tasks created inside
@@ -10,6 +10,11 @@ the call reaches over HTTP, such as Chatchat's own loopback ``/v1`` routes,
 receives them in the ``baggage`` header. :func:`current_attribution` reads the
 context variable first, then the current baggage for fields still missing,
 then the resource's ``service.name`` for the app.
+
+``message`` names the answer a call helps produce (Chatchat's ``message_id``, or the app's
+own id): ratings of that answer are joined to the call by it. It is on every call's span
+but, like ``session``, never a dimension of the usage counters or of quota checks (one
+series per answer would be far too many).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "Attribution",
     "AttributionScope",
     "attribution",
+    "bind_message",
     "current_attribution",
     "default_app",
     "sanitize",
@@ -41,8 +47,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Longest value kept, in characters. Four values of this length still fit the
-# 8192-byte W3C baggage header unless most of their characters are non-ASCII.
+# Longest value kept, in characters. Five values of this length still fit the
+# 8192-byte W3C baggage header unless many of their characters are non-ASCII.
 MAX_VALUE_LENGTH: Final = 256
 
 # C0 and C1 control characters, and lone surrogates (which cannot be encoded as
@@ -67,12 +73,13 @@ def sanitize(value: object) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
-    """Who a call is for. Every field is optional; values are sanitised on construction."""
+    """Who a call is for, and for which answer. Every field is optional; values are sanitised on construction."""
 
     user: str | None = None
     department: str | None = None
     app: str | None = None
     session: str | None = None
+    message: str | None = None
 
     def __post_init__(self) -> None:
         for name, _ in _BAGGAGE_KEYS:
@@ -88,6 +95,7 @@ class Attribution:
             department=self.department if inner.department is None else inner.department,
             app=self.app if inner.app is None else inner.app,
             session=self.session if inner.session is None else inner.session,
+            message=self.message if inner.message is None else inner.message,
         )
 
     def baggage_items(self) -> dict[str, str]:
@@ -111,6 +119,7 @@ _BAGGAGE_KEYS: Final = (
     ("department", semconv.BAGGAGE_DEPARTMENT),
     ("app", semconv.BAGGAGE_APP),
     ("session", semconv.BAGGAGE_SESSION),
+    ("message", semconv.BAGGAGE_MESSAGE),
 )
 
 _EMPTY: Final = Attribution()
@@ -146,7 +155,7 @@ def current_attribution() -> Attribution:
     missing app is the resource's ``service.name``.
     """
     found = _CURRENT.get()
-    if not _AUTHORITATIVE.get() and None in (found.user, found.department, found.app, found.session):
+    if not _AUTHORITATIVE.get() and None in (found.user, found.department, found.app, found.session, found.message):
         found = Attribution.from_baggage(otel_baggage.get_all()).merged(found)
     if found.app is None:
         app = default_app()
@@ -237,6 +246,7 @@ def attribution(
     app: str | None = None,
     session: str | None = None,
     *,
+    message: str | None = None,
     authoritative: bool = False,
 ) -> AttributionScope:
     """Attribute the code in a ``with`` block (or a decorated function) to these values.
@@ -251,9 +261,30 @@ def attribution(
     unset are removed from the context, so an untrusted caller's ``baggage`` header
     cannot attribute usage to someone else.
 
+    ``message`` names the answer the block produces (the app's own message id): every call
+    inside carries it (``tokenmeter.message.id``), so ``tokenmeter.feedback(score,
+    message_id=...)`` joins a rating of that answer to the calls that cost it.
+
     ``with attribution(...) as who`` binds the effective :func:`current_attribution`.
     """
     return AttributionScope(
-        Attribution(user=user, department=department, app=app, session=session),
+        Attribution(user=user, department=department, app=app, session=session, message=message),
         authoritative=authoritative,
     )
+
+
+def bind_message(message: object) -> None:
+    """Attribute the rest of the running context to the answer ``message``, without a ``with`` block.
+
+    For hooks that learn an answer's id in the middle of a request (Chatchat makes it in
+    ``add_message_to_db`` before it calls the model): the calls made after this in the same
+    context, and in tasks and copied contexts started from it, carry the id. The enclosing
+    scope (the identity middleware's, for a request) restores the earlier value when it exits;
+    outside any scope the value stays until the context ends, as any context variable set in it.
+    """
+    value = sanitize(message)
+    if value is None:
+        return
+    _CURRENT.set(_CURRENT.get().merged(Attribution(message=value)))
+    # Not detached here: the enclosing scope's detach restores the context from before it.
+    otel_context.attach(otel_baggage.set_baggage(semconv.BAGGAGE_MESSAGE, value))

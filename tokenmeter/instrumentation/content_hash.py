@@ -7,16 +7,12 @@ and one warning that short prompts can be guessed from it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tokenmeter.instrumentation.safety import warn_once
-
-ALGORITHM_HMAC = "hmac-sha256"
-ALGORITHM_PLAIN = "sha256"
+from tokenmeter.text_digest import digest_algorithm, text_digest
 
 
 class ContentHasher:
@@ -25,19 +21,18 @@ class ContentHasher:
 
     @property
     def algorithm(self) -> str:
-        return ALGORITHM_HMAC if self._key else ALGORITHM_PLAIN
+        return digest_algorithm(self._key)
 
     def hash_text(self, text: str) -> str:
-        data = text.encode("utf-8")
         if self._key:
-            return hmac.digest(self._key, data, "sha256").hex()  # one-shot C path, same digest as hmac.new
+            return text_digest(text, self._key)
         warn_once(
             "content-hash-unkeyed",
             "TOKENMETER_HASH_KEY is not set: prompts and completions are hashed with plain "
             "SHA-256, and short prompts can be recovered by guessing. Set TOKENMETER_HASH_KEY "
             "to a secret to use HMAC-SHA256.",
         )
-        return hashlib.sha256(data).hexdigest()
+        return text_digest(text, None)
 
     def hash_messages(self, messages: Sequence[Mapping[str, Any]]) -> str:
         return self.hash_text(canonical_json(messages))

@@ -18,6 +18,7 @@ from tokenmeter.catalog import CatalogError, ModelCatalog
 from tokenmeter.instrumentation.billing import LocalCountPolicy
 from tokenmeter.instrumentation.content_hash import ContentHasher
 from tokenmeter.instrumentation.exit_hooks import install_exit_hooks
+from tokenmeter.instrumentation.feedback import rating_sink, use_rating_sink
 from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
 from tokenmeter.instrumentation.metering import Metering, MeteringOptions
@@ -104,6 +105,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
       tracer_provider, meter_provider: as for any OTel instrumentor. When a meter
         provider is given, the usage counters use it too (configure its readers'
         cardinality limits yourself); otherwise they get their own pipeline.
+      logger_provider: where ratings (`tokenmeter.feedback`) go; otherwise the global
+        one if configured, else a pipeline of their own from OTEL_LOGS_EXPORTER.
       settings: a `Settings` to use instead of the environment.
       registry: a `TokenizerRegistry` to count with (tests, preloaded registries).
     """
@@ -121,8 +124,10 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         settings: Settings = kwargs.get("settings") or get_settings()
-        outputs = TelemetryOutputs.open(settings, kwargs.get("tracer_provider"), kwargs.get("meter_provider"), VERSION)
+        outputs = TelemetryOutputs.open(settings, kwargs.get("tracer_provider"), kwargs.get("meter_provider"), VERSION,
+                                        kwargs.get("logger_provider"))  # fmt: skip
         self._outputs = outputs
+        use_rating_sink(rating_sink(outputs.rating_log, settings))
         metering = _metering(settings, outputs, kwargs.get("registry"), self._finalizer)
         type(self)._quota = _quota_gate(settings, outputs.instruments)  # on the class: quota_client() reads it there
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota)
@@ -149,6 +154,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if outputs is not None:
             outputs.stop_usage_flush()
         self.flush()  # first: the finisher releases reservations through the quota client
+        use_rating_sink(None)
         self._outputs = None  # the host may shut its providers down now; the exit hook must not flush them
         if self._quota is not None:
             self._quota.client.close()
@@ -157,7 +163,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             outputs.shutdown()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Finish pending calls, then export their spans and the usage counters now."""
+        """Finish pending calls, then export their spans, the usage counters and the ratings now."""
         done = self._finalizer.flush(timeout_s)
         providers = self._outputs.providers() if self._outputs is not None else []
         return flush_providers(providers, timeout_s) and done

@@ -28,7 +28,7 @@ def request_attributes(
     who: Attribution,
     hop: bool,
 ) -> AttributeMap:
-    """What the span starts with: the operation, the request's model and parameters, the server, who."""
+    """What the span starts with: the operation, the request's model and parameters, the server, who, which answer."""
     server_address, server_port = server
     attributes: AttributeMap = {
         semconv.GEN_AI_OPERATION_NAME: operation,
@@ -42,6 +42,8 @@ def request_attributes(
     put(attributes, semconv.GEN_AI_REQUEST_TEMPERATURE, _number(kwargs, "temperature"))
     put(attributes, semconv.GEN_AI_REQUEST_TOP_P, _number(kwargs, "top_p"))
     attributes.update(attribution_attributes(who))
+    # The answer this call helps produce: on the span only, never on the counters (one series per answer).
+    put(attributes, semconv.TM_MESSAGE_ID, who.message)
     if hop:
         attributes[semconv.TM_HOP] = True
     return attributes

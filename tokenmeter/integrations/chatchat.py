@@ -9,7 +9,11 @@ Registered as the ``tokenmeter_chatchat`` OpenTelemetry instrumentor (active onl
   response starts; and the chat routes' quota pre-check
   (:mod:`tokenmeter.integrations.chatchat_quota`): 429 on deny for streamed answers too,
   retrieval-only knowledge-base and file answers on degrade, and the quota notices in the
-  answers the WebUI shows (:mod:`tokenmeter.integrations.chatchat_notices`);
+  answers the WebUI shows (:mod:`tokenmeter.integrations.chatchat_notices`); and the observer
+  of ``POST /chat/feedback`` that records each rating Chatchat accepts
+  (:mod:`tokenmeter.integrations.chatchat_feedback`);
+- wraps ``add_message_to_db`` in Chatchat's chat routes: the message id Chatchat gives an
+  answer goes on the answer's calls (``tokenmeter.message.id``), so its rating joins them;
 - makes Chatchat's own API address a hop (:mod:`tokenmeter.instrumentation.hop_servers`):
   agent chat calls Chatchat's ``/v1`` on loopback, which calls the model platform; only
   that second call is billed, attributed through the baggage the first one carries;
@@ -41,6 +45,7 @@ from tokenmeter.integrations.chatchat_launcher import STARTUP_MODULE, make_stops
 logger = logging.getLogger(__name__)
 
 SERVER_APP_MODULE: Final = "chatchat.server.api_server.server_app"
+CHAT_ROUTES_MODULE: Final = "chatchat.server.api_server.chat_routes"
 UTILS_MODULE: Final = "chatchat.server.utils"
 _MARK: Final = "_tokenmeter_identity_added"
 _SITE: Final = "Chatchat integration"
@@ -50,11 +55,14 @@ def add_identity_middleware(app: Any) -> None:
     """Add the identity middleware and the routes' quota pre-check to a FastAPI app once (before it starts)."""
     from tokenmeter.instrumentation.asgi import IdentityMiddleware
     from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
+    from tokenmeter.integrations.chatchat_feedback import ChatchatFeedbackObserver
     from tokenmeter.integrations.chatchat_quota import ChatchatQuotaPrecheck
 
     if getattr(app, _MARK, False):
         return
-    # add_middleware puts the newest outermost: identity first, then the pre-check that needs the user.
+    # add_middleware puts the newest outermost: identity first, then the pre-check and the
+    # ratings' observer, which need the user.
+    app.add_middleware(ChatchatFeedbackObserver)
     app.add_middleware(ChatchatQuotaPrecheck, client=TokenmeterInstrumentor.quota_client,
                        default_model=_default_llm, notice_languages=_notice_languages())  # fmt: skip
     app.add_middleware(IdentityMiddleware)
@@ -105,6 +113,13 @@ def _create_app(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ..
     return app
 
 
+def _on_chat_routes(module: Any) -> None:
+    from tokenmeter.integrations.chatchat_feedback import bind_message_id
+
+    with contained(_SITE):  # on failure answers are metered as before, without their message id
+        wrapt.wrap_function_wrapper(module, "add_message_to_db", bind_message_id)
+
+
 def _on_utils(module: Any) -> None:
     with contained(_SITE):
         wrapt.wrap_function_wrapper(module, "run_in_thread_pool", _run_in_thread_pool)
@@ -137,6 +152,7 @@ class ChatchatInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         type(self)._hooked = True
         wrapt.register_post_import_hook(_on_server_app, SERVER_APP_MODULE)
+        wrapt.register_post_import_hook(_on_chat_routes, CHAT_ROUTES_MODULE)
         wrapt.register_post_import_hook(_on_utils, UTILS_MODULE)
         wrapt.register_post_import_hook(make_stops_graceful, STARTUP_MODULE)
 

@@ -14,6 +14,9 @@
 - Credits (docs/credits.md), with the API token: top-up requests and their approval (and a person,
   :mod:`tokenmeter.serve.credit_routes`), the wallets' standing (``GET /v1/credits/wallets``), a
   department's monthly statement (``GET /v1/credits/statement``).
+- Ratings and the model comparison (docs/compare.md), with the API token: ``POST /v1/feedback`` records a
+  rating as one OTLP log record through the receiver's ingest queue (:mod:`tokenmeter.serve.feedback_routes`);
+  ``GET /v1/compare`` answers ``tokenmeter compare --format json`` (:mod:`tokenmeter.serve.compare_routes`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from tokenmeter.collector.ingest_queue import IngestQueue
 from tokenmeter.enforcer.check_path import CheckPath
 from tokenmeter.enforcer.http_api import enforcer_routes, guarded
 from tokenmeter.enforcer.quota_service import EnforcerService
+from tokenmeter.serve.compare_routes import compare_routes
 from tokenmeter.serve.credit_routes import credit_routes
+from tokenmeter.serve.feedback_routes import feedback_routes
 from tokenmeter.serve.statement_routes import statement_routes
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
@@ -74,6 +79,8 @@ def api_app(
             *credit_routes(reader, api_guard, enforcer),  # top-up requests: the API token and a person
             *wallet_routes(reader, api_guard, enforcer),
             *statement_routes(reader, api_guard, enforcer, store_display),
+            *compare_routes(reader, api_guard, store_display),  # models by cost and rating (docs/compare.md)
+            *feedback_routes(queue, api_guard),  # ratings in, through the ingest queue
         ]
     )
     return CheckPath(app, enforcer, any_bearer, ENFORCER_TOKEN_HINT)

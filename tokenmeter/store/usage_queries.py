@@ -46,6 +46,8 @@ REFUSED_SERIES: Final = (
     + ",".join(f"'{name}'" for name in REFUSED_ERROR_TYPES)
     + "))"
 )
+# A call that ran (llm_usage): a refused call has a span and a row, but no model answered it.
+CALL_RAN: Final = "error_type NOT IN (" + ",".join(f"'{name}'" for name in REFUSED_ERROR_TYPES) + ")"
 
 
 @dataclass(frozen=True)

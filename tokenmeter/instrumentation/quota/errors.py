@@ -56,6 +56,8 @@ class QuotaVerdict:
     reservation_id: str | None = None
     fail_open: bool = False  # the enforcer did not answer; the call went ahead
     lease_id: str | None = None  # decided in the app from a lease (instrumentation/quota/leases.py)
+    experiment: str | None = None  # the policy's experiment the call is in (docs/experiments.md)
+    experiment_arm: str | None = None  # control | candidate; in the candidate arm effective_model is the candidate
 
     @classmethod
     def from_document(cls, document: DecisionDocument, fallback_model: str) -> QuotaVerdict:

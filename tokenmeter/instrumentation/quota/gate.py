@@ -7,6 +7,9 @@ After the call's span has started and before the SDK sends the request:
   has not started yet);
 - ``downgrade``: the request's model is replaced by the cheaper one; the span records
   requested and effective model (``gen_ai.request.model`` is what was sent);
+- a call in an experiment (docs/experiments.md) goes ahead as its decision says, and its span
+  names the experiment and the arm; in the candidate arm the request's model is replaced by the
+  candidate, as a downgrade replaces it;
 - ``degrade`` / ``deny``: :class:`~tokenmeter.instrumentation.quota.errors.QuotaDegraded` /
   :class:`~tokenmeter.instrumentation.quota.errors.QuotaExceeded` are raised instead of calling (an
   embeddings call goes ahead on ``degrade``: retrieval-only answers need it);
@@ -158,17 +161,7 @@ class QuotaGate:
 
     def _apply(self, call: LLMCall, kwargs: dict[str, Any], verdict: QuotaVerdict) -> dict[str, Any]:
         span = call.span
-        attributes: dict[str, Any] = {
-            semconv.TM_QUOTA_DECISION: verdict.action,
-            semconv.TM_REQUESTED_MODEL: verdict.requested_model,
-            semconv.TM_EFFECTIVE_MODEL: verdict.effective_model,
-        }
-        if verdict.budget:
-            attributes[semconv.TM_QUOTA_BUDGET] = verdict.budget
-            attributes[semconv.TM_QUOTA_RATIO] = verdict.ratio
-        if verdict.action == semconv.QUOTA_UNAVAILABLE:
-            attributes[semconv.TM_QUOTA_FAIL_OPEN] = verdict.fail_open
-        span.set_attributes(attributes)
+        span.set_attributes(_verdict_attributes(verdict))
         self._instruments.quota_decisions.add(
             1, {semconv.TM_QUOTA_DECISION: verdict.action, semconv.TM_QUOTA_FAIL_OPEN: verdict.fail_open}
         )
@@ -179,12 +172,31 @@ class QuotaGate:
             _tell(call, verdict)
         if error is not None:
             raise error
-        if verdict.action == "downgrade" and verdict.effective_model != call.request_model:
+        swapped = verdict.action == "downgrade" or verdict.experiment_arm == semconv.ARM_CANDIDATE
+        if swapped and verdict.effective_model != call.request_model:
             call.request_model = verdict.effective_model
             span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, verdict.effective_model)
             span.update_name(f"{call.operation} {verdict.effective_model}")
             return {**kwargs, "model": verdict.effective_model}
         return kwargs
+
+
+def _verdict_attributes(verdict: QuotaVerdict) -> dict[str, Any]:
+    """The span attributes of a verdict: the decision, the models, the budget, and the experiment arm."""
+    attributes: dict[str, Any] = {
+        semconv.TM_QUOTA_DECISION: verdict.action,
+        semconv.TM_REQUESTED_MODEL: verdict.requested_model,
+        semconv.TM_EFFECTIVE_MODEL: verdict.effective_model,
+    }
+    if verdict.budget:
+        attributes[semconv.TM_QUOTA_BUDGET] = verdict.budget
+        attributes[semconv.TM_QUOTA_RATIO] = verdict.ratio
+    if verdict.action == semconv.QUOTA_UNAVAILABLE:
+        attributes[semconv.TM_QUOTA_FAIL_OPEN] = verdict.fail_open
+    if verdict.experiment and verdict.experiment_arm:
+        attributes[semconv.TM_EXPERIMENT] = verdict.experiment
+        attributes[semconv.TM_EXPERIMENT_ARM] = verdict.experiment_arm
+    return attributes
 
 
 def _tell(call: LLMCall, verdict: QuotaVerdict) -> None:

@@ -173,12 +173,13 @@ function heading(name) {
 
 export function table(container, data, panel) {
   const units = panel.columns || {};
-  const currencyAt = data.columns.findIndex((c) => c.name === "currency");
+  // Money in a row's currency: a `currency` column ("CNY") or a `currency_kind` one ("CNY (virtual)", "unpriced").
+  const currencyAt = data.columns.findIndex((c) => c.name === "currency" || c.name === "currency_kind");
   const head = el("tr", {}, ...data.columns.map((c) => el("th", {
     class: /Int|Float|Decimal/.test(c.type) ? "num" : "", text: heading(c.name) })));
   const body = el("tbody");
   for (const row of data.rows) {
-    const currency = currencyAt >= 0 ? row[currencyAt] : undefined;
+    const currency = currencyAt >= 0 && row[currencyAt] ? fmt.currencyOfLabel(row[currencyAt]) : undefined;
     body.append(el("tr", {}, ...data.columns.map((c, index) => {
       const numeric = /Int|Float|Decimal/.test(c.type) && units[c.name] !== "datetime";
       const td = el("td", { class: numeric ? "num" : "", "data-column": c.name, text: fmt.cell(row[index], units[c.name], currency) });
