@@ -195,6 +195,11 @@ def enforcer_client_token(settings: Settings) -> str | None:
         return None
 
 
+def hash_key_bytes(settings: Settings) -> bytes | None:
+    """TOKENMETER_HASH_KEY as the bytes prompts and rating reasons are hashed under; None when unset."""
+    return settings.hash_key.get_secret_value().encode() if settings.hash_key else None
+
+
 def capture_message_content() -> bool:
     """The OTel GenAI opt-in for recording prompt and completion text."""
     value = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")

@@ -31,7 +31,7 @@ from tokenmeter.instrumentation.attribute_maps import AttributeMap, put
 from tokenmeter.instrumentation.attribution import Attribution, current_attribution, sanitize
 from tokenmeter.instrumentation.content_hash import ContentHasher
 from tokenmeter.instrumentation.safety import contained
-from tokenmeter.settings import Settings, capture_message_content, get_settings
+from tokenmeter.settings import Settings, capture_message_content, get_settings, hash_key_bytes
 
 if TYPE_CHECKING:  # imported when first needed: `import tokenmeter` stays light
     from tokenmeter.instrumentation.telemetry_outputs import RatingLog
@@ -52,8 +52,7 @@ class RatingSink:
 
 def rating_sink(log: RatingLog, settings: Settings) -> RatingSink:
     """A sink on ``log`` that hashes reasons with the settings' TOKENMETER_HASH_KEY, as prompts are."""
-    key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
-    return RatingSink(log, ContentHasher(key), capture_message_content())
+    return RatingSink(log, ContentHasher(hash_key_bytes(settings)), capture_message_content())
 
 
 class _ProcessSinks:

@@ -28,7 +28,13 @@ from tokenmeter.instrumentation.quota.gate import QuotaGate
 from tokenmeter.instrumentation.safety import contained, logger
 from tokenmeter.instrumentation.telemetry_outputs import TelemetryOutputs, flush_providers
 from tokenmeter.instrumentation.usage_metrics import Instruments
-from tokenmeter.settings import Settings, capture_message_content, enforcer_client_token, get_settings
+from tokenmeter.settings import (
+    Settings,
+    capture_message_content,
+    enforcer_client_token,
+    get_settings,
+    hash_key_bytes,
+)
 from tokenmeter.tokenizers import TokenizerRegistry
 
 VERSION = "0.1.0"
@@ -81,13 +87,12 @@ def _metering(
     registry = given_registry or TokenizerRegistry(catalog, allow_download=settings.allow_download)
     if settings.preload_models:
         registry.preload(settings.preload_models)
-    key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
     return Metering(
         tracer=outputs.tracer,
         instruments=outputs.instruments,
         catalog=catalog,
         registry=registry,
-        hasher=ContentHasher(key),
+        hasher=ContentHasher(hash_key_bytes(settings)),
         finalizer=finalizer,
         usage_recorded=outputs.usage_flusher.notify if outputs.usage_flusher is not None else None,
         options=MeteringOptions(

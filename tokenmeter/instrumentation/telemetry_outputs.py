@@ -21,7 +21,13 @@ from opentelemetry.trace import Tracer, TracerProvider
 from tokenmeter import semconv
 from tokenmeter.instrumentation.safety import never_raises, warn_once
 from tokenmeter.instrumentation.usage_flush import UsageFlusher, usage_flusher
-from tokenmeter.instrumentation.usage_metrics import AccountingPipeline, Instruments, create_instruments, meter_from
+from tokenmeter.instrumentation.usage_metrics import (
+    AccountingPipeline,
+    Instruments,
+    create_instruments,
+    exporter_classes_from_environment,
+    meter_from,
+)
 from tokenmeter.settings import Settings
 
 
@@ -153,13 +159,11 @@ def _warn_if_it_exports_nothing(provider: Any) -> None:
 def own_logger_provider() -> Any:
     """A logger provider with the exporters OTEL_LOGS_EXPORTER names, built as the SDK's configurator does;
     None (said once) when it names none."""
-    from opentelemetry.sdk._configuration import _get_exporter_names, _import_exporters
     from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
-    names = _get_exporter_names("logs")
-    exporters = _import_exporters([], [], names)[2] if names else {}
+    exporters = exporter_classes_from_environment("logs")
     if not exporters:
         warn_once("ratings-no-exporter", "tokenmeter: no OTel logger provider is configured and "
                   "OTEL_LOGS_EXPORTER names no log exporter: ratings (tokenmeter.feedback) are dropped. "
@@ -167,7 +171,7 @@ def own_logger_provider() -> Any:
         return None
     # Flushed by tokenmeter's own exit hooks (at exit and on SIGTERM) and shut down with the outputs.
     provider = SdkLoggerProvider(resource=Resource.create(), shutdown_on_exit=False)
-    for exporter_class in exporters.values():
+    for exporter_class in exporters:
         provider.add_log_record_processor(BatchLogRecordProcessor(exporter_class()))
     return provider
 

@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
@@ -117,18 +117,25 @@ def cardinality_limits(limit: int) -> dict[type, int]:
     return {SdkCounter: limit, SdkHistogram: limit}
 
 
-def _exporters_from_environment() -> list[object]:
-    """The metric exporters OTEL_METRICS_EXPORTER names, built the way the SDK's configurator does."""
+def exporter_classes_from_environment(signal: Literal["metrics", "logs"]) -> list[type]:
+    """The exporter classes OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER names, found the way the SDK's
+    configurator finds them (entry points); empty when it names none."""
     try:
         from opentelemetry.sdk._configuration import _get_exporter_names, _import_exporters
     except ImportError:  # pragma: no cover - very old SDKs
         return []
-    names = _get_exporter_names("metrics")
+    names = _get_exporter_names(signal)
     if not names:
         return []
-    _, metric_exporters, _ = _import_exporters([], names, [])
+    metrics = signal == "metrics"
+    _, metric_exporters, log_exporters = _import_exporters([], names if metrics else [], [] if metrics else names)
+    return list((metric_exporters if metrics else log_exporters).values())
+
+
+def _exporters_from_environment() -> list[object]:
+    """The metric exporters OTEL_METRICS_EXPORTER names, built the way the SDK's configurator does."""
     exporters: list[object] = []
-    for exporter_class in metric_exporters.values():
+    for exporter_class in exporter_classes_from_environment("metrics"):
         try:
             exporters.append(exporter_class(preferred_temporality=_cumulative_temporality()))
         except TypeError:

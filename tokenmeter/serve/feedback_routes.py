@@ -36,7 +36,7 @@ from tokenmeter.collector.ingest_queue import IngestQueue, QueueClosedError, Que
 from tokenmeter.collector.limits import RETRY_AFTER_SECONDS
 from tokenmeter.collector.payloads import Signal, to_payload
 from tokenmeter.log_once import LogOnce
-from tokenmeter.settings import capture_message_content, get_settings
+from tokenmeter.settings import capture_message_content, get_settings, hash_key_bytes
 from tokenmeter.text_digest import text_digest
 from tokenmeter.web.routes import Handler
 
@@ -89,9 +89,7 @@ class FeedbackBody(BaseModel):
 
 
 def feedback_routes(queue: IngestQueue, guard: Callable[[Handler], Handler]) -> list[Route]:
-    settings = get_settings()
-    key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
-    endpoint = FeedbackEndpoint(queue, key, capture_message_content())
+    endpoint = FeedbackEndpoint(queue, hash_key_bytes(get_settings()), capture_message_content())
     return [Route("/v1/feedback", guard(endpoint.feedback), methods=["POST"])]
 
 
