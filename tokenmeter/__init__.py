@@ -7,6 +7,8 @@ App-side API (light imports only):
     with tokenmeter.attribution(user="alice", department="finance"):
         client.chat.completions.create(...)
     tokenmeter.feedback(80, message_id="m-1")     # a user's rating of an answer (0 to 100)
+    with tokenmeter.retrieval(len(docs), top_score=0.82):   # what a RAG app put in the prompt
+        client.chat.completions.create(...)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenmeter.attribution import Attribution, attribution, current_attribution
 from tokenmeter.feedback import feedback
+from tokenmeter.instrumentation.retrieval import retrieval
 from tokenmeter.quota_errors import QuotaDegraded, QuotaError, QuotaExceeded, QuotaUnavailable
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ __all__ = [
     "feedback",
     "flush",
     "instrument",
+    "retrieval",
     "uninstrument",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,20 @@ DECISIONS: Final = frozenset({"allow", "warn", "downgrade", "degrade", "deny"})
 _MAX_NAME = 1024  # longer user ids and model names are bad input, not a reason to run slow
 
 
+class RouteFeatures(BaseModel):
+    """What the app knows of a chat call's question before it is made, for the policy's routing rules
+    (docs/routing.md). Never the text: only what the app measured or classified locally."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    intent: str | None = Field(default=None, max_length=64)  # the app's intent classifier's label; None: unknown
+    question_chars: int = Field(default=0, ge=0, le=10**9)  # the last user message's length in characters
+    depth: int = Field(default=0, ge=0, le=10**6)  # user turns in the request (1: a first question)
+    passages: int | None = Field(default=None, ge=0, le=10**6)  # retrieved passages in the prompt; None: not reported
+    top_score: float | None = Field(default=None, allow_inf_nan=False)  # the best passage's score; None: not reported
+    app_route: str | None = Field(default=None, max_length=256)  # the app's HTTP route, e.g. /chat/kb_chat
+
+
 class CheckBody(BaseModel):
     """One call about to be made. Unknown fields are ignored (newer clients may send more)."""
 
@@ -40,6 +54,8 @@ class CheckBody(BaseModel):
     check_id: str | None = Field(default=None, min_length=1, max_length=64)
     # The client can decide calls locally from a lease (room held for several calls like this one).
     lease: bool = False
+    # A chat call's question features, for routing rules (None: the client sends none; no rule looks at them).
+    route: RouteFeatures | None = None
 
 
 class ReleaseBody(BaseModel):
@@ -103,6 +119,13 @@ class DecisionDocument(BaseModel):
     # arm effective_model is the candidate (unless a budget's downgrade routed it on). None: in none.
     experiment: str | None = None
     experiment_arm: str | None = None
+    # The policy's routing rule that chose the model and its tier (docs/routing.md); effective_model is the
+    # tier's model unless a budget's downgrade routed it on. None: no rule routed the call.
+    route_rule: str | None = None
+    route_tier: str | None = None
+    # The enforcer's routing document (GET /v1/routing: intents and classifier) by version; None: the policy
+    # has no routing. A client holding another version fetches it again.
+    routing_version: str | None = None
 
     @field_serializer("resets_at")
     def _iso(self, value: datetime | None) -> str | None:

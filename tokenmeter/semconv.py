@@ -123,6 +123,33 @@ TM_EXPERIMENT_ARM: Final = "tokenmeter.experiment.arm"
 ARM_CONTROL: Final = "control"
 ARM_CANDIDATE: Final = "candidate"
 
+# --- routing (docs/routing.md): what the app knew of the question, and the rule that chose the model ---
+# The policy's routing rule that chose the model (absent: no rule routed the call) and its tier.
+TM_ROUTE_RULE: Final = "tokenmeter.route.rule"
+TM_ROUTE_TIER: Final = "tokenmeter.route.tier"
+# The question's intent, as the app's intent classifier named it (rules or a trained classifier).
+TM_ROUTE_INTENT: Final = "tokenmeter.route.intent"
+# Length in characters of the question (the request's last user message) and the user turns in the request.
+TM_QUESTION_CHARS: Final = "tokenmeter.question.chars"
+TM_CONVERSATION_DEPTH: Final = "tokenmeter.conversation.depth"
+# Characters of text in all the request's messages: with the question's, the share of context in the input.
+TM_PROMPT_CHARS: Final = "tokenmeter.prompt.chars"
+# Retrieved passages and the best passage's score, where the app reports them (tokenmeter.retrieval()).
+TM_RETRIEVAL_PASSAGES: Final = "tokenmeter.retrieval.passages"
+TM_RETRIEVAL_TOP_SCORE: Final = "tokenmeter.retrieval.top_score"
+# The app's HTTP route serving the request that made the call (e.g. /chat/kb_chat).
+TM_APP_ROUTE: Final = "tokenmeter.app.route"
+# A stream the caller stopped reading (closed or dropped) before its last chunk.
+TM_STREAM_INCOMPLETE: Final = "tokenmeter.stream.incomplete"
+
+# --- the repeat-answer cache (docs/answer-cache.md) ---------------------------------
+# True: the answer came from the cache, no LLM call was made (billed tokens 0, cost 0).
+TM_CACHE_HIT: Final = "tokenmeter.cache.hit"
+# What the cached call cost when it was made: saved by this hit (cost in tokenmeter.cost.currency).
+TM_CACHE_SAVED_INPUT_TOKENS: Final = "tokenmeter.cache.saved.input_tokens"
+TM_CACHE_SAVED_OUTPUT_TOKENS: Final = "tokenmeter.cache.saved.output_tokens"
+TM_CACHE_SAVED_COST: Final = "tokenmeter.cache.saved.cost"
+
 # --- ratings: one OTel log record (event) per rating of an answer -------------------
 EVENT_FEEDBACK: Final = "tokenmeter.feedback"
 # Also set as an attribute: log pipelines that drop the record's event name keep it.

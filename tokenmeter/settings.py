@@ -48,7 +48,18 @@ def default_api_token_file() -> Path:
     return default_data_dir() / "api-token"
 
 
-class Settings(BaseSettings):
+class AnswerCacheSettings(BaseSettings):
+    """The repeat-answer cache's fields of `Settings` (docs/answer-cache.md), kept apart to keep that class short."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
+    # Off unless set: "memory", or a directory ("dir:/path" or an absolute path). Needs hash_key (answers are
+    # encrypted under a key derived from it) and the answer-cache extra.
+    answer_cache: str | None = None
+    answer_cache_ttl: float = Field(default=3600.0, gt=0)  # seconds an answer is reused
+    answer_cache_max_entries: int = Field(default=10_000, ge=1)
+
+
+class Settings(AnswerCacheSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
 
     # Store and services (used by later components; named here so the table is whole).

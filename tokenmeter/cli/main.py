@@ -10,6 +10,7 @@
     tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
     tokenmeter compare [--period 2026-11] [--app A] [--models a,b] [--experiment NAME] [--format table|json|csv]
+    tokenmeter routing train LABELLED.csv --out intents.json | classify --policy FILE "question" | check --policy FILE
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
     tokenmeter demo [--dir .tokenmeter-demo]
     tokenmeter demo-traffic --otlp-endpoint URL --enforcer-url URL [--rounds N]
@@ -20,7 +21,7 @@ a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
 messages, broken catalog, bad arguments, a bad store URL).
 
 Each command's parser and run live in its own module (``count``, ``db``, ``serve``, ``report``,
-``quota``, ``demo``, ``tiktoken_cache``); here the parser is put together and errors become exit codes.
+``quota``, ``routing``, ``demo``, ``tiktoken_cache``); here the parser is put together and errors become exit codes.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tokenmeter.cli.demo import add_demo_parsers
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from tokenmeter.cli.input_error import InputError
 from tokenmeter.cli.quota import add_quota_parsers
+from tokenmeter.cli.routing import add_routing_parser
 from tokenmeter.cli.serve import add_serve_parser
 from tokenmeter.cli.statement import add_statement_parser
 from tokenmeter.cli.tiktoken_cache import add_tiktoken_cache_parser
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(commands)
     add_statement_parser(commands)
     add_compare_parser(commands)
+    add_routing_parser(commands)
     add_quota_parsers(commands)
     add_credits_parsers(commands)
     add_demo_parsers(commands)

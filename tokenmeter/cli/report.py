@@ -65,9 +65,8 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         ),
     )
     report.add_argument("--by", choices=DIMENSIONS, default="department", help="group by (default department)")
-    report.add_argument(
-        "--period", choices=PERIODS, default="month", help="day, ISO week, month or year (default month)"
-    )
+    report.add_argument("--period", metavar="PERIOD", help="day, week, month or year (default month); with --waste a "
+                        "month 2026-11, a day, an ISO week 2026-W45 or a year")  # fmt: skip
     report.add_argument("--at", metavar="YYYY-MM-DD", help="any day in the period (default today, UTC)")
     report.add_argument("--subject", metavar="NAME", help="only this department / user / model / app ('' = none)")
     report.add_argument("--format", choices=FORMATS, default="table", help="output (default table)")
@@ -75,10 +74,23 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     report.add_argument(
         "--api", metavar="URL", help="ask this `tokenmeter serve` API instead of the store (e.g. http://127.0.0.1:9400)"
     )
+    from tokenmeter.cli.waste import add_waste_options  # it builds on this module's ReportError and ServeApi
+
+    add_waste_options(report)
 
 
 def run_report(args: argparse.Namespace, stdout: TextIO) -> int:
     """Print the report; 0 ok, 1 the store or API could not answer, 2 bad input. Errors: one line on stderr."""
+    from tokenmeter.cli.waste import run_waste, waste_only_option
+
+    if args.waste:
+        return run_waste(args, stdout)
+    if waste_only_option(args) is not None:
+        return _fail(f"{waste_only_option(args)} is the waste report's: add --waste", EXIT_BAD_INPUT)
+    args.period = args.period or "month"
+    if args.period not in PERIODS:
+        return _fail(f"--period: {args.period!r} is not one of {', '.join(PERIODS)} (other periods: with --waste)",
+                     EXIT_BAD_INPUT)  # fmt: skip
     try:
         at = parse_day(args.at)
         report, source = _fetch(args, at)

@@ -149,9 +149,22 @@ class Endpoints:
     otlp_token: str | None = None
 
 
+def _demo_settings(endpoints: Endpoints, hash_key: str, answer_cache: str | None) -> Any:
+    from tokenmeter.settings import Settings
+
+    # propagate="loopback": the demo's own model server counts per user from the baggage (by default only hops get it).
+    # local_count="always": every call is also counted locally, so the drift panel has rows on every run (the
+    # default samples 10 % of calls by trace id, and a small demo could draw none).
+    # answer_cache="memory" by default: the demo shows what the repeat-answer cache saves.
+    return Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key,
+                    propagate="loopback", local_count="always", answer_cache=answer_cache)  # fmt: skip
+
+
 @contextmanager
-def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 1000) -> Iterator[Any]:
-    """tokenmeter's instrumentation in this process, exporting over OTLP/HTTP and asking the enforcer."""
+def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 1000,
+                 answer_cache: str | None = "memory") -> Iterator[Any]:  # fmt: skip
+    """tokenmeter's instrumentation in this process, exporting over OTLP/HTTP and asking the enforcer;
+    ``answer_cache``: the repeat-answer cache's place (docs/answer-cache.md), None: off."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -163,7 +176,6 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
 
     from tokenmeter.catalog import ModelCatalog
     from tokenmeter.instrumentation.instrumentor import TokenmeterInstrumentor
-    from tokenmeter.settings import Settings
     from tokenmeter.tokenizers import TokenizerRegistry
 
     headers = {"authorization": f"Bearer {endpoints.otlp_token}"} if endpoints.otlp_token else None
@@ -179,12 +191,8 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_ms)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     instrumentor = TokenmeterInstrumentor()
-    # propagate="loopback": the demo's own model server counts per user from the baggage (by default only hops get it).
-    # local_count="always": every call is also counted locally, so the drift panel has rows on every run (the
-    # default samples 10 % of calls by trace id, and a small demo could draw none).
-    settings = Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key,
-                        propagate="loopback", local_count="always")  # fmt: skip
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            settings=_demo_settings(endpoints, hash_key, answer_cache),
                             registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
     try:
         yield spans
@@ -199,7 +207,9 @@ def make_call(client: Any, call: Call) -> str:
     import tokenmeter
 
     person = call.person
-    with tokenmeter.attribution(user=person.user, department=person.department, app=person.app):
+    retrieved = 3  # passages in the prompt (workload.plan)
+    with tokenmeter.attribution(user=person.user, department=person.department, app=person.app), \
+            tokenmeter.retrieval(retrieved, top_score=call.top_score):  # fmt: skip
         try:
             if call.embed_first:
                 client.embeddings.create(model=EMBEDDING_MODEL, input=call.messages[-1]["content"])
@@ -261,11 +271,11 @@ def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = D
     llm = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None)), SILENT_MODELS).start()
     try:
         _backfill_history(serve, llm, scale, console)
-        reports, outcomes = _run_and_report(serve, llm, scale, console)
+        reports, outcomes, cache_hits = _run_and_report(serve, llm, scale, console)
     finally:
         serve.stop()
         llm.stop()
-    if not _check(serve, reports, outcomes, llm, console):
+    if not _check(serve, reports, outcomes, cache_hits=cache_hits, llm=llm, console=console):
         return 1
     _print_next_steps(console, serve, time.monotonic() - started)
     if screenshot is not None:
@@ -373,8 +383,10 @@ def _backfill_history(serve: ServeProcess, llm: DemoLLMServer, scale: float, con
 
 
 def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float,
-                    console: Any) -> tuple[dict[str, Any], Counter[str]]:  # fmt: skip
-    from tokenmeter.demo import summary
+                    console: Any) -> tuple[dict[str, Any], Counter[str], Counter[str]]:  # fmt: skip
+    """The reports, the users' outcomes, and the answers the cache gave per requested model."""
+    from tokenmeter.catalog import ModelCatalog
+    from tokenmeter.demo import savings, summary
     from tokenmeter.reporting import render_table
 
     calls = plan(scale=scale)
@@ -391,11 +403,13 @@ def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float,
         render_table(report, console)
     summary.render_budgets(console, summary.fetch_budgets(serve.info["api"], token))
     summary.render_decisions(console, summary.decisions(spans), outcomes)
-    return reports, outcomes
+    found = savings.savings(spans, ModelCatalog.load(None))
+    savings.render_savings(console, found)
+    return reports, outcomes, found.cache_hits
 
 
-def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str], llm: DemoLLMServer,
-           console: Any) -> bool:  # fmt: skip
+def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str], *, cache_hits: Counter[str],
+           llm: DemoLLMServer, console: Any) -> bool:  # fmt: skip
     from tokenmeter.demo import summary
     from tokenmeter.store import open_store
 
@@ -408,8 +422,9 @@ def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str],
         client.close()
     problems = summary.compare("user", summary.tokens_by_subject(reports["user"]), stored)
     problems += summary.compare("model", summary.tokens_by_subject(reports["model"]), dict(llm.tokens_by_model))
+    answered = Counter(llm.calls_by_model) + cache_hits  # an answer from the cache is a call, with 0 tokens
     problems += summary.compare("calls sent, model", summary.sent_calls_by_subject(reports["model"]),
-                                dict(llm.calls_by_model))  # fmt: skip
+                                dict(answered))  # fmt: skip
     refused = {"all": outcomes["denied"] + outcomes["degraded"]}
     problems += summary.compare("calls refused", {"all": reports["user"].totals.refused_calls}, refused)
     if problems:
@@ -420,7 +435,10 @@ def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str],
     total = reports["user"].totals.tokens
     console.print(f"     tokens per user in the report = the stored counters, per user ({total:,} tokens in all)")
     console.print("     tokens per model in the report = what the LLM server counted and served, per model")
-    console.print("     calls sent per model in the report = the calls the LLM server answered, per model")
+    console.print(
+        "     calls sent per model in the report = the calls the LLM server answered, per model "
+        "(+ the answers from the cache)"
+    )
     console.print(f"     calls refused in the report = the user turns a quota refused ({refused['all']:,})")
     console.print(f"     quota_events: {', '.join(f'{count} {event}' for event, count in events) or 'none'}")
     return True

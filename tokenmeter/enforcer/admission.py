@@ -26,11 +26,13 @@ from tokenmeter.enforcer.decision import (
     UsageSnapshot,
     budget_usages,
     decide_and_lease,
+    used_shares,
 )
 from tokenmeter.enforcer.ledger import ReservationLedger
 from tokenmeter.enforcer.policy import Policy
 from tokenmeter.enforcer.replicas.shared_headroom import Growth, SharedHeadroom, WithOthers
 from tokenmeter.enforcer.usage_in_force import UsageInForce, UsageView
+from tokenmeter.quota_wire import CheckBody
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -174,6 +176,14 @@ class Enforcer:
                 lowering = self.headroom.lowering(lease_key, state.policy, state.snapshot, state.local, state.now)
             if lowering is not None:
                 self.headroom.lower(lowering)
+
+    def shares_used(self, body: CheckBody) -> dict[str, float]:
+        """Each budget that applies to a call like ``body`` -> its used share now (with what is reserved)."""
+        request = CheckRequest(body.user, body.department, body.app, body.model, body.input_tokens, 0)
+        with self._lock:
+            state = self.usage.view()
+            held = state.local if self.headroom is None else self.headroom.held(state.local)
+            return used_shares(state.policy, state.snapshot, held, request, state.now)
 
     def budget_states(self) -> list[BudgetUsage]:
         """Used (store), reserved (ledger), limit and ratio per (budget, subject) in the current period."""

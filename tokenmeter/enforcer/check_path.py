@@ -85,8 +85,10 @@ class CheckPath:
             answer = await run_in_threadpool(service.decide, prepared)
         assert answer is not None
         lease = answer.lease_terms(service.options.lease_seconds)
-        document = decision_document(answer.decision, answer.reservation_id, timezone=service.enforcer.policy.timezone,
-                                     stale=answer.stale, lease=lease)  # fmt: skip
+        policy = service.enforcer.policy
+        routing_version = None if policy.routing is None else policy.routing_document["version"]
+        document = decision_document(answer.decision, answer.reservation_id, timezone=policy.timezone,
+                                     stale=answer.stale, lease=lease, routing_version=routing_version)  # fmt: skip
         return 200, to_json(document)
 
     async def _release(self, raw: bytes, _started: float) -> tuple[int, bytes]:

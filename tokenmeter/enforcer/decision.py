@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 from tokenmeter.calendar_periods import calendar_period, midnight
 from tokenmeter.enforcer.experiment_policy import ExperimentArm
 from tokenmeter.enforcer.policy import Budget, Limit, Period, Policy
+from tokenmeter.routing.rules import RouteChoice
 
 DecisionKind = Literal["allow", "warn", "downgrade", "degrade", "deny"]
 _SEVERITY: Final[dict[str, int]] = {"allow": 0, "warn": 1, "downgrade": 2, "degrade": 3, "deny": 4}
@@ -122,6 +123,8 @@ class CheckRequest:
     # The call's experiment arm (policy ``experiments:``); ``model`` is then the arm's model (the candidate's
     # in the candidate arm), so budgets and estimates are judged on the model that will run.
     experiment: ExperimentArm | None = None
+    # The routing rule that chose ``model`` (policy ``routing:``); None: no rule routed the call.
+    route: RouteChoice | None = None
 
     @property
     def estimated_tokens(self) -> int:
@@ -130,6 +133,8 @@ class CheckRequest:
     @property
     def requested_model(self) -> str:
         """The model the app asked for."""
+        if self.route is not None:
+            return self.route.requested_model
         return self.model if self.experiment is None else self.experiment.requested_model
 
 
@@ -153,6 +158,7 @@ class Decision:
     resets_at: datetime | None = None
     reason: str = ""
     experiment: ExperimentArm | None = None  # the call's experiment and arm (not a quota action)
+    route: RouteChoice | None = None  # the routing rule that chose the model (not a quota action)
 
 
 class _BudgetState(NamedTuple):  # a tuple: built for every budget of every check
@@ -233,10 +239,19 @@ def _states(
     return states
 
 
+def used_shares(policy: Policy, snapshot: UsageSnapshot, reservations: Mapping[UsageKey, Usage],
+                request: CheckRequest, now: datetime) -> dict[str, float]:  # fmt: skip
+    """Each budget that applies to the call (on its model) -> its used share (routing's ``budget_left``)."""
+    return {state.budget.name: state.ratio
+            for state in _states(policy, snapshot, reservations, request, model=request.model, now=now)}  # fmt: skip
+
+
 def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _BudgetState | None,
               reason: str, *, threshold: float | None = None) -> Decision:  # fmt: skip
     if state is None:
-        return Decision(action, request.requested_model, model, reason=reason, experiment=request.experiment)
+        return Decision(
+            action, request.requested_model, model, reason=reason, experiment=request.experiment, route=request.route
+        )
     limit = state.limit
     return Decision(
         action=action,
@@ -257,6 +272,7 @@ def _decision(action: DecisionKind, request: CheckRequest, model: str, state: _B
         resets_at=state.period_end,
         reason=reason,
         experiment=request.experiment,
+        route=request.route,
     )
 
 

@@ -8,6 +8,8 @@
   up waiting for its check's answer.
 - ``GET /v1/usage[?budget=&subject=]``: used, reserved, limit and ratio per budget and subject.
 - ``GET /v1/policy``: the policy in force, its file, checksum and the last reload error.
+- ``GET /v1/routing``: the routing document apps classify their questions with (the policy's intents and
+  trained classifier, by version; docs/routing.md).
 
 All need the bearer token. Checks and releases are answered in front of Starlette
 (:class:`~tokenmeter.enforcer.check_path.CheckPath`, the hot path, wraps the app of these routes).
@@ -60,7 +62,11 @@ def enforcer_routes(service: EnforcerService, bearer: BearerToken, token_name: s
     async def policy(_request: Request) -> Response:
         return JSONResponse(service.policy_document())
 
+    async def routing(_request: Request) -> Response:
+        return JSONResponse(service.enforcer.policy.routing_document)
+
     return [
         Route("/v1/usage", guarded(bearer, token_name, usage), methods=["GET"]),
         Route("/v1/policy", guarded(bearer, token_name, policy), methods=["GET"]),
+        Route("/v1/routing", guarded(bearer, token_name, routing), methods=["GET"]),
     ]

@@ -1,4 +1,5 @@
-"""The quota policy file (``TOKENMETER_POLICY``): budgets, model groups, downgrade routes, wallets, experiments.
+"""The quota policy file (``TOKENMETER_POLICY``): budgets, model groups, downgrade routes, wallets, experiments,
+routing.
 
 Read strictly: every problem is a ``PolicyError`` whose message names the file, the line,
 the field and what is wrong, e.g.::
@@ -9,7 +10,8 @@ and, when there are several, every one of them on its own line. A file with no `
 (empty, only comments, or cut off before its budgets) is refused too: read while someone
 rewrites it, it would otherwise switch every quota off. ``budgets: []`` says "none" on purpose.
 
-See docs/quotas.md for the format (wallets: docs/credits.md; experiments: docs/experiments.md).
+See docs/quotas.md for the format (wallets: docs/credits.md; experiments: docs/experiments.md; routing:
+docs/routing.md).
 Loading is pure apart from reading the file.
 """
 
@@ -24,11 +26,15 @@ from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tokenmeter.enforcer.experiment_policy import Experiment, ExperimentIndex, experiment_problems
 from tokenmeter.enforcer.wallet_policy import Scope, Wallet
 from tokenmeter.errors import ConfigurationError
+from tokenmeter.routing.intent_classifier import load_classifier_file
+from tokenmeter.routing.routing_document import routing_document
+from tokenmeter.routing.routing_policy import Routing, routing_problems
+from tokenmeter.routing.rules import RoutingTable
 
 Period = Literal["day", "week", "month", "year"]
 Action = Literal["downgrade", "degrade", "deny"]
@@ -123,6 +129,9 @@ class Policy(_Strict):
     wallets: tuple[Wallet, ...] = ()
     budgets: tuple[Budget, ...] = ()
     experiments: tuple[Experiment, ...] = ()  # a share of an app's users on a candidate model
+    routing: Routing | None = None  # calls sent to a model tier by what they ask (docs/routing.md)
+    # The trained intent classifier that routing.classifier names, read when the file was loaded.
+    _routing_classifier: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -189,6 +198,15 @@ class Policy(_Strict):
     def experiment_index(self) -> ExperimentIndex:
         return ExperimentIndex(self.experiments, self.zone)
 
+    @functools.cached_property
+    def routing_table(self) -> RoutingTable | None:
+        return RoutingTable(self.routing) if self.routing is not None and self.routing.rules else None
+
+    @functools.cached_property
+    def routing_document(self) -> dict[str, Any]:
+        """What ``GET /v1/routing`` answers: the intents and the classifier, by version."""
+        return routing_document(self.routing, self._routing_classifier)
+
     def warn_thresholds(self, budget: Budget) -> tuple[float, ...]:
         return budget.warn_at if budget.warn_at is not None else self.defaults.warn_at
 
@@ -232,10 +250,12 @@ def load_policy(path: str | Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), base_dir=path.parent)
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
+def parse_policy(text: str, source: str = "<policy>", base_dir: Path | None = None) -> Policy:
+    """``base_dir``: where a relative ``routing.classifier`` is (the policy file's directory; default the
+    working directory)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)
@@ -262,7 +282,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     except ValidationError as exc:
         problems = [(error["loc"], error["msg"].removeprefix("Value error, ")) for error in exc.errors()]
         raise _located(source, root, problems) from None
-    reference_problems = _reference_problems(policy)
+    reference_problems = _reference_problems(policy) + _routing_problems(policy, base_dir or Path.cwd())
     if reference_problems:
         raise _located(source, root, reference_problems)
     return policy
@@ -306,6 +326,22 @@ def _reference_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str
                 break
             seen.append(following)
     return problems
+
+
+def _routing_problems(policy: Policy, base_dir: Path) -> list[tuple[tuple[int | str, ...], str]]:
+    """Reads the routing section's classifier (kept on the policy) and checks the section's names."""
+    routing = policy.routing
+    if routing is None:
+        return []
+    labels: tuple[str, ...] = ()
+    if routing.classifier is not None:
+        try:
+            classifier = load_classifier_file(base_dir / routing.classifier)
+        except ValueError as exc:
+            return [(("routing", "classifier"), str(exc))]
+        policy._routing_classifier = classifier
+        labels = tuple(classifier["labels"])
+    return routing_problems(routing, {budget.name for budget in policy.budgets}, labels)
 
 
 def _wallet_problems(policy: Policy) -> list[tuple[tuple[int | str, ...], str]]:

@@ -87,7 +87,7 @@ def _parse(path: Path, data: bytes, state: FileState) -> LoadedPolicy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{path}: the policy file is not UTF-8 text (byte {exc.start})") from None
-    policy = parse_policy(text, str(path))
+    policy = parse_policy(text, str(path), base_dir=path.parent)  # routing.classifier is beside the file
     return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest(), datetime.now(UTC), state)
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from tokenmeter.enforcer import quota_documents
 from tokenmeter.enforcer.admission import CheckResult, Enforcer
-from tokenmeter.enforcer.call_estimates import CallEstimates
+from tokenmeter.enforcer.call_estimates import CallEstimates, routable
 from tokenmeter.enforcer.check_receipts import CheckReceipts
 from tokenmeter.enforcer.decision import CheckRequest, Decision
 from tokenmeter.enforcer.enforcer_stats import EnforcerStats, enforcer_gauges, utilisation_ratios
@@ -189,7 +189,7 @@ class EnforcerService:
     def prepare(self, body: CheckBody, started: float | None = None) -> PreparedCheck:
         """What a check asks, with its arrival noted once (:meth:`decide` may be called twice for it)."""
         started = time.perf_counter() if started is None else started
-        request = self._estimates.request(self.enforcer.policy, body, self.enforcer.now)
+        request = self._estimates.request(self.enforcer.policy, body, self.enforcer.now, self.enforcer.shares_used)
         # A check its client gave up on before it arrived: nobody waits for it; hold and count nothing.
         arrived = body.check_id is None or self.receipts.arrive(body.check_id)
         return PreparedCheck(body, request, arrived, started)
@@ -200,7 +200,7 @@ class EnforcerService:
         body, request, arrived = check.body, check.request, check.arrived
         policy = self.enforcer.policy
         result = self.enforcer.check(request, reserve=arrived and not body.dry_run, check_id=body.check_id,
-                                     lease_max_calls=self.options.lease_max_calls if body.lease else 1,
+                                     lease_max_calls=self.options.lease_max_calls if _may_lease(body, policy) else 1,
                                      blocking=blocking)  # fmt: skip
         if result is None:
             return None
@@ -247,6 +247,12 @@ class EnforcerService:
     def render_metrics(self) -> str:
         utilisation = utilisation_ratios(self.enforcer)  # the same moment's states as before the gauges
         return self.stats.render(utilisation, enforcer_gauges(self.enforcer, self.events, self.presence))
+
+
+def _may_lease(body: CheckBody, policy: Policy) -> bool:
+    """A lease decides the next calls like this one in the app; a routed call's next question may need
+    another tier, so a check that routing rules look at gets none."""
+    return body.lease and not routable(policy, body)
 
 
 def _answer(result: CheckResult, check: PreparedCheck, stale: bool, policy: Policy) -> CheckAnswer:

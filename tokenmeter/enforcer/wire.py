@@ -19,8 +19,10 @@ def decision_document(
     timezone: str,
     stale: bool = False,
     lease: LeaseTerms | None = None,
+    routing_version: str | None = None,
 ) -> DecisionDocument:
-    """``timezone``: the policy's. ``lease``: when the reservation holds room for several calls."""
+    """``timezone``: the policy's. ``lease``: when the reservation holds room for several calls.
+    ``routing_version``: the policy's routing document's (None: no routing section)."""
     return DecisionDocument(
         decision=decision.action,
         requested_model=decision.requested_model,
@@ -44,4 +46,7 @@ def decision_document(
         lease=lease,
         experiment=None if decision.experiment is None else decision.experiment.name,
         experiment_arm=None if decision.experiment is None else decision.experiment.arm,
+        route_rule=None if decision.route is None else decision.route.rule,
+        route_tier=None if decision.route is None else decision.route.tier,
+        routing_version=routing_version,
     )

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeAlias
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from tokenmeter.instrumentation.app_route import serving
 from tokenmeter.instrumentation.attribution import attribution
 from tokenmeter.instrumentation.identity import (
     HeaderSource,
@@ -35,6 +36,7 @@ from tokenmeter.instrumentation.quota.errors import QuotaError, QuotaVerdict
 from tokenmeter.instrumentation.quota.gate import collecting_notices, notice_header
 from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
 from tokenmeter.instrumentation.quota.responses import quota_error_response
+from tokenmeter.instrumentation.retrieval import no_retrieval
 from tokenmeter.log_once import LogOnce
 from tokenmeter.settings import Settings, get_settings
 
@@ -121,6 +123,8 @@ class IdentityMiddleware:
                     authoritative=True,
                 )
             )
+            stack.enter_context(serving(scope))  # the calls know the route they serve (tokenmeter.app.route)
+            stack.enter_context(no_retrieval())  # a request starts without a retrieval hint; its own end with it
             yield stack.enter_context(collecting_notices())
 
     def _remote_context(

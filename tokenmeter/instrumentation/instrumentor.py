@@ -14,6 +14,8 @@ from typing import Any, Final
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
+from tokenmeter.answer_cache.configuration import open_answer_cache
+from tokenmeter.answer_cache.sealed_cache import AnswerCache
 from tokenmeter.catalog import CatalogError, ModelCatalog
 from tokenmeter.instrumentation.billing import LocalCountPolicy
 from tokenmeter.instrumentation.content_hash import ContentHasher
@@ -76,6 +78,13 @@ def _quota_gate(settings: Settings, instruments: Instruments) -> QuotaGate | Non
     return QuotaGate(client, instruments)
 
 
+def _answer_cache(settings: Settings) -> AnswerCache | None:
+    """The repeat-answer cache when TOKENMETER_ANSWER_CACHE asks for one (and it can be had); else None."""
+    with contained("answer cache start"):
+        return open_answer_cache(settings)
+    return None
+
+
 def _metering(
     settings: Settings,
     outputs: TelemetryOutputs,
@@ -135,7 +144,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         use_rating_sink(rating_sink(outputs.rating_log, settings))
         metering = _metering(settings, outputs, kwargs.get("registry"), self._finalizer)
         type(self)._quota = _quota_gate(settings, outputs.instruments)  # on the class: quota_client() reads it there
-        options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota)
+        options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota,
+                                 answers=_answer_cache(settings))  # fmt: skip
         self._targets = patch(metering, options)
         # LangChain LLM classes that do not call the openai SDK: metered from LangChain's callbacks.
         wrapt.register_post_import_hook(lambda _module: _register_langchain(metering), "langchain_core.callbacks")

@@ -14,8 +14,9 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from tokenmeter.instrumentation.attribution import Attribution
-from tokenmeter.instrumentation.billing import BillableCall
+from tokenmeter.instrumentation.billing import BillableCall, UsageRecord
 from tokenmeter.instrumentation.openai_payload import ServerUsage
+from tokenmeter.instrumentation.question_features import AskedQuestion
 
 
 @dataclass
@@ -46,6 +47,14 @@ class LLMCall:
     on_finished: Callable[[], None] | None = None
     # A call to one of your own forwarding services: the forwarded call is billed instead.
     hop: bool = False
+    # A chat call's question (its features, the reported retrieval, the app's route): for routing rules.
+    asked: AskedQuestion | None = None
+    # The outputs hold more than the answers' text (reasoning, tool calls): the answer cache does not keep them.
+    output_extras: bool = False
+    # A bill known before the call (an answer-cache hit: nothing billed); None: billed when recorded.
+    decided_bill: UsageRecord | None = None
+    # Run on the background thread with the call's bill once it is recorded (the answer cache stores the answer).
+    on_billed: Callable[[LLMCall, UsageRecord], None] | None = None
 
     def billing_facts(self) -> BillableCall:
         """The plain data `bill` decides on; the trace id drives the drift sample."""

@@ -19,6 +19,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
+from tokenmeter.instrumentation.app_route import current_app_route
+from tokenmeter.instrumentation.attribute_maps import put
 from tokenmeter.instrumentation.attribution import current_attribution
 from tokenmeter.instrumentation.billing import LocalCountPolicy, bill
 from tokenmeter.instrumentation.content_hash import ContentHasher
@@ -29,10 +31,12 @@ from tokenmeter.instrumentation.openai_payload import (
     StreamAccumulator,
     embedding_inputs,
     finish_reasons,
+    has_output_extras,
     request_messages,
     response_output_texts,
     server_usage,
 )
+from tokenmeter.instrumentation.question_features import asked_question
 from tokenmeter.instrumentation.safety import contained, report_internal_error
 from tokenmeter.instrumentation.span_attributes import (
     content_attributes,
@@ -95,6 +99,12 @@ class Metering:
         who = current_attribution()
         hop = (server_address, server_port) in self._options.hop_servers
         attributes = request_attributes(operation, model, kwargs, (server_address, server_port), who=who, hop=hop)
+        request_input = _request_input(operation, kwargs)
+        app_route = current_app_route()
+        asked = asked_question(request_input, app_route) if operation == semconv.OPERATION_CHAT else None
+        if asked is not None:  # a chat call's question: on its span, and for routing rules
+            attributes.update(asked.attributes())
+        put(attributes, semconv.TM_APP_ROUTE, app_route)
         span = self._tracer.start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes)
         return LLMCall(
             operation=operation,
@@ -103,11 +113,12 @@ class Metering:
             span=span,
             attribution=who,
             start_ns=time.time_ns(),
-            request_input=_request_input(operation, kwargs),
+            request_input=request_input,
             stream=bool(kwargs.get("stream")),
             server_address=server_address,
             server_port=server_port,
             hop=hop,
+            asked=asked,
         )
 
     def complete(self, call: LLMCall, response: Any) -> None:
@@ -119,6 +130,7 @@ class Metering:
         if call.operation != semconv.OPERATION_EMBEDDINGS:
             call.output_texts = response_output_texts(response)
             call.finish_reasons = finish_reasons(response)
+            call.output_extras = has_output_extras(response)
         self._finalizer.submit(lambda: self._finalize(call))
 
     def complete_stream(self, call: LLMCall, stream: StreamAccumulator, error: BaseException | None) -> None:
@@ -129,6 +141,9 @@ class Metering:
         call.usage = stream.usage
         call.output_texts = stream.output_texts()
         call.finish_reasons = stream.finish_reasons()
+        call.output_extras = stream.extras
+        if error is None and not stream.ended and not stream.reasons:  # closed or dropped before the answer's end
+            call.span.set_attribute(semconv.TM_STREAM_INCOMPLETE, True)
         if error is not None:
             call.error_type = type(error).__qualname__
         self._finalizer.submit(lambda: self._finalize(call))
@@ -152,7 +167,9 @@ class Metering:
                     call.on_finished()
 
     def _record(self, call: LLMCall) -> None:
-        record = bill(call.billing_facts(), self._catalog, self._registry, self._options.local_count)
+        record = call.decided_bill  # an answer-cache hit's; else the bill of what the server did
+        if record is None:
+            record = bill(call.billing_facts(), self._catalog, self._registry, self._options.local_count)
         if record.count_error is not None:  # the bill stands (server usage, or a labelled estimate)
             report_internal_error("local token count", record.count_error)
         if record.local is not None and counted_without_the_gil(record.local.tokenizer):
@@ -172,6 +189,9 @@ class Metering:
         call.span.set_attributes(attributes)
         hand_back_gil()
         write_points(self._instruments, usage_points(call, record))
+        if call.on_billed is not None:
+            with contained("call billed hook"):
+                call.on_billed(call, record)
 
 
 def _request_input(operation: str, kwargs: Mapping[str, Any]) -> Any:

@@ -18,6 +18,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from wrapt import wrap_function_wrapper
 
 from tokenmeter import semconv
+from tokenmeter.answer_cache.sealed_cache import AnswerCache
+from tokenmeter.instrumentation.answer_cache_hits import answer_from_cache
 from tokenmeter.instrumentation.llm_call import LLMCall
 from tokenmeter.instrumentation.metering import Metering
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_asked_for_usage
@@ -50,6 +52,7 @@ class RequestOptions:
     stream_usage: str  # "off" | "inject"
     propagate: str  # "hops" | "loopback" | "always" | "never"
     quota: QuotaGate | None = None  # checks each call with the enforcer (TOKENMETER_ENFORCER_URL)
+    answers: AnswerCache | None = None  # the repeat-answer cache (TOKENMETER_ANSWER_CACHE)
 
 
 def _server_of(instance: Any) -> tuple[str | None, int | None]:
@@ -163,6 +166,9 @@ def make_sync_wrapper(metering: Metering, target: Target, options: RequestOption
         if call is None:
             return wrapped(*args, **kwargs)
         try:
+            # A repeated question is answered from the cache before the quota check: a hit costs nothing.
+            if (hit := answer_from_cache(options.answers, metering, call, kwargs, is_async=False)) is not None:
+                return hit
             if options.quota is not None:
                 kwargs = options.quota.check(call, kwargs)
             result = wrapped(*args, **kwargs)
@@ -184,6 +190,8 @@ def make_async_wrapper(metering: Metering, target: Target, options: RequestOptio
         if call is None:
             return await wrapped(*args, **kwargs)
         try:
+            if (hit := answer_from_cache(options.answers, metering, call, kwargs, is_async=True)) is not None:
+                return hit
             if options.quota is not None:
                 kwargs = await options.quota.check_async(call, kwargs)
             result = await wrapped(*args, **kwargs)

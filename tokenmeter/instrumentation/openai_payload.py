@@ -113,6 +113,19 @@ def response_output_texts(response: Any) -> list[str]:
     return texts
 
 
+def has_output_extras(response: Any) -> bool:
+    """Whether a choice's message carries more than its text: reasoning, tool calls or a function call."""
+    for choice in _field(response, "choices") or []:
+        message = _field(choice, "message")
+        if message is not None and (
+            _extra_text(message, "reasoning_content")
+            or _field(message, "tool_calls")
+            or _field(message, "function_call")
+        ):
+            return True
+    return False
+
+
 def finish_reasons(response: Any) -> list[str]:
     reasons = []
     for choice in _field(response, "choices") or []:
@@ -132,6 +145,8 @@ class StreamAccumulator:
     texts: dict[int, list[str]] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     chunks: int = 0
+    extras: bool = False  # a delta carried reasoning or tool calls besides the answer's text
+    ended: bool = False  # the caller read the stream to its end (the SDK's StopIteration)
 
     def observe(self, chunk: Any) -> None:
         self.chunks += 1
@@ -144,11 +159,11 @@ class StreamAccumulator:
             index = _as_int(_field(choice, "index")) or 0
             delta = _field(choice, "delta")
             if delta is not None:
-                piece = (
-                    _extra_text(delta, "reasoning_content")
-                    + (_field(delta, "content") or "")
-                    + _tool_call_text(_field(delta, "tool_calls"))
-                )
+                reasoning = _extra_text(delta, "reasoning_content")
+                tools = _tool_call_text(_field(delta, "tool_calls"))
+                piece = reasoning + (_field(delta, "content") or "") + tools
+                if reasoning or tools:
+                    self.extras = True
             else:
                 piece = _field(choice, "text") or ""
             if piece:

@@ -5,7 +5,8 @@ the chunks go by and finishes the call exactly once: at the end of the stream,
 when it fails, when the caller closes it or leaves its `with` block early, or,
 for a caller that just stops reading, when the stream is garbage-collected.
 With `TOKENMETER_STREAM_USAGE=inject` it hides the usage-only final chunk from
-callers that did not ask for it.
+callers that did not ask for it. A stream finished before its end was read (and without
+a finish reason: the answer's last chunk) is marked ``tokenmeter.stream.incomplete``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class MeteredStream(wrapt.ObjectProxy):  # type: ignore[misc]
             try:
                 chunk = self.__wrapped__.__next__()
             except StopIteration:
+                meter.accumulator.ended = True
                 meter.finish()
                 raise
             except BaseException as exc:
@@ -102,6 +104,7 @@ class MeteredAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
             try:
                 chunk = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
+                meter.accumulator.ended = True
                 meter.finish()
                 raise
             except BaseException as exc:

@@ -18,7 +18,9 @@ Registered as the ``tokenmeter_chatchat`` OpenTelemetry instrumentor (active onl
   agent chat calls Chatchat's ``/v1`` on loopback, which calls the model platform; only
   that second call is billed, attributed through the baggage the first one carries;
 - runs the tasks of ``run_in_thread_pool`` (knowledge-base ingestion embeds documents in
-  a thread pool) in the caller's context, so their embeddings belong to the request's user.
+  a thread pool) in the caller's context, so their embeddings belong to the request's user;
+- reports what knowledge-base chat retrieved (the passages in the prompt and the best relevance
+  score) for its model call (:mod:`tokenmeter.integrations.chatchat_retrieval`).
 
 In the ``chatchat start`` launcher it makes stopping graceful: the launcher SIGKILLs its
 servers when it is stopped; with :mod:`tokenmeter.integrations.chatchat_launcher` it sends
@@ -41,6 +43,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from tokenmeter.instrumentation.hop_servers import PROCESS_HOP_SERVERS
 from tokenmeter.instrumentation.safety import contained
 from tokenmeter.integrations.chatchat_launcher import STARTUP_MODULE, make_stops_graceful
+from tokenmeter.integrations.chatchat_retrieval import KB_CHAT_MODULE, VECTORSTORES_MODULE, on_kb_chat, on_vectorstores
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,8 @@ class ChatchatInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         wrapt.register_post_import_hook(_on_server_app, SERVER_APP_MODULE)
         wrapt.register_post_import_hook(_on_chat_routes, CHAT_ROUTES_MODULE)
         wrapt.register_post_import_hook(_on_utils, UTILS_MODULE)
+        wrapt.register_post_import_hook(on_kb_chat, KB_CHAT_MODULE)
+        wrapt.register_post_import_hook(on_vectorstores, VECTORSTORES_MODULE)
         wrapt.register_post_import_hook(make_stops_graceful, STARTUP_MODULE)
 
     def _uninstrument(self, **kwargs: Any) -> None:

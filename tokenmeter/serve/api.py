@@ -9,7 +9,7 @@
   ``tokenmeter report --format json`` prints, with the ``store`` that answered. Bearer token required.
 - ``GET /`` and ``/v1/dashboard...``: the web page and its data (:mod:`tokenmeter.web.routes`); the data
   endpoints need the API token.
-- The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``
+- The enforcer's ``/v1/check``, ``/v1/release``, ``/v1/usage``, ``/v1/policy``, ``/v1/routing``
   (:mod:`tokenmeter.enforcer.http_api`): the API token or ``TOKENMETER_ENFORCER_TOKEN``.
 - Credits (docs/credits.md), with the API token: top-up requests and their approval (and a person,
   :mod:`tokenmeter.serve.credit_routes`), the wallets' standing (``GET /v1/credits/wallets``), a
@@ -17,6 +17,8 @@
 - Ratings and the model comparison (docs/compare.md), with the API token: ``POST /v1/feedback`` records a
   rating as one OTLP log record through the receiver's ingest queue (:mod:`tokenmeter.serve.feedback_routes`);
   ``GET /v1/compare`` answers ``tokenmeter compare --format json`` (:mod:`tokenmeter.serve.compare_routes`).
+- The waste report (docs/waste.md), with the API token: ``GET /v1/waste`` answers ``tokenmeter report --waste
+  --format json`` (:mod:`tokenmeter.serve.waste_routes`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from tokenmeter.serve.statement_routes import statement_routes
 from tokenmeter.serve.store_probe import StoreProbe
 from tokenmeter.serve.store_reader import StoreReader
 from tokenmeter.serve.wallet_routes import wallet_routes
+from tokenmeter.serve.waste_routes import waste_routes
 from tokenmeter.server.bearer import BearerToken
 from tokenmeter.web.routes import Handler, web_routes
 
@@ -81,6 +84,7 @@ def api_app(
             *statement_routes(reader, api_guard, enforcer, store_display),
             *compare_routes(reader, api_guard, store_display),  # models by cost and rating (docs/compare.md)
             *feedback_routes(queue, api_guard),  # ratings in, through the ingest queue
+            *waste_routes(reader, api_guard, enforcer, store_display),  # the waste report (docs/waste.md)
         ]
     )
     return CheckPath(app, enforcer, any_bearer, ENFORCER_TOKEN_HINT)

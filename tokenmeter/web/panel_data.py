@@ -1,5 +1,5 @@
-"""The web page's data: the Overview, Departments-and-users and model comparison panels, with the page's range
-and filters.
+"""The web page's data: the Overview, Departments-and-users, model comparison and Waste panels, with the page's
+range and filters.
 
 Only the panels defined in :mod:`tokenmeter.dashboards.panels` run here, with their values bound
 as query parameters; nothing else reaches the store from the page. The panels read
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from tokenmeter.dashboards.macros import Selection, TimeRange, bind
 from tokenmeter.dashboards.panels import Board, Panel, departments_and_users, overview, variable_query
 from tokenmeter.dashboards.quality_panels import comparison_board
+from tokenmeter.dashboards.waste_panels import waste_board
 from tokenmeter.errors import TokenmeterError
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 # The page's boards, by the short name its URLs use.
 WEB_BOARDS: Final[Mapping[str, Board]] = {"overview": overview(), "departments": departments_and_users(),
-                                          "models": comparison_board()}  # Models: its comparison panels  # fmt: skip
+                                          "models": comparison_board(),  # Models: its comparison panels
+                                          "waste": waste_board()}  # repeated prompts, cache replay  # fmt: skip
 PAGE_FILTERS: Final = ("department", "user", "model")  # the variables the page lets one pick (app stays All)
 DEFAULT_RANGE: Final = timedelta(hours=24)
 MAX_RANGE: Final = timedelta(days=400)

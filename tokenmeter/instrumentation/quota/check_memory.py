@@ -64,7 +64,8 @@ class CheckMemory:
         """The enforcer decided: it is answering again, and a deny or degrade is reused for a while."""
         with self._lock:
             self._slow_checks_in_a_row = 0
-        if verdict.action in CACHED_ACTIONS and self._cache_seconds > 0:
+        # A verdict a routing rule chose is about its question's tier: it is not reused for another question.
+        if verdict.action in CACHED_ACTIONS and verdict.route_rule is None and self._cache_seconds > 0:
             with self._lock:
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.clear()

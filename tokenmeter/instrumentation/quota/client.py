@@ -17,7 +17,12 @@ A slow enforcer is not a down enforcer, and slowness must not turn into unchecke
 - an ``allow`` may come with a lease (:mod:`~tokenmeter.instrumentation.quota.leases`): room
   for several calls like it, decided here in microseconds;
 - fail-open calls are reported to the enforcer with the next check that gets an answer;
-- releases go out without anyone waiting for them.
+- releases go out without anyone waiting for them;
+- a chat call's check carries its question's features (:class:`~tokenmeter.quota_wire.RouteFeatures`)
+  for the policy's routing rules, its intent classified here with the enforcer's routing document
+  (:mod:`~tokenmeter.instrumentation.quota.question_intents`, fetched within the check's deadline). A
+  verdict a routing rule chose is neither kept as a lease nor reused from the deny/degrade cache: it
+  answers one question only.
 
 Requests to the enforcer are made with instrumentation suppressed: they are not LLM
 calls and must not carry the app's trace context or baggage.
@@ -40,8 +45,9 @@ from tokenmeter.instrumentation.quota.check_memory import CheckMemory
 from tokenmeter.instrumentation.quota.connection import EnforcerConnection, NotSentError
 from tokenmeter.instrumentation.quota.errors import QuotaVerdict
 from tokenmeter.instrumentation.quota.leases import CheckKey, LeaseBook
+from tokenmeter.instrumentation.quota.question_intents import QuestionIntents
 from tokenmeter.log_once import LogOnce
-from tokenmeter.quota_wire import CheckBody, DecisionDocument, LeaseTerms, ReleaseBody
+from tokenmeter.quota_wire import CheckBody, DecisionDocument, LeaseTerms, ReleaseBody, RouteFeatures
 
 __all__ = ["CheckKey", "QuotaClient", "check_key"]  # CheckKey: the gate imports it here
 
@@ -65,7 +71,7 @@ def check_key(who: Attribution, model: str) -> CheckKey:
 
 
 def check_body(key: CheckKey, input_tokens: int, max_output_tokens: int | None, *, fail_open: int, dry_run: bool,
-               check_id: str) -> CheckBody:  # fmt: skip
+               check_id: str, route: RouteFeatures | None = None) -> CheckBody:  # fmt: skip
     """The check as sent; it asks for a lease unless it is a dry run."""
     user, department, app, model = key
     # Not validated here: the enforcer judges every check, and a check it rejects (a user id over
@@ -73,7 +79,7 @@ def check_body(key: CheckKey, input_tokens: int, max_output_tokens: int | None, 
     return CheckBody.model_construct(
         user=user, department=department, app=app, model=model, input_tokens=input_tokens,
         max_output_tokens=max_output_tokens, client_fail_open=fail_open, dry_run=dry_run,
-        check_id=check_id, lease=not dry_run,
+        check_id=check_id, lease=not dry_run, route=route,
     )  # fmt: skip
 
 
@@ -90,6 +96,20 @@ def read_decision(status: int, content: bytes) -> DecisionDocument:
         raise _Refused(f"not a decision: {exc}") from None
 
 
+def keep_lease(leases: LeaseBook, connection: EnforcerConnection, verdict: QuotaVerdict, lease: LeaseTerms,
+               body: CheckBody) -> QuotaVerdict:  # fmt: skip
+    """Keep the lease an answer granted (expired by a timer on the connection's sender); the first call's verdict."""
+    seconds, default_output = lease.seconds, lease.default_output_tokens
+    output = body.max_output_tokens if body.max_output_tokens is not None else default_output
+    key = (body.user, body.department, body.app, body.model)
+    leased = leases.add(key, verdict, tokens=lease.tokens, first_estimate=body.input_tokens + output,
+                        default_output_tokens=default_output, seconds=seconds)  # fmt: skip
+    if leased.lease_id is not None:
+        lease_id = leased.lease_id
+        connection.call_later(seconds, lambda: leases.expire(lease_id))
+    return leased
+
+
 class QuotaClient:
     def __init__(
         self,
@@ -103,11 +123,13 @@ class QuotaClient:
     ) -> None:
         base = url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._memory = CheckMemory(base, fail_mode, cache_seconds, clock, LogOnce(logger))
+        problems = LogOnce(logger)
+        self._memory = CheckMemory(base, fail_mode, cache_seconds, clock, problems)
         # Check ids: a random prefix per client and a counter (unique across processes and restarts).
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
         self._connection = EnforcerConnection(base, headers, timeout)
+        self.intents = QuestionIntents(self._connection, cache_seconds, clock, problems)  # for route features
         self.leases = LeaseBook(clock, self._release_lease)
 
     @property
@@ -117,44 +139,52 @@ class QuotaClient:
 
     # --- checks ------------------------------------------------------------------
 
-    def check(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *, dry_run: bool = False
-              ) -> QuotaVerdict:  # fmt: skip
-        """The decision for one call; ``dry_run`` decides without reserving (a route's pre-check)."""
+    def check(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *, dry_run: bool = False,
+              route: RouteFeatures | None = None, deadline: float | None = None) -> QuotaVerdict:  # fmt: skip
+        """The decision for one call; ``dry_run`` decides without reserving (a route's pre-check); ``route``: a
+        chat call's question features (``intents.route_features``); ``deadline``: default now + timeout."""
         ready = self._before_request(key, input_tokens, max_output_tokens, dry_run)
         if isinstance(ready, QuotaVerdict):
             return ready
-        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
+        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run, route=route)
         try:
-            status, content = self._connection.post("/v1/check", body)
+            status, content = self._connection.post("/v1/check", body, deadline)
         except (OSError, http.client.HTTPException) as exc:
             return self._unanswered(key, exc, body)
         return self._answered(key, status, content, body)
 
     async def check_async(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, *,
-                          dry_run: bool = False) -> QuotaVerdict:  # fmt: skip
+                          dry_run: bool = False, route: RouteFeatures | None = None, deadline: float | None = None
+                          ) -> QuotaVerdict:  # fmt: skip
         ready = self._before_request(key, input_tokens, max_output_tokens, dry_run)
         if isinstance(ready, QuotaVerdict):
             return ready
-        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run)
+        body = self._body(key, input_tokens, max_output_tokens, ready, dry_run, route=route)
         try:
-            status, content = await self._connection.post_async("/v1/check", body)
+            status, content = await self._connection.post_async("/v1/check", body, deadline)
         except (NotSentError, httpx.HTTPError, TimeoutError) as exc:
             return self._unanswered(key, exc, body)
         return self._answered(key, status, content, body)
 
+    def deadline(self) -> float:
+        """When a check starting now must be done (monotonic): the routing document's fetch shares it."""
+        return self._connection.deadline()
+
     def _before_request(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, dry_run: bool
                         ) -> QuotaVerdict | int:  # fmt: skip
         """A verdict without asking (a lease, the cache, or the enforcer was just unreachable), else the
-        fail-opens to report with this check (taken: given back if the check gets no answer)."""
+        fail-opens to report with this check (taken: given back if the check gets no answer). Neither a lease
+        nor the cache holds a verdict a routing rule chose (the enforcer grants no lease for routed checks)."""
         leased = self.leases.take(key, input_tokens, max_output_tokens, spend=not dry_run)
         if leased is not None:
             return leased
         return self._memory.before_check(key)
 
-    def _body(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool
-              ) -> CheckBody:  # fmt: skip
+    def _body(self, key: CheckKey, input_tokens: int, max_output_tokens: int | None, fail_open: int, dry_run: bool,
+              *, route: RouteFeatures | None) -> CheckBody:  # fmt: skip
         check_id = f"{self._id_prefix}{next(self._ids):x}"
-        return check_body(key, input_tokens, max_output_tokens, fail_open=fail_open, dry_run=dry_run, check_id=check_id)
+        return check_body(key, input_tokens, max_output_tokens, fail_open=fail_open, dry_run=dry_run,
+                          check_id=check_id, route=route)  # fmt: skip
 
     def _answered(self, key: CheckKey, status: int, content: bytes, body: CheckBody) -> QuotaVerdict:
         try:
@@ -163,19 +193,11 @@ class QuotaClient:
             return self._unanswered(key, refused, body)
         verdict = QuotaVerdict.from_document(document, key[3])
         self._memory.answered(key, verdict)
-        if document.lease is not None and verdict.reservation_id is not None:
-            return self._leased(key, verdict, document.lease, body)
+        if self.intents.answered(document.routing_version):
+            self.leases.end_all()  # the policy's routing changed: what it leased before is asked about again
+        if document.lease is not None and verdict.reservation_id is not None and verdict.route_rule is None:
+            return keep_lease(self.leases, self._connection, verdict, document.lease, body)
         return verdict
-
-    def _leased(self, key: CheckKey, verdict: QuotaVerdict, lease: LeaseTerms, body: CheckBody) -> QuotaVerdict:
-        seconds, default_output = lease.seconds, lease.default_output_tokens
-        output = body.max_output_tokens if body.max_output_tokens is not None else default_output
-        leased = self.leases.add(key, verdict, tokens=lease.tokens, first_estimate=body.input_tokens + output,
-                                 default_output_tokens=default_output, seconds=seconds)  # fmt: skip
-        if leased.lease_id is not None:
-            lease_id = leased.lease_id
-            self._connection.call_later(seconds, lambda: self.leases.expire(lease_id))
-        return leased
 
     def _unanswered(self, key: CheckKey, error: BaseException, body: CheckBody) -> QuotaVerdict:
         reported = body.client_fail_open

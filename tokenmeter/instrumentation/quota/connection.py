@@ -23,15 +23,20 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 import httpx
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import BaseModel
 
 from tokenmeter.instrumentation.quota.background_sender import BackgroundSender
-from tokenmeter.instrumentation.quota.endpoint import STALE_CONNECTION_ERRORS, EnforcerEndpoint, NotSentError
+from tokenmeter.instrumentation.quota.endpoint import (
+    STALE_CONNECTION_ERRORS,
+    EnforcerEndpoint,
+    NotSentError,
+    time_left,
+)
 from tokenmeter.quota_wire import wire_bytes, wire_json
 
 MAX_ASYNC_CONNECTIONS: Final = 128  # checks of one event loop at once; beyond it they wait (within their deadline)
@@ -73,10 +78,20 @@ class EnforcerConnection:
 
     # --- the caller's check ------------------------------------------------------
 
-    def post(self, path: str, body: BaseModel) -> tuple[int, bytes]:
-        """(status, body) within the timeout in all; raises TimeoutError, NotSentError or OSError."""
-        deadline = time.monotonic() + self._timeout
-        payload = wire_bytes(body)
+    def deadline(self) -> float:
+        """The monotonic time by which a check that starts now must be done."""
+        return time.monotonic() + self._timeout
+
+    def post(self, path: str, body: BaseModel, deadline: float | None = None) -> tuple[int, bytes]:
+        """(status, body) within the timeout in all (or by ``deadline``); raises TimeoutError, NotSentError or
+        OSError."""
+        return self._exchange(path, wire_bytes(body), self.deadline() if deadline is None else deadline)
+
+    def get(self, path: str, deadline: float) -> tuple[int, bytes]:
+        """(status, body) of a GET by ``deadline``; raises as ``post``."""
+        return self._exchange(path, None, deadline)
+
+    def _exchange(self, path: str, payload: bytes | None, deadline: float) -> tuple[int, bytes]:
         connection = self._thread_connection()
         reused = connection.sock is not None
         try:
@@ -90,13 +105,22 @@ class EnforcerConnection:
             connection.close()  # half a request may be on it: never reuse it
             raise
 
-    async def post_async(self, path: str, body: BaseModel) -> tuple[int, bytes]:
-        """(status, body) within the timeout in all; raises NotSentError, another httpx.HTTPError or TimeoutError."""
+    async def post_async(self, path: str, body: BaseModel, deadline: float | None = None) -> tuple[int, bytes]:
+        """(status, body) within the timeout in all (or by ``deadline``); raises NotSentError, another
+        httpx.HTTPError or TimeoutError."""
         client = self._async_client()
+        return await self._exchange_async(client.post(f"{self._base}{path}", json=wire_json(body)), deadline)
+
+    async def get_async(self, path: str, deadline: float) -> tuple[int, bytes]:
+        """(status, body) of a GET by ``deadline``; raises as ``post_async``."""
+        return await self._exchange_async(self._async_client().get(f"{self._base}{path}"), deadline)
+
+    async def _exchange_async(self, request: Coroutine[Any, Any, httpx.Response], deadline: float | None
+                              ) -> tuple[int, bytes]:  # fmt: skip
+        timeout = self._timeout if deadline is None else time_left(deadline)
         try:
             with suppress_instrumentation():  # not an LLM call: no span, no trace context, no baggage
-                response = await asyncio.wait_for(client.post(f"{self._base}{path}", json=wire_json(body)),
-                                                  self._timeout)  # fmt: skip
+                response = await asyncio.wait_for(request, timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise NotSentError(str(exc)) from None
         return response.status_code, response.content

@@ -51,9 +51,10 @@ class EnforcerEndpoint:
         kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         return kind(self.host, self.port, timeout=SEND_TIMEOUT_SECONDS)
 
-    def exchange(self, connection: http.client.HTTPConnection, path: str, payload: bytes, deadline: float
+    def exchange(self, connection: http.client.HTTPConnection, path: str, payload: bytes | None, deadline: float
                  ) -> tuple[int, bytes]:  # fmt: skip
-        """POST ``payload`` to ``path`` on ``connection`` (connecting it if need be) by ``deadline``.
+        """POST ``payload`` to ``path`` (GET when it is None) on ``connection`` (connecting it if need be) by
+        ``deadline``.
 
         Returns (status, body); raises NotSentError when it cannot connect, else what the socket raised.
         """
@@ -66,7 +67,7 @@ class EnforcerEndpoint:
                     raise NotSentError(f"cannot connect to the enforcer: {exc}") from None
             assert connection.sock is not None
             connection.sock.settimeout(time_left(deadline))
-            connection.request("POST", self.prefix + path, payload, self.headers)
+            connection.request("POST" if payload is not None else "GET", self.prefix + path, payload, self.headers)
             connection.sock.settimeout(time_left(deadline))
             response = connection.getresponse()
             return response.status, response.read()

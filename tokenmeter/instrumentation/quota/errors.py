@@ -58,6 +58,9 @@ class QuotaVerdict:
     lease_id: str | None = None  # decided in the app from a lease (instrumentation/quota/leases.py)
     experiment: str | None = None  # the policy's experiment the call is in (docs/experiments.md)
     experiment_arm: str | None = None  # control | candidate; in the candidate arm effective_model is the candidate
+    # The policy's routing rule that chose effective_model, and its tier (docs/routing.md); None: not routed.
+    route_rule: str | None = None
+    route_tier: str | None = None
 
     @classmethod
     def from_document(cls, document: DecisionDocument, fallback_model: str) -> QuotaVerdict:

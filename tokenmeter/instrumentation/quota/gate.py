@@ -10,6 +10,9 @@ After the call's span has started and before the SDK sends the request:
 - a call in an experiment (docs/experiments.md) goes ahead as its decision says, and its span
   names the experiment and the arm; in the candidate arm the request's model is replaced by the
   candidate, as a downgrade replaces it;
+- a chat call's check carries its question's features and intent (docs/routing.md); when a routing
+  rule chose another model tier, the request's model is replaced as on a downgrade, and the span
+  names the rule and the tier (``tokenmeter.route.rule`` / ``.tier``; the intent: ``.intent``);
 - ``degrade`` / ``deny``: :class:`~tokenmeter.instrumentation.quota.errors.QuotaDegraded` /
   :class:`~tokenmeter.instrumentation.quota.errors.QuotaExceeded` are raised instead of calling (an
   embeddings call goes ahead on ``degrade``: retrieval-only answers need it);
@@ -51,6 +54,7 @@ from tokenmeter.instrumentation.quota.errors import (
 )
 from tokenmeter.instrumentation.safety import contained
 from tokenmeter.instrumentation.usage_metrics import Instruments
+from tokenmeter.quota_wire import RouteFeatures
 
 NOTICE_ACTIONS = frozenset({"warn", "downgrade"})
 STOP_ACTIONS = frozenset({"deny", "degrade", semconv.QUOTA_UNAVAILABLE})
@@ -135,7 +139,9 @@ class QuotaGate:
         verdict: QuotaVerdict | None = None  # stays None when tokenmeter fails: the call goes ahead unchanged
         with contained("quota check"):
             key, input_tokens, max_output = self._request(call, kwargs)
-            verdict = self.client.check(key, input_tokens, max_output)
+            deadline = self.client.deadline()  # the routing document's fetch, if one is due, shares it
+            route = self._route(call, deadline)
+            verdict = self.client.check(key, input_tokens, max_output, route=route, deadline=deadline)
         return kwargs if verdict is None else self._apply(call, kwargs, verdict)
 
     async def check_async(self, call: LLMCall, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +152,25 @@ class QuotaGate:
         verdict: QuotaVerdict | None = None
         with contained("quota check"):
             key, input_tokens, max_output = self._request(call, kwargs)
-            verdict = await self.client.check_async(key, input_tokens, max_output)
+            deadline = self.client.deadline()
+            route = await self._route_async(call, deadline)
+            verdict = await self.client.check_async(key, input_tokens, max_output, route=route, deadline=deadline)
         return kwargs if verdict is None else self._apply(call, kwargs, verdict)
+
+    def _route(self, call: LLMCall, deadline: float) -> RouteFeatures | None:
+        """A chat call's question features for routing rules (None for other calls, or when they fail)."""
+        if call.asked is None:
+            return None
+        with contained("question route features"):  # a failure here must not skip the quota check
+            return _with_intent(call, self.client.intents.route_features(call.asked, deadline))
+        return None
+
+    async def _route_async(self, call: LLMCall, deadline: float) -> RouteFeatures | None:
+        if call.asked is None:
+            return None
+        with contained("question route features"):
+            return _with_intent(call, await self.client.intents.route_features_async(call.asked, deadline))
+        return None
 
     @staticmethod
     def _request(call: LLMCall, kwargs: dict[str, Any]) -> tuple[CheckKey, int, int | None]:
@@ -172,7 +195,11 @@ class QuotaGate:
             _tell(call, verdict)
         if error is not None:
             raise error
-        swapped = verdict.action == "downgrade" or verdict.experiment_arm == semconv.ARM_CANDIDATE
+        swapped = (
+            verdict.action == "downgrade"
+            or verdict.experiment_arm == semconv.ARM_CANDIDATE
+            or verdict.route_rule is not None  # a routing rule chose the tier: swapped as a downgrade is
+        )
         if swapped and verdict.effective_model != call.request_model:
             call.request_model = verdict.effective_model
             span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, verdict.effective_model)
@@ -196,7 +223,18 @@ def _verdict_attributes(verdict: QuotaVerdict) -> dict[str, Any]:
     if verdict.experiment and verdict.experiment_arm:
         attributes[semconv.TM_EXPERIMENT] = verdict.experiment
         attributes[semconv.TM_EXPERIMENT_ARM] = verdict.experiment_arm
+    if verdict.route_rule is not None:
+        attributes[semconv.TM_ROUTE_RULE] = verdict.route_rule
+        if verdict.route_tier is not None:
+            attributes[semconv.TM_ROUTE_TIER] = verdict.route_tier
     return attributes
+
+
+def _with_intent(call: LLMCall, route: RouteFeatures) -> RouteFeatures:
+    """``route``, its intent (when the question has one) put on the call's span."""
+    if route.intent is not None:
+        call.span.set_attribute(semconv.TM_ROUTE_INTENT, route.intent)
+    return route
 
 
 def _tell(call: LLMCall, verdict: QuotaVerdict) -> None:

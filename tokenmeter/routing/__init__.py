@@ -1,0 +1,1 @@
+"""Cost-aware routing's shared core: the policy's routing rules and the apps' intent classification."""
