@@ -22,6 +22,19 @@ GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+# Token types beyond input/output, as the servers report them (docs/catalog.md "Token types").
+# Each is a part of its total: cache reads and writes are included in gen_ai.usage.input_tokens,
+# reasoning in gen_ai.usage.output_tokens. Set only when the server reported the field.
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_USAGE_AUDIO_INPUT_TOKENS: Final = "gen_ai.usage.audio.input_tokens"
+GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS: Final = "gen_ai.usage.audio.output_tokens"
+GEN_AI_USAGE_IMAGE_INPUT_TOKENS: Final = "gen_ai.usage.image.input_tokens"
+# On the usage token counter: which part of the input (cache) or of the output (phase) a point counts.
+# Present only when the server reported the split; the parts of one call add up to its total.
+GEN_AI_TOKEN_CACHE: Final = "gen_ai.token.cache"
+GEN_AI_TOKEN_PHASE: Final = "gen_ai.token.phase"
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 SERVER_ADDRESS: Final = "server.address"
@@ -41,6 +54,13 @@ OPERATION_EMBEDDINGS: Final = "embeddings"
 # gen_ai.token.type values
 TOKEN_TYPE_INPUT: Final = "input"
 TOKEN_TYPE_OUTPUT: Final = "output"
+
+# gen_ai.token.cache values (input tokens) and gen_ai.token.phase values (output tokens)
+TOKEN_CACHE_NONE: Final = "none"
+TOKEN_CACHE_READ: Final = "read"
+TOKEN_CACHE_CREATION: Final = "creation"
+TOKEN_PHASE_RESPONSE: Final = "response"
+TOKEN_PHASE_REASONING: Final = "reasoning"
 
 # gen_ai.provider.name for OpenAI-compatible endpoints
 PROVIDER_OPENAI: Final = "openai"
@@ -97,6 +117,10 @@ TM_COST: Final = "tokenmeter.cost"
 TM_COST_CURRENCY: Final = "tokenmeter.cost.currency"
 TM_COST_VIRTUAL: Final = "tokenmeter.cost.virtual"
 TM_COST_UNPRICED: Final = "tokenmeter.cost.unpriced"
+# Which price the cost was computed with: the catalog price's effective date (ISO, UTC; absent for an
+# undated price) and the input-length tier (0-based; absent for a price without tiers).
+TM_PRICE_FROM: Final = "tokenmeter.price.from"
+TM_PRICE_TIER: Final = "tokenmeter.price.tier"
 TM_PROMPT_HASH: Final = "tokenmeter.prompt.hash"
 TM_COMPLETION_HASH: Final = "tokenmeter.completion.hash"
 # "hmac-sha256" when TOKENMETER_HASH_KEY is set, "sha256" otherwise.

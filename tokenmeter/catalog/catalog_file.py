@@ -27,7 +27,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from tokenmeter.catalog.entry import BUILTIN_ORIGIN, CHAT_FORMATS, TOKENIZER_KINDS, ModelEntry, TokenizerSpec
 from tokenmeter.catalog.file_refs import is_package_ref, split_package_ref
 from tokenmeter.errors import ConfigurationError
-from tokenmeter.pricing import PER_1K, PER_1M, Price
+from tokenmeter.pricing import PER_1K, PER_1M, Price, PriceSchedule
 
 REGEX_PREFIX: Final = "re:"
 _PER_VALUES: Final[dict[str, int]] = {"1K": PER_1K, "1M": PER_1M}
@@ -240,7 +240,7 @@ class _Entry(_Strict):
             provider=self.provider,
             tokenizer=TokenizerSpec(**dict(self.tokenizer)) if self.tokenizer is not None else None,
             chat_format=self.chat_format,
-            price=Price(**dict(self.price)) if self.price is not None else None,
+            prices=PriceSchedule((Price(**dict(self.price)),)) if self.price is not None else None,
             note=self.note,
             origin=origin,
         )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final, Literal
 
-from tokenmeter.pricing import Price
+from tokenmeter.pricing import Price, PriceSchedule
 
 TokenizerKind = Literal["tiktoken", "tiktoken_file", "huggingface"]
 TOKENIZER_KINDS: Final[tuple[str, ...]] = ("tiktoken", "tiktoken_file", "huggingface")
@@ -88,6 +89,15 @@ class ModelEntry:
     provider: str | None
     tokenizer: TokenizerSpec | None
     chat_format: str | None
-    price: Price | None
+    prices: PriceSchedule | None  # the model's prices over time; None: unpriced
     note: str | None
     origin: str = BUILTIN_ORIGIN  # "builtin" or the user catalog file it came from
+
+    def price_at(self, when: datetime) -> Price | None:
+        """The price valid at ``when`` (timezone-aware); None without prices or before the first dated one."""
+        return self.prices.at(when) if self.prices is not None else None
+
+    @property
+    def price(self) -> Price | None:
+        """The price valid now."""
+        return self.prices.current() if self.prices is not None else None

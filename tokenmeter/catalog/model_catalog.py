@@ -13,6 +13,7 @@ import fnmatch
 import re
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -81,6 +82,11 @@ class ModelCatalog:
         return found
 
     def price_for(self, model: str) -> Price | None:
-        """The price of ``model``; None when it is unknown or its entry has no price."""
+        """The price of ``model`` valid now; None when it is unknown or its entry has no price."""
         entry = self.lookup(model)
         return entry.price if entry is not None else None
+
+    def price_at(self, model: str, when: datetime) -> Price | None:
+        """The price of ``model`` valid at ``when`` (timezone-aware): what a call made then is billed at."""
+        entry = self.lookup(model)
+        return entry.price_at(when) if entry is not None else None
