@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def load_error(path: Path) -> str:
         ("qwen3-8b", "re:^qwen3([-:_].*)?$", "chatml-nosystem"),
         ("qwen3.5-27b", r"re:^qwen3\.[56]([-:_].*)?$", "chatml-think"),
         ("qwen3.6-35b-a3b", r"re:^qwen3\.[56]([-:_].*)?$", "chatml-think"),
-        ("deepseek-chat", "re:^deepseek-(chat|reasoner)$", None),
+        ("deepseek-chat", "deepseek-chat", None),
+        ("deepseek-reasoner", "deepseek-reasoner", None),
         ("glm-4-9b-chat", "re:^glm-?4([-:_.].*)?$", None),
         ("chatglm3-6b", "chatglm*", None),
         ("baichuan2-13b-chat", "baichuan2*", None),
@@ -86,9 +88,14 @@ def test_unknown_model_is_unpriced_and_there_is_no_catch_all(builtin: ModelCatal
 
 
 def test_builtin_prices(builtin: ModelCatalog) -> None:
-    assert builtin.price_for("gpt-4o-mini") == Price(Decimal("0.15"), Decimal("0.60"), PER_1M, "USD")
+    mini = Price(Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075"))
+    assert builtin.price_for("gpt-4o-mini") == mini
     assert builtin.price_for("gpt-4") == Price(Decimal("30.00"), Decimal("60.00"), PER_1M, "USD")
-    assert builtin.price_for("deepseek-chat") == Price(Decimal("2.00"), Decimal("3.00"), PER_1M, "CNY")
+    # deepseek-chat's last price (it was retired in July 2026): V4-Flash's, after the cache-hit cut.
+    since = datetime(2026, 4, 26, 20, 15, tzinfo=timezone(timedelta(hours=8)))
+    assert builtin.price_for("deepseek-chat") == Price(
+        Decimal("1"), Decimal("2"), PER_1M, "CNY", cached_input=Decimal("0.02"), effective_from=since
+    )
     local = builtin.price_for("qwen2.5-72b-instruct")
     assert local is not None
     assert local.virtual
@@ -152,7 +159,9 @@ def test_user_entries_win(tmp_path: Path) -> None:
     assert entry.tokenizer is None
     assert catalog.price_for("qwen2.5-7b-instruct") == Price(Decimal("9"), Decimal("0.1"), PER_1K, "USD")
     # Models the user file does not name still get the built-in entries.
-    assert catalog.price_for("gpt-4o-mini") == Price(Decimal("0.15"), Decimal("0.60"), PER_1M, "USD")
+    assert catalog.price_for("gpt-4o-mini") == Price(
+        Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075")
+    )
 
 
 def test_glob_and_regex_first_match_wins(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ BUILT = build()
 DASHBOARDS: dict[str, dict[str, Any]] = {
     name: json.loads((ROOT / "dashboards" / name).read_text(encoding="utf-8")) for name in BUILT
 }
-# The demo keeps no credits: the Credits board's rows are checked in tests/test_credit_dashboards.py.
-WITHOUT_DEMO_ROWS = {"tokenmeter-credits.json"}
+# The demo keeps no credits and imports no provider export: the Credits board's rows are checked in
+# tests/test_credit_dashboards.py, the Invoice reconciliation board's in tests/test_reconcile_panels.py.
+WITHOUT_DEMO_ROWS = {"tokenmeter-credits.json", "tokenmeter-reconcile.json"}
 SELECTIONS: dict[str, dict[str, list[str] | None]] = {
     "all": {},
     "one department": {"department": ["研发部"]},

@@ -59,6 +59,8 @@ MUST_NOT_IMPORT: dict[tuple[str, ...], tuple[str, ...]] = {
     ("routing",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits", "comparison"),
     # The waste report's pure core: its findings and the cache's and routing rules' replays (on routing's rules).
     ("waste",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits"),
+    # Reconciliation with the provider's invoice: its exports' tables, reading and the comparison (no store).
+    ("reconcile",): (*APP_SIDE, *SERVER_PARTS, *COMMAND_LINE, "credits", "comparison", "routing", "waste"),
     ("server",): (*APP_SIDE, "store", "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("store",): (*APP_SIDE, "collector", "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),
     ("collector",): (*APP_SIDE, "enforcer", "serve", "web", "dashboards", *COMMAND_LINE),

@@ -65,8 +65,8 @@ def test_the_table(store_dir: Path, policy_file: Path, capsys: pytest.CaptureFix
     assert f"kb {HOSTILE_USER} 1 1,000 / 100 0.5 CNY" in lines
     assert "all 14 6 43% 5,800 / 580 2.50 CNY 27" in lines  # the cache replay's totals
     assert "The answer cache answered 2 calls, saving 2,000 / 200 tokens and 1.00 CNY." in lines
-    # at the built-in catalog: deepseek-chat 2 / 3 CNY per 1M, qwen-7b 1 / 2 virtual CNY per 1M
-    assert "short-lookup tier small 2 2 0.0132 CNY 0.0068 CNY (virtual) 0.0132 CNY" in lines
+    # at the built-in catalog's prices now: deepseek-chat 1 / 2 CNY per 1M, qwen-7b 1 / 2 virtual CNY per 1M
+    assert "short-lookup tier small 2 2 0.0068 CNY 0.0068 CNY (virtual) 0.0068 CNY" in lines
     assert any("budget_left is unknown for stored calls" in line for line in lines)
 
 
@@ -83,7 +83,7 @@ def test_json_is_the_document(store_dir: Path, policy_file: Path, capsys: pytest
     assert [(rule["rule"], rule["matched"], rule["moved"]) for rule in routing["rules"]] == [
         ("short-lookup", 2, 2), ("brownout", 0, 0), ("legal-stay", 1, 0), ("long", 0, 0)]  # fmt: skip
     saved = {(m["currency"], m["virtual"]): Decimal(m["amount"]) for m in routing["saved"]}
-    assert saved == {("CNY", False): Decimal("0.0132"), ("CNY", True): Decimal("-0.0068")}
+    assert saved == {("CNY", False): Decimal("0.0068"), ("CNY", True): Decimal("-0.0068")}
     assert "intent only when the app classified" in routing["notes"][0]
 
 

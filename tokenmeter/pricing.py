@@ -20,6 +20,7 @@ import itertools
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cached_property
 from typing import Final
 
 from tokenmeter.semconv import COST_UNITS_PER_CURRENCY_UNIT
@@ -35,6 +36,8 @@ _EXACT = decimal.Context(prec=60, rounding=ROUND_HALF_EVEN, traps=[decimal.Inexa
 
 # The rate fields of a price and of a tier; the optional ones fall back to the rate of their total.
 RATE_FIELDS: Final = ("input", "output", "cached_input", "cache_write", "reasoning", "audio_input", "audio_output")
+# The parts of a call's tokens, each billed at the rate of the same name (input and output: the plain ones).
+PRICED_PARTS: Final = ("input", "cached_input", "cache_write", "audio_input", "output", "reasoning", "audio_output")
 _FALLBACK: Final = {
     "cached_input": "input",
     "cache_write": "input",
@@ -72,10 +75,13 @@ class TokenCounts:
     audio_output: int = 0
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"TokenCounts.{item.name} must be a non-negative int, got {value!r}")
+        counts = (self.input, self.output, self.cache_read, self.cache_creation, self.reasoning, self.audio_input,
+                  self.audio_output)  # fmt: skip
+        if not all(type(count) is int and count >= 0 for count in counts):  # per call: no fields() walk
+            for item in fields(self):
+                value = getattr(self, item.name)
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"TokenCounts.{item.name} must be a non-negative int, got {value!r}")
         if self.cache_read + self.cache_creation + self.audio_input > self.input:
             raise ValueError(
                 f"cache reads ({self.cache_read}), cache writes ({self.cache_creation}) and audio input "
@@ -147,6 +153,12 @@ class PriceTier:
         value: Decimal | None = getattr(self, name)
         return value if value is not None else getattr(self, _FALLBACK[name])
 
+    @cached_property
+    def billed_rates(self) -> tuple[Decimal, ...]:
+        """The rates in PRICED_PARTS order, fallbacks resolved (once per tier: pricing runs per call)."""
+        return tuple(self.input if name == "input" else self.output if name == "output" else self.rate(name)
+                     for name in PRICED_PARTS)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Price:
@@ -190,12 +202,13 @@ class Price:
     def tier_for(self, input_tokens: int) -> tuple[PriceTier, int | None]:
         """The rates for a call with ``input_tokens``, and the index of its tier (None without tiers)."""
         if not self.tiers:
-            return self._own_rates(), None
+            return self._own_rates, None
         for index, tier in enumerate(self.tiers):
             if tier.up_to is None or input_tokens <= tier.up_to:
                 return tier, index
         return self.tiers[-1], len(self.tiers) - 1
 
+    @cached_property
     def _own_rates(self) -> PriceTier:
         return PriceTier(None, **{name: getattr(self, name) for name in RATE_FIELDS})
 
@@ -258,17 +271,15 @@ def _without_trailing_zeros(amount: Decimal) -> Decimal:
     return tidy.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else tidy
 
 
+def _part_counts(tokens: TokenCounts) -> tuple[int, ...]:
+    """The call's tokens split by the rate they are billed at, in PRICED_PARTS order."""
+    return (tokens.fresh_input, tokens.cache_read, tokens.cache_creation, tokens.audio_input,
+            tokens.response_output, tokens.reasoning, tokens.audio_output)  # fmt: skip
+
+
 def priced_parts(rates: PriceTier, tokens: TokenCounts) -> list[tuple[str, int, Decimal]]:
     """The call's tokens by the rate they are billed at: (rate name, tokens, rate per ``per`` tokens)."""
-    return [
-        ("input", tokens.fresh_input, rates.input),
-        ("cached_input", tokens.cache_read, rates.rate("cached_input")),
-        ("cache_write", tokens.cache_creation, rates.rate("cache_write")),
-        ("audio_input", tokens.audio_input, rates.rate("audio_input")),
-        ("output", tokens.response_output, rates.output),
-        ("reasoning", tokens.reasoning, rates.rate("reasoning")),
-        ("audio_output", tokens.audio_output, rates.rate("audio_output")),
-    ]
+    return list(zip(PRICED_PARTS, _part_counts(tokens), rates.billed_rates, strict=True))
 
 
 def cost_of_tokens(price: Price | None, tokens: TokenCounts) -> Cost:
@@ -281,18 +292,28 @@ def cost_of_tokens(price: Price | None, tokens: TokenCounts) -> Cost:
         return UNPRICED
     rates, tier = price.tier_for(tokens.input)
     with decimal.localcontext(_EXACT):
-        total = sum((Decimal(count) * rate for _, count, rate in priced_parts(rates, tokens)), Decimal(0))
-        amount = _without_trailing_zeros(total.scaleb(-_PER_EXPONENT[price.per]))
-    return Cost(amount, price.currency, price.virtual, False, tier, price.effective_from)
+        parts = zip(_part_counts(tokens), rates.billed_rates, strict=True)
+        return _priced(price, tier, sum((Decimal(count) * rate for count, rate in parts if count), Decimal(0)))
 
 
 def cost_of(price: Price | None, input_tokens: int, output_tokens: int) -> Cost:
-    """The exact cost of ``input_tokens`` and ``output_tokens`` at ``price``, none of them cached or reasoning."""
+    """The exact cost of ``input_tokens`` and ``output_tokens`` at ``price``, none of them cached or reasoning
+    (the same as ``cost_of_tokens`` of plain counts, without building them: the quota check's estimates)."""
     if input_tokens < 0 or output_tokens < 0:
         raise ValueError(
             f"token counts must not be negative, got input_tokens={input_tokens}, output_tokens={output_tokens}"
         )
-    return cost_of_tokens(price, TokenCounts(input_tokens, output_tokens))
+    if price is None:
+        return UNPRICED
+    rates, tier = price.tier_for(input_tokens)
+    with decimal.localcontext(_EXACT):
+        return _priced(price, tier, Decimal(input_tokens) * rates.input + Decimal(output_tokens) * rates.output)
+
+
+def _priced(price: Price, tier: int | None, per_block: Decimal) -> Cost:
+    """The cost of ``per_block`` (the sum of tokens x rates, per ``price.per`` tokens); in the exact context."""
+    amount = _without_trailing_zeros(per_block.scaleb(-_PER_EXPONENT[price.per]))
+    return Cost(amount, price.currency, price.virtual, False, tier, price.effective_from)
 
 
 def cost_units(amount: Decimal) -> int:

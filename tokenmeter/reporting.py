@@ -2,7 +2,9 @@
 
 Pure parts (periods, the report document, its three renderings) are used both by
 `tokenmeter report` and by `tokenmeter serve`'s ``GET /v1/report``; the numbers come from
-:func:`tokenmeter.store.usage_queries.period_usage` (the exact counter rule).
+:func:`tokenmeter.store.usage_queries.period_usage` (the exact counter rule). Cost per conversation
+(``by="conversation"``) comes from the per-call rows instead, since the counters carry no conversation
+(:mod:`tokenmeter.store.conversation_queries`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from tokenmeter.calendar_periods import calendar_period, midnight
+from tokenmeter.store.conversation_queries import DEFAULT_LIMIT, ConversationCosts, conversation_costs
 from tokenmeter.store.usage_queries import CostAmount, Dimension, PeriodUsage, period_usage
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 Period = Literal["day", "week", "month", "year"]
 DIMENSIONS: Final[tuple[str, ...]] = ("department", "user", "model", "app")
+CONVERSATION: Final = "conversation"  # cost per conversation: from llm_usage, not the counters
 NONE_LABEL: Final = "(none)"  # calls nobody was attributed to
 _DISPLAY_DECIMALS: Final = Decimal("0.000001")
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -193,14 +197,25 @@ def _sorted_rows(rows: list[ReportRow]) -> tuple[ReportRow, ...]:
 def build_usage_report(
     client: Client, by: str, period: str, at: date | None = None, subject: str | None = None, *,
     now: datetime | None = None,
-) -> UsageReport:  # fmt: skip
+) -> UsageReport | ConversationCosts:  # fmt: skip
     """The report for one period from the store; raises ValueError for a bad ``by`` or ``period``."""
+    if by == CONVERSATION:
+        return build_conversation_report(client, period, at, subject, now=now)
     if by not in DIMENSIONS:
         raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, got {by!r}")
     start, end = resolve_period(period, at, now)
     usage = period_usage(client, start, end, cast("Dimension", by), subject, with_unpriced=True)
     rows = _sorted_rows([_report_row(entry) for entry in usage])
     return UsageReport(by=by, period=period, start=start, end=end, rows=rows, subject=subject)
+
+
+def build_conversation_report(
+    client: Client, period: str, at: date | None = None, conversation: str | None = None, *,
+    limit: int = DEFAULT_LIMIT, now: datetime | None = None,
+) -> ConversationCosts:  # fmt: skip
+    """Cost per conversation in one period (its ``limit`` costliest per currency), or of one conversation."""
+    start, end = resolve_period(period, at, now)
+    return conversation_costs(client, period, start, end, conversation=conversation, limit=limit)
 
 
 # --- renderings ------------------------------------------------------------------

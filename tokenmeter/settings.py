@@ -59,7 +59,16 @@ class AnswerCacheSettings(BaseSettings):
     answer_cache_max_entries: int = Field(default=10_000, ge=1)
 
 
-class Settings(AnswerCacheSettings):
+class ResponseHeaderSettings(BaseSettings):
+    """What the identity middleware adds to responses (docs/accounting.md), kept apart to keep `Settings` short."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
+    # X-Tokenmeter-Cost: the cost of the LLM calls a request made that returned before its response started.
+    # Off unless asked: it shows what answers cost to whoever receives the response.
+    cost_header: bool = False
+
+
+class Settings(AnswerCacheSettings, ResponseHeaderSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENMETER_", extra="ignore")
 
     # Store and services (used by later components; named here so the table is whole).

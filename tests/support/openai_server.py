@@ -3,6 +3,9 @@
 It speaks the parts of the API tokenmeter meters (chat completions, completions,
 embeddings; JSON and SSE streaming), reports `usage` the way real servers do or
 withholds it like many local servers, and records every request it received.
+`usage_fields` make the chat and text completions' usage any server's shape: OpenAI's
+details, DeepSeek's cache hits and misses, DashScope's cache writes (see the helpers
+below `ServerState`).
 Special model names make it fail: `fail-500`, `fail-400`, and `break-stream`
 (the connection drops after two chunks).
 """
@@ -37,17 +40,60 @@ class ServerState:
     usage_mode: UsageMode = "report"
     requests: list[ReceivedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Put into (and over) every completion's usage block; a test may change it between calls.
+    usage_fields: dict[str, Any] | None = None
 
 
-def _usage(body: dict[str, Any]) -> dict[str, int]:
+def openai_usage(
+    cached: int | None = None,
+    reasoning: int | None = None,
+    *,
+    audio_input: int | None = None,
+    audio_output: int | None = None,
+    image_input: int | None = None,
+    cache_write: int | None = None,
+) -> dict[str, Any]:
+    """OpenAI's shape: the parts in prompt_tokens_details and completion_tokens_details (None: not sent)."""
+    prompt = {"cached_tokens": cached, "audio_tokens": audio_input, "image_tokens": image_input,
+              "cache_write_tokens": cache_write}  # fmt: skip
+    completion = {"reasoning_tokens": reasoning, "audio_tokens": audio_output}
+    fields: dict[str, Any] = {}
+    if any(value is not None for value in prompt.values()):
+        fields["prompt_tokens_details"] = {k: v for k, v in prompt.items() if v is not None}
+    if any(value is not None for value in completion.values()):
+        fields["completion_tokens_details"] = {k: v for k, v in completion.items() if v is not None}
+    return fields
+
+
+def deepseek_usage(hit: int | None, miss: int | None, reasoning: int | None = None) -> dict[str, Any]:
+    """DeepSeek's shape: prompt_cache_hit_tokens / prompt_cache_miss_tokens beside the totals (reasoner: reasoning)."""
+    fields: dict[str, Any] = {}
+    if hit is not None:
+        fields["prompt_cache_hit_tokens"] = hit
+    if miss is not None:
+        fields["prompt_cache_miss_tokens"] = miss
+    if reasoning is not None:
+        fields["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return fields
+
+
+def dashscope_usage(cached: int, created: int) -> dict[str, Any]:
+    """DashScope's OpenAI-compatible shape with its explicit cache: reads and writes in prompt_tokens_details."""
+    details: dict[str, Any] = {"cached_tokens": cached}
+    if created:
+        details.update(cache_creation_input_tokens=created, cache_creation={"ephemeral_5m_input_tokens": created},
+                       cache_type="ephemeral")  # fmt: skip
+    return {"prompt_tokens_details": details}
+
+
+def _usage(body: dict[str, Any], fields: dict[str, Any] | None = None) -> dict[str, Any]:
     # A request's max_tokens becomes its completion size, so tests can vary usage per call.
     completion = body.get("max_tokens")
     completion = completion if isinstance(completion, int) and completion > 0 else SERVER_COMPLETION_TOKENS
-    return {
-        "prompt_tokens": SERVER_PROMPT_TOKENS,
-        "completion_tokens": completion,
-        "total_tokens": SERVER_PROMPT_TOKENS + completion,
-    }
+    usage: dict[str, Any] = {"prompt_tokens": SERVER_PROMPT_TOKENS, "completion_tokens": completion}
+    usage.update(fields or {})  # a test's shape, which may also set the totals
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -109,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [choice],
             }
             if report:
-                payload["usage"] = _usage(body)
+                payload["usage"] = _usage(body, self.server.state.usage_fields)
             self._json(200, payload)
             return
 
@@ -144,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": _usage(body),
+                    "usage": _usage(body, self.server.state.usage_fields),
                 }
             )
         self._chunk(b"data: [DONE]\n\n")
@@ -183,8 +229,8 @@ class _Server(ThreadingHTTPServer):
 class OpenAICompatibleServer:
     """Start with `with OpenAICompatibleServer() as server:`; `server.base_url` ends in /v1."""
 
-    def __init__(self, usage_mode: UsageMode = "report") -> None:
-        self.state = ServerState(usage_mode=usage_mode)
+    def __init__(self, usage_mode: UsageMode = "report", usage_fields: dict[str, Any] | None = None) -> None:
+        self.state = ServerState(usage_mode=usage_mode, usage_fields=usage_fields)
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.state = self.state
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

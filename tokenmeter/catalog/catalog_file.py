@@ -8,34 +8,32 @@ Every problem raises ``CatalogError`` with a message that names the file, the en
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import re
 from collections.abc import Sequence
-from decimal import Decimal
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import regex
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import Field, ValidationError, ValidationInfo
 from pydantic.functional_validators import AfterValidator, BeforeValidator, PlainValidator, model_validator
 from pydantic.types import Discriminator, StringConstraints, Tag
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 from tokenmeter.catalog.entry import BUILTIN_ORIGIN, CHAT_FORMATS, TOKENIZER_KINDS, ModelEntry, TokenizerSpec
 from tokenmeter.catalog.file_refs import is_package_ref, split_package_ref
+from tokenmeter.catalog.price_file import PRICE_EXPECTED, PRICE_TAGS, PriceField, PriceSource, read_schedule
+from tokenmeter.catalog.strict_model import Name, Strict, Text, problem
 from tokenmeter.errors import ConfigurationError
-from tokenmeter.pricing import PER_1K, PER_1M, Price, PriceSchedule
 
 REGEX_PREFIX: Final = "re:"
-_PER_VALUES: Final[dict[str, int]] = {"1K": PER_1K, "1M": PER_1M}
 
 # What each field must be, by path. Any pydantic error on or inside a field is reported as
 # "<path> <text>", with {kind} the YAML kind of the wrong value, {value} the value, {got} both.
 _NON_EMPTY = "must be a non-empty string, got {got}"
-_AMOUNT = 'must be a non-negative number such as "0.5" or 0.5, got {got}'
 _EXPECTED: Final[dict[str, str]] = {
     "": 'must be a mapping with at least a "match" key, got {kind}',
     "match": 'is required: a glob such as "qwen2.5-*" or a regular expression such as "re:^qwen.*$", got {got}',
@@ -55,37 +53,25 @@ _EXPECTED: Final[dict[str, str]] = {
     "tokenizer.trust_remote_code": "must be true or false, got {value}",
     "tokenizer.chat_template": _NON_EMPTY,
     "chat_format": f"must be one of {', '.join(CHAT_FORMATS)}, got {{value}}",
-    "price": "must be a mapping with input, output, per and currency, got {kind}",
-    "price.input": _AMOUNT,
-    "price.output": _AMOUNT,
-    "price.per": 'must be "1K" or "1M", got {value}',
-    "price.currency": 'must be a currency code such as "USD" or "CNY", got {value}',
-    "price.virtual": "must be true or false, got {value}",
+    **PRICE_EXPECTED,
     "note": _NON_EMPTY,
 }
 _MISSING: Final[dict[str, str]] = {  # absent (or null), these get a hint of their own
     "tokenizer.encoding": 'is required for kind tiktoken, e.g. "cl100k_base"',
     "tokenizer.path": 'is required for kind tiktoken_file: a .tiktoken file or "package:<package>/<relative path>"',
 }
-_TAGS: Final = frozenset((*TOKENIZER_KINDS, "range"))  # union branches, as named in an error's location
+_TAGS: Final = frozenset((*TOKENIZER_KINDS, "range", *PRICE_TAGS))  # union branches, as named in an error's location
 
 
 class CatalogError(ConfigurationError, ValueError):
     """A model catalog file that cannot be used; the message names file, entry, field and fix."""
 
 
-def _problem(message: str) -> PydanticCustomError:
-    """A complete message of a validator's own (field path included), reported as it is."""
-    return PydanticCustomError("catalog", message)
+@dataclass(frozen=True)
+class CatalogEntry(ModelEntry):
+    """An entry read from a catalog file: with where each of its prices comes from."""
 
-
-_Text = Annotated[str, StringConstraints(pattern=r"\S")]  # not blank; kept as written
-_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-# Exact: a YAML 0.1 is a float, and Decimal(0.1) is not 0.1, so a float is read through str().
-_FLOAT_AS_TEXT = BeforeValidator(
-    lambda value: str(value) if isinstance(value, float) and math.isfinite(value) else value
-)
-_Amount = Annotated[Decimal, _FLOAT_AS_TEXT, Field(strict=False, ge=0)]
+    price_sources: tuple[PriceSource, ...] = ()  # one per price of ``prices``, in the same order
 
 
 def _regex_match(pattern: str) -> str:
@@ -93,15 +79,8 @@ def _regex_match(pattern: str) -> str:
         if pattern.startswith(REGEX_PREFIX):
             re.compile(pattern[len(REGEX_PREFIX) :], re.IGNORECASE)
     except re.error as exc:
-        raise _problem(f"match is not a valid regular expression after 're:': {exc}") from None
+        raise problem(f"match is not a valid regular expression after 're:': {exc}") from None
     return pattern
-
-
-def _per(value: object) -> int:
-    per = _PER_VALUES.get(value.strip().upper()) if isinstance(value, str) else value
-    if type(per) is not int or per not in (PER_1K, PER_1M):  # no bool, no float
-        raise ValueError(value)
-    return per
 
 
 def _paths(value: object, info: ValidationInfo) -> tuple[str, ...]:
@@ -120,7 +99,7 @@ def _file_ref(ref: str, base_dir: Path | None) -> str:
     try:
         split_package_ref(ref)
     except ValueError as exc:
-        raise _problem(f"tokenizer.path: {exc}") from None
+        raise problem(f"tokenizer.path: {exc}") from None
     return ref
 
 
@@ -130,28 +109,11 @@ def _split_regex(pat_str: str) -> str:
         # dependency) understands the same \p{...} classes and catches syntax errors early.
         regex.compile(pat_str)
     except regex.error as exc:
-        raise _problem(f"tokenizer.pat_str is not a valid regular expression: {exc}") from None
+        raise problem(f"tokenizer.pat_str is not a valid regular expression: {exc}") from None
     return pat_str
 
 
-class _Strict(BaseModel):
-    # strict: YAML has typed every scalar already, so "1" is no number here and 1 no string.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        # Checked before the fields, as before, to name the allowed ones and a likely fix:
-        # pydantic's own extra="forbid" error does neither.
-        unknown = [str(key) for key in data if key not in cls.model_fields] if isinstance(data, dict) else []
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], cls.model_fields, n=1)
-            fix = (f' (did you mean "{hint[0]}"?)' if hint else "") + f"; allowed: {', '.join(cls.model_fields)}"
-            raise PydanticCustomError("unknown_field", "unknown field", {"field": unknown[0], "fix": fix})
-        return data
-
-
-class _Repeat(_Strict):  # {format: "<|extra_{i}|>", count: 205}: tokens numbered 0 to count - 1
+class _Repeat(Strict):  # {format: "<|extra_{i}|>", count: 205}: tokens numbered 0 to count - 1
     format: Annotated[str, StringConstraints(pattern=r"\{i\}")]
     count: int = Field(gt=0)
 
@@ -159,7 +121,7 @@ class _Repeat(_Strict):  # {format: "<|extra_{i}|>", count: 205}: tokens numbere
         return [self.format.replace("{i}", str(i)) for i in range(self.count)]
 
 
-class _SpecialRange(_Strict):  # {start: <first id>, tokens: [...]}: consecutive ids
+class _SpecialRange(Strict):  # {start: <first id>, tokens: [...]}: consecutive ids
     start: int = Field(ge=0)
     tokens: list[Annotated[str, StringConstraints(min_length=1)] | _Repeat]
 
@@ -171,7 +133,7 @@ def _special_pairs(tokens: _SpecialRange | dict[str, int]) -> tuple[tuple[str, i
         names = [name for item in tokens.tokens for name in ([item] if isinstance(item, str) else item.names())]
         pairs = tuple((name, tokens.start + offset) for offset, name in enumerate(names))
     if len(dict(pairs)) != len(pairs) or len({token_id for _, token_id in pairs}) != len(pairs):
-        raise _problem("tokenizer.special_tokens lists a token or an id twice")
+        raise problem("tokenizer.special_tokens lists a token or an id twice")
     return pairs
 
 
@@ -190,12 +152,12 @@ _SpecialTokens = Annotated[
 _Paths = Annotated[tuple[str, ...], PlainValidator(_paths)]
 
 
-class _Tiktoken(_Strict):
+class _Tiktoken(Strict):
     kind: Literal["tiktoken"]
-    encoding: _Name
+    encoding: Name
 
 
-class _TiktokenFile(_Strict):
+class _TiktokenFile(Strict):
     kind: Literal["tiktoken_file"]
     path: _Paths
     pat_str: Annotated[str, StringConstraints(min_length=1), AfterValidator(_split_regex)]
@@ -203,88 +165,92 @@ class _TiktokenFile(_Strict):
     normalize: Literal["NFC", "NFKC"] | None = None
 
 
-class _HuggingFace(_Strict):
+class _HuggingFace(Strict):
     kind: Literal["huggingface"]
     path: _Paths = ()
-    hub_id: _Text | None = None
+    hub_id: Text | None = None
     trust_remote_code: bool = False
-    chat_template: _Text | None = None
+    chat_template: Text | None = None
 
 
-class _Price(_Strict):
-    input: _Amount
-    output: _Amount
-    per: Annotated[int, PlainValidator(_per)]
-    currency: Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{3,8}$")]
-    virtual: bool = False
-
-
-class _Entry(_Strict):
-    match: Annotated[_Name, AfterValidator(_regex_match)]
-    provider: _Text | None = None
+class _Entry(Strict):
+    match: Annotated[Name, AfterValidator(_regex_match)]
+    provider: Text | None = None
     tokenizer: Annotated[_Tiktoken | _TiktokenFile | _HuggingFace, Field(discriminator="kind")] | None = None
     chat_format: Literal[*CHAT_FORMATS] | None = None
-    price: _Price | None = None
-    note: _Text | None = None
+    price: PriceField | None = None
+    note: Text | None = None
 
     @model_validator(mode="after")
     def _template_needs_huggingface(self) -> _Entry:
         if self.chat_format == "template" and not isinstance(self.tokenizer, _HuggingFace):
-            raise _problem('chat_format "template" needs a tokenizer of kind huggingface (it uses its chat template)')
+            raise problem('chat_format "template" needs a tokenizer of kind huggingface (it uses its chat template)')
         return self
 
-    def to_entry(self, origin: str) -> ModelEntry:
-        # The tokenizer's and the price's fields are those of TokenizerSpec and Price.
-        return ModelEntry(
+    def to_entry(self, origin: str) -> CatalogEntry:
+        # The tokenizer's fields are those of TokenizerSpec.
+        prices, sources = read_schedule(self.price) if self.price is not None else (None, ())
+        return CatalogEntry(
             pattern=self.match,
             provider=self.provider,
             tokenizer=TokenizerSpec(**dict(self.tokenizer)) if self.tokenizer is not None else None,
             chat_format=self.chat_format,
-            prices=PriceSchedule((Price(**dict(self.price)),)) if self.price is not None else None,
+            prices=prices,
             note=self.note,
             origin=origin,
+            price_sources=sources,
         )
 
 
 def _show(value: object) -> str:
+    if isinstance(value, date):  # a YAML date or timestamp
+        return value.isoformat()
     return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 def _kind_of(value: object) -> str:
+    if isinstance(value, datetime):
+        return "a time" if value.utcoffset() is not None else "a time without UTC offset"
+    if isinstance(value, date):
+        return "a date"
     names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _field_path(location: Sequence[int | str]) -> str:
-    """The field an error is on: ``("tokenizer", "tiktoken_file", "special_tokens", "range", "start")``
-    -> ``tokenizer.special_tokens.start``. Union tags and list indexes are skipped; below a known
-    field, anything else (a mapping's key, a union member) is part of its value."""
-    path = ""
+def _field_path(location: Sequence[int | str]) -> tuple[str, str]:
+    """The field an error is on, as (key in _EXPECTED, name shown with list indexes):
+    ``("price", "history", 1, "tiers", 0, "up_to")`` -> ``("price.tiers.up_to", "price[1].tiers[0].up_to")``.
+    Union tags are skipped; below a known field, anything else (a mapping's key, a union member) is part
+    of its value."""
+    key = shown = ""
     for part in location:
-        longer = f"{path}.{part}" if path else str(part)
+        if isinstance(part, int):  # an item of a list: "<list>[]" when the list's items have words of their own
+            key, shown = (f"{key}[]" if f"{key}[]" in _EXPECTED else key), f"{shown}[{part}]"
+            continue
+        longer = f"{key.removesuffix('[]')}.{part}" if key else str(part)
         if longer in _EXPECTED:
-            path = longer
-        elif not (isinstance(part, int) or part in _TAGS):
+            key, shown = longer, f"{shown}.{part}" if shown else str(part)
+        elif part not in _TAGS:
             break
-    return path
+    return key, shown
 
 
 def _describe(error: ErrorDetails) -> str:
     """A pydantic error in the catalog's words: ``<field> <what it must be>, got <value>``."""
-    kind, path = error["type"], _field_path(error["loc"])
+    kind, (key, shown) = error["type"], _field_path(error["loc"])
     value = None if kind == "missing" else error["input"]
+    context = error.get("ctx", {})
     if kind == "catalog":
         return error["msg"]
-    if kind == "unknown_field":  # from _Strict._known_fields
-        context = error.get("ctx", {})
-        field = f"{path}.{context['field']}" if path else context["field"]
-        return f"unknown field {field!r}{context['fix']}"
+    if kind in ("unknown_field", "field_problem"):  # from Strict._known_fields, or a field below this one
+        field = f"{shown}.{context['field']}" if shown else context["field"]
+        return f"unknown field {field!r}{context['fix']}" if kind == "unknown_field" else f"{field} {context['text']}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):  # the tokenizer's kind
-        path, value = f"{path}.kind", value.get("kind") if isinstance(value, dict) else None
-    template = (_MISSING.get(path) if value is None else None) or _EXPECTED[path]
+        key, shown, value = f"{key}.kind", f"{shown}.kind", value.get("kind") if isinstance(value, dict) else None
+    template = (_MISSING.get(key) if value is None else None) or _EXPECTED[key]
     got = "null" if value is None else f"{_kind_of(value)} {_show(value)}"
     text = template.format(kind=_kind_of(value), value=_show(value), got=got)
-    return f"{path} {text}" if path else text
+    return f"{shown} {text}" if shown else text
 
 
 class _StrictLoader(yaml.SafeLoader):

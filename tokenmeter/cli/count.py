@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tokenmeter.catalog import ModelCatalog, ModelEntry
+from tokenmeter.catalog.catalog_file import CatalogEntry
+from tokenmeter.catalog.price_file import PriceSource
 from tokenmeter.cli.exit_codes import EXIT_OK
 from tokenmeter.cli.input_error import InputError
-from tokenmeter.pricing import PER_1K, Price
+from tokenmeter.pricing import PER_1K, RATE_FIELDS, Price, PriceTier
 from tokenmeter.settings import get_settings
 from tokenmeter.tokenizers import TokenCount, TokenizerRegistry
 
@@ -74,16 +76,38 @@ def run_count(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     return EXIT_OK
 
 
-def _price_json(price: Price | None) -> dict[str, Any] | None:
-    if price is None:
-        return None
-    return {
-        "input": str(price.input),
-        "output": str(price.output),
+def _rates_json(rates: Price | PriceTier) -> dict[str, str]:
+    """input and output, and the other rates where the price or tier has its own."""
+    named = {name: getattr(rates, name) for name in RATE_FIELDS}
+    return {name: str(rate) for name, rate in named.items() if rate is not None}
+
+
+def _price_json(price: Price, source: PriceSource | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        **_rates_json(price),
         "per": "1K" if price.per == PER_1K else "1M",
         "currency": price.currency,
         "virtual": price.virtual,
     }
+    if price.tiers:
+        out["tiers"] = [{"up_to": tier.up_to, **_rates_json(tier)} for tier in price.tiers]
+    if price.effective_from is not None:
+        out["from"] = price.effective_from.isoformat()
+    if source is not None and source.source is not None:
+        out["source"] = source.source
+    if source is not None and source.checked is not None:
+        out["checked"] = source.checked.isoformat()
+    return out
+
+
+def _prices_json(entry: ModelEntry) -> dict[str, Any]:
+    """``price``: the price valid now; ``prices``: the whole schedule, oldest first, unless it is just that price."""
+    schedule = entry.prices.prices if entry.prices is not None else ()
+    sources = entry.price_sources if isinstance(entry, CatalogEntry) else (None,) * len(schedule)
+    listed = [_price_json(price, source) for price, source in zip(schedule, sources, strict=True)]
+    now = entry.price
+    current = next((shown for price, shown in zip(schedule, listed, strict=True) if price is now), None)
+    return {"price": current} if listed in ([], [current]) else {"price": current, "prices": listed}
 
 
 def _entry_json(entry: ModelEntry) -> dict[str, Any]:
@@ -92,7 +116,7 @@ def _entry_json(entry: ModelEntry) -> dict[str, Any]:
         "provider": entry.provider,
         "tokenizer": entry.tokenizer.describe() if entry.tokenizer is not None else None,
         "chat_format": entry.chat_format,
-        "price": _price_json(entry.price),
+        **_prices_json(entry),
         "note": entry.note,
         "origin": entry.origin,
     }

@@ -8,3 +8,5 @@ EXIT_OK: Final = 0
 EXIT_UNAVAILABLE: Final = 1
 # Bad input: an unreadable file, invalid JSON or messages, a broken catalog or policy, bad arguments.
 EXIT_BAD_INPUT: Final = 2
+# A check that ran and found a problem: `tokenmeter reconcile` with a month total past its threshold.
+EXIT_PAST_THRESHOLD: Final = 3

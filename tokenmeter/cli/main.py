@@ -9,7 +9,9 @@
     tokenmeter serve [--host 127.0.0.1] [--otlp-grpc-port 4317] [--otlp-http-port 4318] [--api-port 9400]
     tokenmeter report [--by department|user|model|app] [--period day|week|month] [--format table|json|csv]
     tokenmeter enforcer --clickhouse-url URL --policy policy.yaml [--port 9400]
+    tokenmeter reprice --from 2026-11-01 [--to 2026-11-30] [--model GLOB] [--apply] [--format table|json]
     tokenmeter compare [--period 2026-11] [--app A] [--models a,b] [--experiment NAME] [--format table|json|csv]
+    tokenmeter reconcile --provider openai|deepseek|dashscope FILE... [--month YYYY-MM] [--format table|json]
     tokenmeter routing train LABELLED.csv --out intents.json | classify --policy FILE "question" | check --policy FILE
     tokenmeter check --model gpt-4o [--user U] [--department D] [--input-tokens N] [--reserve]
     tokenmeter demo [--dir .tokenmeter-demo]
@@ -18,10 +20,12 @@
 
 Exit codes: 0 success, 1 store failure (unreachable, locked by another process,
 a failed or changed migration), 2 bad input (unreadable file, invalid JSON or
-messages, broken catalog, bad arguments, a bad store URL).
+messages, broken catalog, bad arguments, a bad store URL), 3 a check past its threshold
+(`reconcile`).
 
-Each command's parser and run live in its own module (``count``, ``db``, ``serve``, ``report``,
-``quota``, ``routing``, ``demo``, ``tiktoken_cache``); here the parser is put together and errors become exit codes.
+Each command's parser and run live in its own module (``count``, ``db``, ``serve``, ``report``, ``reprice``,
+``reconcile``, ``quota``, ``routing``, ``demo``, ``tiktoken_cache``); here the parser is put together and errors
+become exit codes.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from tokenmeter.cli.demo import add_demo_parsers
 from tokenmeter.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from tokenmeter.cli.input_error import InputError
 from tokenmeter.cli.quota import add_quota_parsers
+from tokenmeter.cli.reconcile import add_reconcile_parser
+from tokenmeter.cli.reprice import add_reprice_parser
 from tokenmeter.cli.routing import add_routing_parser
 from tokenmeter.cli.serve import add_serve_parser
 from tokenmeter.cli.statement import add_statement_parser
@@ -74,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     _add_report_parser(commands)
     add_statement_parser(commands)
+    add_reprice_parser(commands)
     add_compare_parser(commands)
+    add_reconcile_parser(commands)
     add_routing_parser(commands)
     add_quota_parsers(commands)
     add_credits_parsers(commands)

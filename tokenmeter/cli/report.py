@@ -1,4 +1,5 @@
-"""`tokenmeter report`: usage by department, user, model or app for a day, week or month.
+"""`tokenmeter report`: usage by department, user, model or app for a day, week or month (and cost per
+conversation: ``--by conversation``, in :mod:`tokenmeter.cli.conversation_report`).
 
 Where the numbers come from: the store directly (a ClickHouse server, or a chDB directory
 no process holds; one that does not exist is an error, exit 2, never created here), or a
@@ -24,6 +25,7 @@ from tokenmeter.cli.serve_lookup import serve_holding
 from tokenmeter.cli.store_options import add_clickhouse_url_option
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.reporting import (
+    CONVERSATION,
     DIMENSIONS,
     UsageReport,
     build_usage_report,
@@ -64,7 +66,9 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
             "Progress goes to stderr, the report to stdout."
         ),
     )
-    report.add_argument("--by", choices=DIMENSIONS, default="department", help="group by (default department)")
+    report.add_argument("--by", choices=(*DIMENSIONS, CONVERSATION), default="department",
+                        help="group by (default department); conversation: cost per conversation, from the "
+                        "per-call spans")  # fmt: skip
     report.add_argument("--period", metavar="PERIOD", help="day, week, month or year (default month); with --waste a "
                         "month 2026-11, a day, an ISO week 2026-W45 or a year")  # fmt: skip
     report.add_argument("--at", metavar="YYYY-MM-DD", help="any day in the period (default today, UTC)")
@@ -74,8 +78,10 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     report.add_argument(
         "--api", metavar="URL", help="ask this `tokenmeter serve` API instead of the store (e.g. http://127.0.0.1:9400)"
     )
+    from tokenmeter.cli.conversation_report import add_conversation_options  # it builds on ReportError, ServeApi
     from tokenmeter.cli.waste import add_waste_options  # it builds on this module's ReportError and ServeApi
 
+    add_conversation_options(report)
     add_waste_options(report)
 
 
@@ -83,10 +89,13 @@ def run_report(args: argparse.Namespace, stdout: TextIO) -> int:
     """Print the report; 0 ok, 1 the store or API could not answer, 2 bad input. Errors: one line on stderr."""
     from tokenmeter.cli.waste import run_waste, waste_only_option
 
-    if args.waste:
-        return run_waste(args, stdout)
-    if waste_only_option(args) is not None:
-        return _fail(f"{waste_only_option(args)} is the waste report's: add --waste", EXIT_BAD_INPUT)
+    if args.waste or args.by == CONVERSATION:
+        from tokenmeter.cli.conversation_report import run_conversation_report
+
+        return (run_waste if args.waste else run_conversation_report)(args, stdout)
+    misplaced = _misplaced_option(args, waste_only_option(args))
+    if misplaced is not None:
+        return _fail(misplaced, EXIT_BAD_INPUT)
     args.period = args.period or "month"
     if args.period not in PERIODS:
         return _fail(f"--period: {args.period!r} is not one of {', '.join(PERIODS)} (other periods: with --waste)",
@@ -106,6 +115,15 @@ def run_report(args: argparse.Namespace, stdout: TextIO) -> int:
     else:
         render_table(report, output_console(stdout), store=source.caption)
     return EXIT_OK
+
+
+def _misplaced_option(args: argparse.Namespace, waste_option: str | None) -> str | None:
+    """Why an option of another report given to the usage report is bad input, if one is."""
+    if waste_option is not None:
+        return f"{waste_option} is the waste report's: add --waste"
+    if args.limit is not None:
+        return f"--limit is the conversation report's: add --by {CONVERSATION}"
+    return None
 
 
 def _fail(message: str, code: int) -> int:

@@ -16,6 +16,7 @@ from typing import Final
 
 from tokenmeter import semconv
 from tokenmeter.dashboards.credit_alert_queries import CREDIT_ALERT_QUERIES
+from tokenmeter.dashboards.reconcile_panels import RECONCILE_ALERT_QUERIES
 from tokenmeter.store.counter_increase import DAILY, increase, metric_list, raw_rows, series_increases, table_rows
 from tokenmeter.store.otlp_sql import attribute
 
@@ -74,6 +75,7 @@ ALERT_QUERIES: Final[dict[str, Callable[[], str]]] = {
     "tokenmeter-no-data": _no_data,
     "tokenmeter-failing-open": _failing_open,
     **CREDIT_ALERT_QUERIES,
+    **RECONCILE_ALERT_QUERIES,
 }
 
 # A rule's uid line, then (before the next rule) its folded rawSql block.

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from tokenmeter.dashboards.credit_panels import credits
 from tokenmeter.dashboards.panels import ALL_BOARDS, DIMENSIONS, FORMAT_TIME_SERIES, Board, Panel, variable_query
+from tokenmeter.dashboards.reconcile_panels import reconciliation_board
 
 DATASOURCE: Final = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 # tokenmeter's units -> Grafana's (costs carry their currency in a column or the series name).
@@ -70,5 +71,5 @@ def dashboard_json(board: Board) -> dict[str, Any]:
 
 def build() -> dict[str, str]:
     """File name -> JSON text, as committed under dashboards/."""
-    boards = [make() for make in (*ALL_BOARDS, credits)]
+    boards = [make() for make in (*ALL_BOARDS, credits, reconciliation_board)]
     return {board.file_name: json.dumps(dashboard_json(board), ensure_ascii=False, indent=2) + "\n" for board in boards}

@@ -29,6 +29,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenmeter import semconv
+from tokenmeter.demo.llm_server import DAY_HEADER
 from tokenmeter.demo.run import WORKERS, DemoError, Endpoints, make_call
 from tokenmeter.demo.workload import Call, plan
 
@@ -231,7 +232,10 @@ def backfill(endpoints: Endpoints, llm_base_url: str, days: list[HistoryDay], pr
         for day in days:
             metrics, spans = [], []
             for hour_end, calls in zip(day.hour_ends, _hours(day.calls, len(day.hour_ends)), strict=True):
-                list(pool.map(lambda call: make_call(client, call), calls))
+                # The LLM server's ledger books the call on the day it stands for (UTC; office hours in the
+                # demo's Asia/Shanghai are 01:00-10:00 UTC, so an hour never straddles two UTC days).
+                hour_client = client.with_options(default_headers={DAY_HEADER: hour_end.date().isoformat()})
+                list(pool.map(lambda call, c=hour_client: make_call(c, call), calls))
                 hour_metrics, hour_spans = recorder.hour_done(hour_end)
                 metrics += hour_metrics
                 spans += hour_spans

@@ -62,6 +62,7 @@ PEOPLE: Final = (
     Person("wang.fang", "研发部", "code-review", "qwen-max", 18, 0.0, 200),
     Person("chen.jie", "销售部", "kb-assistant", "deepseek-chat", 24, 0.5, 128),
     Person("liu.yang", "销售部", "kb-assistant", "deepseek-chat", 18, 0.5, 128),
+    Person("wu.hao", "销售部", "analyst", "deepseek-reasoner", 8, 0.3, 256),  # thinks first: reasoning tokens
     Person("zhao.lei", "客服部", "service-desk", "qwen2.5-7b-instruct", 30, 0.7, 128),
     Person("sun.li", "客服部", "service-desk", "qwen2.5-7b-instruct", 26, 0.7, 128),
     Person("zhou.min", "客服部", "service-desk", "qwen2.5-14b-instruct", 14, 0.0, 128),

@@ -9,7 +9,9 @@ The middleware never changes what the host app does, with one exception on purpo
 a quota error (:class:`~tokenmeter.instrumentation.quota.errors.QuotaExceeded`, ``QuotaDegraded``,
 ``QuotaUnavailable``) that escapes the app before its response started becomes a 429
 with the message for the user (:mod:`tokenmeter.instrumentation.quota.responses`); warn
-and downgrade decisions add an ``X-Tokenmeter-Quota`` header. A failure inside the
+and downgrade decisions add an ``X-Tokenmeter-Quota`` header. With ``TOKENMETER_COST_HEADER=true``
+an ``X-Tokenmeter-Cost`` header says what the request's LLM calls that returned before its
+response started cost (:mod:`tokenmeter.instrumentation.request_costs`). A failure inside the
 middleware is logged once and the app called as if the middleware were not there.
 """
 
@@ -36,6 +38,7 @@ from tokenmeter.instrumentation.quota.errors import QuotaError, QuotaVerdict
 from tokenmeter.instrumentation.quota.gate import collecting_notices, notice_header
 from tokenmeter.instrumentation.quota.responses import STATUS as QUOTA_STATUS
 from tokenmeter.instrumentation.quota.responses import quota_error_response
+from tokenmeter.instrumentation.request_costs import COST_HEADER, RequestCosts, collecting_costs
 from tokenmeter.instrumentation.retrieval import no_retrieval
 from tokenmeter.log_once import LogOnce
 from tokenmeter.settings import Settings, get_settings
@@ -75,8 +78,11 @@ class IdentityMiddleware:
             return
         request_context = contextlib.ExitStack()
         notices: list[QuotaVerdict] | None = None
+        costs: RequestCosts | None = None
         try:
             notices = request_context.enter_context(self._request_context(scope, self._settings))
+            if self._settings.cost_header and scope.get("type") == "http":
+                costs = request_context.enter_context(collecting_costs())
         except Exception as error:
             request_context = contextlib.ExitStack()
             self._log_once(error, "requests are served without attribution while it lasts")
@@ -88,6 +94,8 @@ class IdentityMiddleware:
             await send(message)
 
         app_send = tracked_send if notices is None else _with_quota_header(tracked_send, notices)
+        if costs is not None:
+            app_send = self._with_cost_header(app_send, costs)
         try:
             await self.app(scope, receive, app_send)
         except QuotaError as error:
@@ -144,6 +152,22 @@ class IdentityMiddleware:
         except Exception as error:  # a third-party propagator: skip the trace, keep the identity
             self._log_once(error, "requests do not continue the caller's trace while it lasts")
             return None
+
+    def _with_cost_header(self, send: Send, costs: RequestCosts) -> Send:
+        """``send`` that adds ``X-Tokenmeter-Cost`` when calls of this request returned before the response started."""
+
+        async def send_with_cost(message: Message) -> None:
+            if message.get("type") == "http.response.start":
+                try:
+                    header = await costs.header_value()
+                except Exception as error:
+                    header = None
+                    self._log_once(error, "responses go without the X-Tokenmeter-Cost header while it lasts")
+                if header is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), (COST_HEADER, header)]}
+            await send(message)
+
+        return send_with_cost
 
     def _log_once(self, error: Exception, consequence: str) -> None:
         """A warning the first time a kind of failure happens here, debug after that."""

@@ -5,20 +5,23 @@ drift sample is decided from the call's trace id, passed in). Billed counts are 
 server's `usage` when it sent one, else the local count with the model's tokenizer
 (or a labelled estimate); the local count is also made beside server usage when the
 policy asks for it, so drift between the two can be watched. The cost comes from the
-catalog's price for the model counted by; an unknown model's cost is unpriced.
+catalog's price for the model counted by, valid when the call started, for the tokens by
+type (the server's cache reads and writes, reasoning and audio at their own rates); an
+unknown model's cost is unpriced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation.local_counts import LocalCounts, count_locally, estimate_locally
 from tokenmeter.instrumentation.openai_payload import ServerUsage
-from tokenmeter.pricing import Cost, cost_of
+from tokenmeter.pricing import Cost, Price, TokenCounts, cost_of_tokens
 from tokenmeter.tokenizers import TokenizerRegistry
 
 _LOW_64_BITS: Final = 2**64 - 1
@@ -36,6 +39,8 @@ class BillableCall:
     usage: ServerUsage | None  # as the server reported it
     reached_server: bool  # False: failed before the server answered, nothing billable
     trace_id: int  # decides the drift sample, so the same trace is sampled everywhere
+    # When the call started (timezone-aware): it is priced with the price valid then. None: the price valid now.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,20 @@ class UsageRecord:
     cost: Cost | None  # None when nothing is billable; unpriced for a model without a price
     # Why the tokenizer count failed on this input (the caller reports it); the bill stands without it.
     count_error: Exception | None = None
+    # The server's usage with the parts it reported (cache, reasoning, audio, image); None for local counts.
+    reported: ServerUsage | None = None
 
     @property
     def billed(self) -> bool:
         """True when the server processed the call, so its counts are a bill."""
         return self.source is not None
+
+    @property
+    def tokens(self) -> TokenCounts:
+        """The billed tokens by type; local counts and estimates have only input and output."""
+        if self.reported is not None:
+            return self.reported.token_counts()
+        return TokenCounts(self.input_tokens, self.output_tokens)
 
 
 NOT_BILLED: Final = UsageRecord(input_tokens=0, output_tokens=0, source=None, local=None, cost=None)
@@ -83,16 +97,22 @@ def bill(
     if not call.reached_server:
         return NOT_BILLED
     model = pricing_model(catalog, call.request_model, call.response_model)
-    price = catalog.price_for(model)
+    price = _price(catalog, model, call.started_at)
     if call.usage is not None:  # the server's count is the bill; a local one is only for drift
         local, error = _count(call, model, registry) if policy.counts_beside_server(call.trace_id) else (None, None)
-        billed_in, billed_out, source = call.usage.input_tokens, call.usage.output_tokens, semconv.SOURCE_SERVER
-    else:
-        local, error = _count(call, model, registry)
-        if local is None:  # odd input must not cost the call its usage record: a labelled estimate stands in
-            local = estimate_locally(call.request_input, call.output_texts)
-        billed_in, billed_out, source = local.input_tokens, local.output_tokens, local.source
-    return UsageRecord(billed_in, billed_out, source, local, cost_of(price, billed_in, billed_out), error)
+        tokens = call.usage.token_counts()
+        cost = cost_of_tokens(price, tokens)
+        return UsageRecord(tokens.input, tokens.output, semconv.SOURCE_SERVER, local, cost, error, call.usage)
+    local, error = _count(call, model, registry)
+    if local is None:  # odd input must not cost the call its usage record: a labelled estimate stands in
+        local = estimate_locally(call.request_input, call.output_texts)
+    cost = cost_of_tokens(price, TokenCounts(local.input_tokens, local.output_tokens))
+    return UsageRecord(local.input_tokens, local.output_tokens, local.source, local, cost, error)
+
+
+def _price(catalog: ModelCatalog, model: str, started_at: datetime | None) -> Price | None:
+    """The price valid when the call started: a price change is not retroactive."""
+    return catalog.price_at(model, started_at) if started_at is not None else catalog.price_for(model)
 
 
 def _count(call: BillableCall, model: str, registry: TokenizerRegistry) -> tuple[LocalCounts | None, Exception | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -17,6 +18,7 @@ from tokenmeter.instrumentation.attribution import Attribution
 from tokenmeter.instrumentation.billing import BillableCall, UsageRecord
 from tokenmeter.instrumentation.openai_payload import ServerUsage
 from tokenmeter.instrumentation.question_features import AskedQuestion
+from tokenmeter.instrumentation.request_costs import RequestCosts, track_cost
 
 
 @dataclass
@@ -55,9 +57,15 @@ class LLMCall:
     decided_bill: UsageRecord | None = None
     # Run on the background thread with the call's bill once it is recorded (the answer cache stores the answer).
     on_billed: Callable[[LLMCall, UsageRecord], None] | None = None
+    # The request whose X-Tokenmeter-Cost header counts this call: the one being served when the call was made, if it
+    # collects costs (request_costs); set on creation.
+    request_costs: RequestCosts | None = None
+
+    def __post_init__(self) -> None:
+        track_cost(self)
 
     def billing_facts(self) -> BillableCall:
-        """The plain data `bill` decides on; the trace id drives the drift sample."""
+        """The plain data `bill` decides on; the trace id drives the drift sample, the start time the price."""
         return BillableCall(
             operation=self.operation,
             request_model=self.request_model,
@@ -67,4 +75,11 @@ class LLMCall:
             usage=self.usage,
             reached_server=self.reached_server,
             trace_id=self.span.get_span_context().trace_id,
+            started_at=_utc(self.start_ns),
         )
+
+
+def _utc(time_ns: int) -> datetime:
+    """A wall-clock time in nanoseconds as a UTC datetime, exact to the microsecond (no float rounding)."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)

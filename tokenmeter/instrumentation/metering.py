@@ -37,6 +37,7 @@ from tokenmeter.instrumentation.openai_payload import (
     server_usage,
 )
 from tokenmeter.instrumentation.question_features import asked_question
+from tokenmeter.instrumentation.request_costs import request_cost_billed
 from tokenmeter.instrumentation.safety import contained, report_internal_error
 from tokenmeter.instrumentation.span_attributes import (
     content_attributes,
@@ -170,6 +171,7 @@ class Metering:
         record = call.decided_bill  # an answer-cache hit's; else the bill of what the server did
         if record is None:
             record = bill(call.billing_facts(), self._catalog, self._registry, self._options.local_count)
+        request_cost_billed(call, record.cost)  # the request's X-Tokenmeter-Cost header waits for it
         if record.count_error is not None:  # the bill stands (server usage, or a labelled estimate)
             report_internal_error("local token count", record.count_error)
         if record.local is not None and counted_without_the_gil(record.local.tokenizer):

@@ -8,15 +8,50 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+from tokenmeter.pricing import TokenCounts
 
 
 @dataclass(frozen=True, slots=True)
 class ServerUsage:
-    """Billable counts as the server reported them."""
+    """Billable counts as the server reported them, with the parts of them it reported.
+
+    A part is ``None`` when the server did not report it (0 when it reported 0). Cache reads and writes
+    and audio and image input are parts of ``input_tokens``, reasoning and audio output of
+    ``output_tokens`` (the servers count them so); `server_usage` cuts parts that exceed their totals.
+    """
 
     input_tokens: int
     output_tokens: int
+    cache_read: int | None = None
+    cache_creation: int | None = None
+    reasoning: int | None = None
+    audio_input: int | None = None
+    audio_output: int | None = None
+    image_input: int | None = None
+
+    def token_counts(self) -> TokenCounts:
+        """The counts by type as they are priced (an unreported part is 0: billed at its total's rate)."""
+        return TokenCounts.fitted(
+            self.input_tokens,
+            self.output_tokens,
+            cache_read=self.cache_read or 0,
+            cache_creation=self.cache_creation or 0,
+            reasoning=self.reasoning or 0,
+            audio_input=self.audio_input or 0,
+            audio_output=self.audio_output or 0,
+        )
+
+    @property
+    def cache_split(self) -> bool:
+        """The server said how much of the input was read from or written to its cache."""
+        return self.cache_read is not None or self.cache_creation is not None
+
+    @property
+    def reasoning_split(self) -> bool:
+        """The server said how much of the output was reasoning."""
+        return self.reasoning is not None
 
 
 def as_plain(value: Any) -> Any:
@@ -63,7 +98,7 @@ def _as_int(value: Any) -> int | None:
 
 
 def server_usage(obj: Any) -> ServerUsage | None:
-    """The `usage` block of a response or final stream chunk, if it has real numbers."""
+    """The `usage` block of a response or final stream chunk, if it has real numbers, with the parts it reports."""
     usage = _field(obj, "usage")
     if usage is None:
         return None
@@ -71,7 +106,90 @@ def server_usage(obj: Any) -> ServerUsage | None:
     completion = _as_int(_field(usage, "completion_tokens"))
     if prompt is None and completion is None:
         return None
-    return ServerUsage(input_tokens=prompt or 0, output_tokens=completion or 0)
+    input_tokens, output_tokens = max(prompt or 0, 0), max(completion or 0, 0)
+    parts = _reported_parts(usage, input_tokens)
+    if all(part is None for part in parts.values()):  # most local servers: nothing to fit
+        return ServerUsage(input_tokens, output_tokens)
+    return _fitted(input_tokens, output_tokens, parts)
+
+
+# Where the parts of a usage block are, first found wins. In prompt_tokens_details: cache reads under a name of
+# their own before `cached_tokens` (proxies that also send `cache_read_input_tokens` there count cache writes in
+# `cached_tokens`); cache writes as DashScope, OpenAI and LiteLLM name them.
+_CACHE_READ_DETAILS: Final = ("cache_read_input_tokens", "cached_tokens")
+_CACHE_WRITE_DETAILS: Final = ("cache_creation_input_tokens", "cache_write_tokens", "cache_creation_tokens")
+
+
+def _reported_parts(usage: Any, input_tokens: int) -> dict[str, int | None]:
+    """The parts of the totals as the servers name them (docs/instrumentation.md "Token types").
+
+    OpenAI: ``prompt_tokens_details`` (cached, cache_write, audio, image) and ``completion_tokens_details``
+    (reasoning, audio); DashScope adds ``cache_creation_input_tokens`` to the former; DeepSeek reports
+    ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens`` beside them. Anthropic-style names at the top
+    of `usage` are read only beside ``prompt_tokens_details``: there ``prompt_tokens`` is OpenAI's total,
+    which includes them (LiteLLM's shape); alone they may be Anthropic's, which excludes them.
+    """
+    details = _extra_or_field(usage, "prompt_tokens_details")
+    output_details = _extra_or_field(usage, "completion_tokens_details")
+    beside_details = usage if details is not None else None
+    cache_read = _first_count(details, _CACHE_READ_DETAILS)
+    if cache_read is None:
+        cache_read = _count(usage, "prompt_cache_hit_tokens")
+    if cache_read is None:
+        miss = _count(usage, "prompt_cache_miss_tokens")
+        cache_read = input_tokens - miss if miss is not None else _count(beside_details, "cache_read_input_tokens")
+    cache_creation = _first_count(details, _CACHE_WRITE_DETAILS)
+    if cache_creation is None:
+        cache_creation = _count(beside_details, "cache_creation_input_tokens")
+    return {
+        "cache_read": cache_read,
+        "cache_creation": cache_creation,
+        "reasoning": _count(output_details, "reasoning_tokens"),
+        "audio_input": _count(details, "audio_tokens"),
+        "audio_output": _count(output_details, "audio_tokens"),
+        "image_input": _count(details, "image_tokens"),
+    }
+
+
+def _fitted(input_tokens: int, output_tokens: int, parts: dict[str, int | None]) -> ServerUsage:
+    """Parts cut to fit their totals (`TokenCounts.fitted`); a part the server did not report stays None."""
+    counts = TokenCounts.fitted(
+        input_tokens,
+        output_tokens,
+        cache_read=parts["cache_read"] or 0,
+        cache_creation=parts["cache_creation"] or 0,
+        reasoning=parts["reasoning"] or 0,
+        audio_input=parts["audio_input"] or 0,
+        audio_output=parts["audio_output"] or 0,
+    )
+
+    def kept(name: str) -> int | None:
+        return None if parts[name] is None else getattr(counts, name)
+
+    image = parts["image_input"]
+    return ServerUsage(
+        input_tokens,
+        output_tokens,
+        cache_read=kept("cache_read"),
+        cache_creation=kept("cache_creation"),
+        reasoning=kept("reasoning"),
+        audio_input=kept("audio_input"),
+        audio_output=kept("audio_output"),
+        image_input=None if image is None else min(max(image, 0), input_tokens),
+    )
+
+
+def _count(obj: Any, name: str) -> int | None:
+    return _as_int(_extra_or_field(obj, name)) if obj is not None else None
+
+
+def _first_count(obj: Any, names: Sequence[str]) -> int | None:
+    """The first of ``names`` that holds a count in ``obj``."""
+    for name in names:
+        value = _count(obj, name)
+        if value is not None:
+            return value
+    return None
 
 
 def _tool_call_text(tool_calls: Any) -> str:
@@ -84,14 +202,29 @@ def _tool_call_text(tool_calls: Any) -> str:
     return "".join(parts)
 
 
+# Per type: the fields a pydantic model declares (the rest of what a server sent is in its extras), None for
+# anything else. Usage blocks are read through this ~10 times per call, on the caller's thread.
+_DECLARED: dict[type, frozenset[str] | None] = {}
+
+
+def _extra_or_field(obj: Any, name: str) -> Any:
+    """A field servers add beyond the OpenAI schema (DeepSeek's reasoning_content, prompt_cache_hit_tokens), or a
+    declared one."""
+    kind = type(obj)
+    try:
+        declared = _DECLARED[kind]
+    except KeyError:
+        fields = getattr(kind, "model_fields", None)
+        declared = _DECLARED[kind] = frozenset(fields) if isinstance(fields, dict) else None
+    if declared is None or name in declared:
+        return _field(obj, name)
+    # Straight from the extras: getattr of an absent name raises inside pydantic first (slow per chunk).
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return extra.get(name) if extra else None
+
+
 def _extra_text(obj: Any, name: str) -> str:
-    """Fields that servers add beyond the OpenAI schema, such as DeepSeek's reasoning_content."""
-    extra = getattr(obj, "model_extra", None)  # pydantic v2 models keep undeclared fields here
-    if isinstance(extra, dict) and name not in getattr(type(obj), "model_fields", ()):
-        # Straight from the extras: getattr of an absent name raises inside pydantic first (slow per chunk).
-        value = extra.get(name)
-    else:
-        value = _field(obj, name)
+    value = _extra_or_field(obj, name)
     return value if isinstance(value, str) else ""
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC
+from typing import Any, Final
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.attribute_maps import AttributeMap, attribution_attributes, put
@@ -16,7 +17,20 @@ from tokenmeter.instrumentation.attribution import Attribution
 from tokenmeter.instrumentation.billing import UsageRecord
 from tokenmeter.instrumentation.content_hash import ContentHasher, canonical_json
 from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.openai_payload import ServerUsage
 from tokenmeter.pricing import Cost
+
+# The parts of the billed counts a server may report, by the attribute that carries each (input parts first).
+_INPUT_PARTS: Final = (
+    (semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "cache_read"),
+    (semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "cache_creation"),
+    (semconv.GEN_AI_USAGE_AUDIO_INPUT_TOKENS, "audio_input"),
+    (semconv.GEN_AI_USAGE_IMAGE_INPUT_TOKENS, "image_input"),
+)
+_OUTPUT_PARTS: Final = (
+    (semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "reasoning"),
+    (semconv.GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS, "audio_output"),
+)
 
 
 def request_attributes(
@@ -60,13 +74,18 @@ def response_attributes(call: LLMCall) -> AttributeMap:
 
 
 def usage_attributes(record: UsageRecord, operation: str) -> AttributeMap:
-    """The bill: billed counts and their source, the local counts, the cost. Embeddings have no output."""
+    """The bill: billed counts, the parts the server reported, their source, the local counts, the cost.
+
+    Embeddings have no output.
+    """
     with_output = operation != semconv.OPERATION_EMBEDDINGS
     attributes: AttributeMap = {}
     if record.billed:
         attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = record.input_tokens
         if with_output:
             attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = record.output_tokens
+        if record.reported is not None:
+            attributes.update(reported_part_attributes(record.reported, with_output))
         put(attributes, semconv.TM_USAGE_SOURCE, record.source)
     if record.local is not None:
         attributes[semconv.TM_LOCAL_INPUT_TOKENS] = record.local.input_tokens
@@ -79,13 +98,29 @@ def usage_attributes(record: UsageRecord, operation: str) -> AttributeMap:
     return attributes
 
 
+def reported_part_attributes(usage: ServerUsage, with_output: bool) -> AttributeMap:
+    """The parts of the billed counts the server reported (a part it did not report has no attribute)."""
+    parts = _INPUT_PARTS + _OUTPUT_PARTS if with_output else _INPUT_PARTS
+    attributes: AttributeMap = {}
+    for name, part in parts:
+        put(attributes, name, getattr(usage, part))
+    return attributes
+
+
 def cost_attributes(cost: Cost) -> AttributeMap:
-    """The amount as an exact decimal string, with its currency; an unpriced call says so."""
+    """The amount as an exact decimal string, with its currency; an unpriced call says so.
+
+    A priced call also names the price it was computed with: its effective date (``tokenmeter.price.from``,
+    ISO 8601 in UTC, ``datetime.fromisoformat`` reads it back) and its input-length tier, where it has them.
+    """
     attributes: AttributeMap = {semconv.TM_COST_UNPRICED: cost.unpriced}
     if cost.amount is not None and cost.currency:
         attributes[semconv.TM_COST] = str(cost.amount)
         attributes[semconv.TM_COST_CURRENCY] = cost.currency
         attributes[semconv.TM_COST_VIRTUAL] = cost.virtual
+        if cost.price_from is not None:
+            attributes[semconv.TM_PRICE_FROM] = cost.price_from.astimezone(UTC).isoformat()
+        put(attributes, semconv.TM_PRICE_TIER, cost.tier)
     return attributes
 
 
