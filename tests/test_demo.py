@@ -46,6 +46,15 @@ def test_the_demo_ends_with_a_report_equal_to_the_store(demo_run: tuple[Path, su
     assert "Routing and the answer cache" in out and "routing rule short-lookup" in out
     hits = re.search(r"\(([\d,]+)\s+of\s+([\d,]+)\s+chat\s+calls\s+answered\s+without\s+an\s+LLM\s+call\)", out)
     assert hits is not None and int(hits.group(1).replace(",", "")) > 0, out[-3000:]
+    # The month reconciled with DeepSeek's bill (docs/reconcile.md): the model server's ledger as DeepSeek's export,
+    # its price changed mid-month, cache hits and reasoning; the only difference is a script's bypassing calls.
+    assert "the month against DeepSeek's bill" in out
+    bypass = re.search(r"except (\d+) calls a script made with its own HTTP client on (\S+): ([\d,]+) input", out)
+    assert bypass is not None and bypass.group(1) == "3", out[-3000:]
+    cached = [int(n.replace(",", "")) for n in re.findall(r"│ cached_input │ ([\d,]+)", out)]  # the month totals
+    assert cached and max(cached) > 0, out[-3000:]
+    reasoning = re.search(r"([\d,]+) reasoning tokens of deepseek-reasoner", out)
+    assert reasoning is not None and int(reasoning.group(1).replace(",", "")) > 0, out[-3000:]
     assert "Traceback" not in result.stderr
     # Not at a terminal: it ends (does not keep serving) with the dashboard's address and how to open it.
     last_line = out.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -166,14 +166,16 @@ def test_local_counts_have_only_input_and_output() -> None:
 
 
 @contextmanager
-def metered(prices: ModelCatalog, telemetry: Telemetry) -> Iterator[BackgroundFinalizer]:
+def metered(prices: ModelCatalog, telemetry: Telemetry,
+            price_clock: Callable[[], datetime] | None = None) -> Iterator[BackgroundFinalizer]:  # fmt: skip
     """The OpenAI SDK metered on ``prices`` (as `instrument()` does, with a catalog built here)."""
     outputs = TelemetryOutputs.open(Settings(usage_flush_seconds=0), telemetry.tracer_provider,
                                     telemetry.meter_provider, "test")  # fmt: skip
     finalizer = BackgroundFinalizer()
     metering = Metering(tracer=outputs.tracer, instruments=outputs.instruments, catalog=prices,
                         registry=TokenizerRegistry(prices), hasher=ContentHasher(b"test-key"), finalizer=finalizer,
-                        options=MeteringOptions(capture_content=False, local_count=FALLBACK))  # fmt: skip
+                        options=MeteringOptions(capture_content=False, local_count=FALLBACK,
+                                                price_clock=price_clock))  # fmt: skip
     targets = patch(metering, RequestOptions(stream_usage="off", propagate="never"))
     try:
         yield finalizer
@@ -317,6 +319,19 @@ def test_a_price_change_between_two_calls_is_not_retroactive(openai_server: Open
     assert datetime.fromisoformat(str(span_usage(after)[semconv.TM_PRICE_FROM])) == change  # read back exactly
     assert semconv.TM_PRICE_TIER not in span_usage(after)  # the new price has no tiers
     assert (cost_units(before), cost_units(after)) == (7_936_000, 4_552_800)
+
+
+def test_a_backfill_prices_its_calls_at_the_time_they_stand_for(openai_server: OpenAICompatibleServer) -> None:
+    """With a price clock (the demo's history of past days), a call made now costs the price valid then."""
+    openai_server.state.usage_fields = {"prompt_tokens": 2000, **openai_usage(1536, 64)}
+    change = datetime(2026, 11, 15, tzinfo=UTC)
+    before, after = make_telemetry(), make_telemetry()
+    with metered(catalog(change_at=change), before, price_clock=lambda: change - timedelta(microseconds=1)):
+        chat(openai_server, max_tokens=300)
+    with metered(catalog(change_at=change), after, price_clock=lambda: change):
+        chat(openai_server, max_tokens=300)
+    assert (span_usage(before)[semconv.TM_COST], span_usage(after)[semconv.TM_COST]) == ("0.007936", "0.0045528")
+    assert span_usage(after)[semconv.TM_PRICE_FROM] == change.isoformat() != span_usage(before)[semconv.TM_PRICE_FROM]
 
 
 # --- into the store -------------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ is checked for past days (the enforcer decides in the current period only).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -180,8 +181,10 @@ def _metrics_data(dated: list[tuple[Any, Any, Any]]) -> Any:
 
 
 @contextmanager
-def _recording(series_start: datetime) -> Iterator[_Recorder]:
-    """tokenmeter's instrumentation in this process, into in-memory readers, without quota checks."""
+def _recording(series_start: datetime, models: Path | None,
+               price_clock: Callable[[], datetime]) -> Iterator[_Recorder]:  # fmt: skip
+    """tokenmeter's instrumentation in this process, into in-memory readers, without quota checks, pricing each
+    call at the time ``price_clock`` says (the past hour it stands for)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -202,10 +205,17 @@ def _recording(series_start: datetime) -> Iterator[_Recorder]:
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     # No enforcer (past days are no current period); the hours are read and sent here, not on a timer.
-    settings = Settings(enforcer_url=None, hash_key=f"demo-history-{os.getpid()}", usage_flush_seconds=0)
+    settings = Settings(
+        enforcer_url=None,
+        hash_key=f"demo-history-{os.getpid()}",
+        usage_flush_seconds=0,
+        models=models,
+        stream_usage="inject",
+    )  # as the live traffic (demo/run.py: _demo_settings)
     instrumentor = TokenmeterInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings,
-                            registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
+                            registry=TokenizerRegistry(ModelCatalog.load(models)), skip_dep_check=True,
+                            price_clock=price_clock)  # fmt: skip
     try:
         yield _Recorder(instrumentor, reader, spans, _ns(series_start), {})
     finally:
@@ -214,8 +224,10 @@ def _recording(series_start: datetime) -> Iterator[_Recorder]:
         tracer_provider.shutdown()
 
 
-def backfill(endpoints: Endpoints, llm_base_url: str, days: list[HistoryDay], progress: Any | None) -> int:
-    """Make and send the history's calls, day by day; returns the number of calls made."""
+def backfill(endpoints: Endpoints, llm_base_url: str, days: list[HistoryDay], progress: Any | None,
+             models: Path | None = None) -> int:  # fmt: skip
+    """Make and send the history's calls, day by day, priced with ``models`` (a catalog file) at the hour each call
+    stands for; returns the number of calls made."""
     import openai
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -228,13 +240,16 @@ def backfill(endpoints: Endpoints, llm_base_url: str, days: list[HistoryDay], pr
     client = openai.OpenAI(base_url=llm_base_url, api_key="sk-demo", max_retries=0)
     task = progress.add_task("a month of history", total=len(days)) if progress is not None else None
     made = 0
-    with _recording(days[0].hour_ends[0] - timedelta(hours=1)) as recorder, ThreadPoolExecutor(WORKERS) as pool:
+    priced_at = [days[0].hour_ends[0]]  # the hour the calls being made stand for: their price is the one valid then
+    with _recording(days[0].hour_ends[0] - timedelta(hours=1), models, lambda: priced_at[0]) as recorder, \
+            ThreadPoolExecutor(WORKERS) as pool:  # fmt: skip
         for day in days:
             metrics, spans = [], []
             for hour_end, calls in zip(day.hour_ends, _hours(day.calls, len(day.hour_ends)), strict=True):
                 # The LLM server's ledger books the call on the day it stands for (UTC; office hours in the
                 # demo's Asia/Shanghai are 01:00-10:00 UTC, so an hour never straddles two UTC days).
                 hour_client = client.with_options(default_headers={DAY_HEADER: hour_end.date().isoformat()})
+                priced_at[0] = hour_end - timedelta(minutes=30)  # hour_done() meters the hour's calls before the next
                 list(pool.map(lambda call, c=hour_client: make_call(c, call), calls))
                 hour_metrics, hour_spans = recorder.hour_done(hour_end)
                 metrics += hour_metrics

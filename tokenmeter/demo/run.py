@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenmeter import semconv
-from tokenmeter.demo.llm_server import DemoLLMServer
+from tokenmeter.demo import invoice
+from tokenmeter.demo.llm_server import DemoLLMServer, LedgerLine
 from tokenmeter.demo.workload import EMBEDDING_MODEL, Call, plan
 from tokenmeter.errors import TokenmeterError
 from tokenmeter.store.client import holder_pid
@@ -33,6 +34,7 @@ MARKER: Final = ".tokenmeter-demo"
 WORKERS: Final = 6
 READY_TIMEOUT_SECONDS: Final = 120.0
 DASHBOARD_PORT: Final = 9400  # serve's default API port: the page is at http://127.0.0.1:9400/
+DEMO_CATALOG: Final = "models.yaml"  # the built-in DeepSeek entries with a price change mid-month (demo/invoice.py)
 SILENT_MODELS: Final = frozenset({"qwen2.5-14b-instruct"})  # "an old local server": never reports usage
 DASHBOARD_RANGE: Final = "30d"  # what the printed dashboard link shows: the month of history and today
 
@@ -96,6 +98,8 @@ class ServeProcess:
         policy.write_text(resources.files("tokenmeter.demo").joinpath("policy.yaml").read_text(encoding="utf-8"))
         self.store_url = f"chdb://{directory / 'chdb'}"
         self.env = {**os.environ, "XDG_DATA_HOME": str(directory / "xdg")}
+        if (directory / DEMO_CATALOG).exists():  # the demo's prices (demo/invoice.py): the enforcer's estimates
+            self.env["TOKENMETER_MODELS"] = str(directory / DEMO_CATALOG)
         self.args = [
             sys.executable, "-m", "tokenmeter.cli", "serve", "--clickhouse-url", self.store_url,
             "--policy", str(policy), "--otlp-grpc-port", "0", "--otlp-http-port", "0", "--api-port", str(api_port),
@@ -149,22 +153,25 @@ class Endpoints:
     otlp_token: str | None = None
 
 
-def _demo_settings(endpoints: Endpoints, hash_key: str, answer_cache: str | None) -> Any:
+def _demo_settings(endpoints: Endpoints, hash_key: str, answer_cache: str | None, models: Path | None) -> Any:
     from tokenmeter.settings import Settings
 
     # propagate="loopback": the demo's own model server counts per user from the baggage (by default only hops get it).
     # local_count="always": every call is also counted locally, so the drift panel has rows on every run (the
     # default samples 10 % of calls by trace id, and a small demo could draw none).
     # answer_cache="memory" by default: the demo shows what the repeat-answer cache saves.
+    # stream_usage="inject": streams report the server's usage too, with DeepSeek's cache hits (a local count of a
+    # stream cannot know them), so the month reconciles with the provider's export to the token.
     return Settings(enforcer_url=endpoints.enforcer, enforcer_token=endpoints.enforcer_token, hash_key=hash_key,
-                    propagate="loopback", local_count="always", answer_cache=answer_cache)  # fmt: skip
+                    propagate="loopback", local_count="always", answer_cache=answer_cache, models=models,
+                    stream_usage="inject")  # fmt: skip
 
 
 @contextmanager
 def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 1000,
-                 answer_cache: str | None = "memory") -> Iterator[Any]:  # fmt: skip
+                 answer_cache: str | None = "memory", models: Path | None = None) -> Iterator[Any]:  # fmt: skip
     """tokenmeter's instrumentation in this process, exporting over OTLP/HTTP and asking the enforcer;
-    ``answer_cache``: the repeat-answer cache's place (docs/answer-cache.md), None: off."""
+    ``answer_cache``: the repeat-answer cache's place (docs/answer-cache.md), None: off; ``models``: the catalog."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -192,8 +199,8 @@ def instrumented(endpoints: Endpoints, hash_key: str, export_interval_ms: int = 
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     instrumentor = TokenmeterInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            settings=_demo_settings(endpoints, hash_key, answer_cache),
-                            registry=TokenizerRegistry(ModelCatalog.load(None)), skip_dep_check=True)  # fmt: skip
+                            settings=_demo_settings(endpoints, hash_key, answer_cache, models),
+                            registry=TokenizerRegistry(ModelCatalog.load(models)), skip_dep_check=True)  # fmt: skip
     try:
         yield spans
     finally:
@@ -257,25 +264,14 @@ def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = D
     Afterwards the dashboard is served on ``dashboard_port`` until Ctrl-C when someone is at the
     terminal (``None``: never); otherwise the way to open it is printed.
     """
-    from tokenmeter.catalog import ModelCatalog
     from tokenmeter.cli.output_console import output_console
-    from tokenmeter.tokenizers import TokenizerRegistry
 
     console = output_console(highlight=False)  # printed commands are never split across lines
     started = time.monotonic()
     directory = directory.resolve()
     prepare_directory(directory)
-    console.print(f"[bold]1/5[/] tokenmeter serve on an embedded ClickHouse store in {directory} ...")
-    serve = ServeProcess(directory)
-    serve.start()
-    llm = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(None)), SILENT_MODELS).start()
-    try:
-        _backfill_history(serve, llm, scale, console)
-        reports, outcomes, cache_hits = _run_and_report(serve, llm, scale, console)
-    finally:
-        serve.stop()
-        llm.stop()
-    if not _check(serve, reports, outcomes, cache_hits=cache_hits, llm=llm, console=console):
+    serve = _run_and_check(directory, scale, console)
+    if serve is None:
         return 1
     _print_next_steps(console, serve, time.monotonic() - started)
     if screenshot is not None:
@@ -287,6 +283,35 @@ def run_demo(directory: Path, scale: float = 1.0, dashboard_port: int | None = D
                   f"`tokenmeter demo --show --dir {directory}` (make dashboard) runs; it asks for the API token "
                   f"in {directory / 'xdg' / 'tokenmeter' / 'api-token'}.", soft_wrap=True, markup=False)  # fmt: skip
     return 0
+
+
+def _run_and_check(directory: Path, scale: float, console: Any) -> ServeProcess | None:
+    """Serve, the month of history and today's traffic, the checks of the totals and the month's reconciliation
+    with the provider's bill; the (stopped) serve, or None when a check failed."""
+    from tokenmeter.catalog import ModelCatalog
+    from tokenmeter.tokenizers import TokenizerRegistry
+
+    price_change = datetime.combine(datetime.now(UTC).date() - timedelta(days=15), datetime.min.time(), UTC)
+    models = invoice.write_demo_catalog(directory, price_change)
+    console.print(f"[bold]1/6[/] tokenmeter serve on an embedded ClickHouse store in {directory} ...")
+    serve = ServeProcess(directory)
+    serve.start()
+    llm = DemoLLMServer(TokenizerRegistry(ModelCatalog.load(models)), SILENT_MODELS).start()
+    try:
+        try:
+            first_day, past_ledger = _backfill_history(serve, llm, scale, console)
+            reports, outcomes, cache_hits = _run_and_report(serve, llm, scale, console)
+        finally:
+            serve.stop()
+        if not _check(serve, reports, outcomes, cache_hits=cache_hits, llm=llm, console=console):
+            return None
+        bypassed = invoice.bypass(llm.base_url)  # a script's own HTTP calls: billed, never seen by tokenmeter
+    finally:
+        llm.stop()
+    month = invoice.MonthOfCalls(serve.store_url, first_day, (past_ledger, llm.ledger), models,
+                                 ModelCatalog.load(models))  # fmt: skip
+    return serve if invoice.reconcile_month(month, bypassed, price_change, directory / "deepseek-export", console) \
+        else None  # fmt: skip
 
 
 def _print_next_steps(console: Any, serve: ServeProcess, seconds: float) -> None:
@@ -359,8 +384,10 @@ def _progress(console: Any) -> Any:
     return Progress(*columns, console=console)
 
 
-def _backfill_history(serve: ServeProcess, llm: DemoLLMServer, scale: float, console: Any) -> None:
-    """The 30 days before today, through the same pipeline, dated in the past (demo/history.py)."""
+def _backfill_history(serve: ServeProcess, llm: DemoLLMServer, scale: float,
+                      console: Any) -> tuple[date, dict[tuple[str, str], LedgerLine]]:  # fmt: skip
+    """The 30 days before today, through the same pipeline, dated in the past (demo/history.py); returns the
+    first day's date (UTC) and the history's model server's ledger."""
     import yaml
 
     from tokenmeter.demo import history
@@ -370,16 +397,17 @@ def _backfill_history(serve: ServeProcess, llm: DemoLLMServer, scale: float, con
     policy = yaml.safe_load((serve.directory / "policy.yaml").read_text(encoding="utf-8"))
     zone = ZoneInfo(str(policy["timezone"]))
     days = history.history_days(datetime.now(UTC), zone, scale)
-    console.print(f"[bold]2/5[/] a month of history: the same users' office hours ({zone.key}) from "
+    console.print(f"[bold]2/6[/] a month of history: the same users' office hours ({zone.key}) from "
                   f"{days[0].day} to {days[-1].day}, dated in the past, through the same pipeline ...")  # fmt: skip
     endpoints = Endpoints(serve.info["otlp_http"], serve.info["api"], serve.token)
     past_llm = DemoLLMServer(llm.registry, llm.silent_models).start()  # today's server counts today only
     try:
         with _progress(console) as bar:
-            made = history.backfill(endpoints, past_llm.base_url, days, bar)
+            made = history.backfill(endpoints, past_llm.base_url, days, bar, serve.directory / DEMO_CATALOG)
     finally:
         past_llm.stop()
     console.print(f"     {made:,} calls on {len(days)} days (weekends: the nightly job only)")
+    return days[0].hour_ends[0].date(), past_llm.ledger
 
 
 def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float,
@@ -390,20 +418,21 @@ def _run_and_report(serve: ServeProcess, llm: DemoLLMServer, scale: float,
     from tokenmeter.reporting import render_table
 
     calls = plan(scale=scale)
-    console.print(f"[bold]3/5[/] today: {len(calls)} questions from {len({c.person.user for c in calls})} users in "
+    console.print(f"[bold]3/6[/] today: {len(calls)} questions from {len({c.person.user for c in calls})} users in "
                   "3 departments, through the instrumented openai SDK ...")  # fmt: skip
     endpoints = Endpoints(serve.info["otlp_http"], serve.info["api"], serve.token)
-    with instrumented(endpoints, hash_key=f"demo-{os.getpid()}") as spans, _progress(console) as bar:
+    models = serve.directory / DEMO_CATALOG
+    with instrumented(endpoints, hash_key=f"demo-{os.getpid()}", models=models) as spans, _progress(console) as bar:
         outcomes = run_workload(llm.base_url, calls, bar)
     token = serve.token
     summary.wait_until_settled(serve.info["api"], token)
-    console.print("[bold]4/5[/] report (from serve's API: the numbers `tokenmeter report` prints)")
+    console.print("[bold]4/6[/] report (from serve's API: the numbers `tokenmeter report` prints)")
     reports = {by: summary.fetch_report(serve.info["api"], token, by) for by in ("department", "user", "model")}
     for report in reports.values():
         render_table(report, console)
     summary.render_budgets(console, summary.fetch_budgets(serve.info["api"], token))
     summary.render_decisions(console, summary.decisions(spans), outcomes)
-    found = savings.savings(spans, ModelCatalog.load(None))
+    found = savings.savings(spans, ModelCatalog.load(models))
     savings.render_savings(console, found)
     return reports, outcomes, found.cache_hits
 
@@ -413,7 +442,7 @@ def _check(serve: ServeProcess, reports: dict[str, Any], outcomes: Counter[str],
     from tokenmeter.demo import summary
     from tokenmeter.store import open_store
 
-    console.print("[bold]5/5[/] checking the report against a direct query of the stored OTLP rows ...")
+    console.print("[bold]5/6[/] checking the report against a direct query of the stored OTLP rows ...")
     client = open_store(serve.store_url)
     try:
         stored = summary.raw_tokens_by(client, semconv.ENDUSER_ID, live_instance_id())

@@ -8,7 +8,8 @@ variables only; `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tokenmeter` switches it o
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any, Final
 
 import wrapt
@@ -90,6 +91,7 @@ def _metering(
     outputs: TelemetryOutputs,
     given_registry: TokenizerRegistry | None,
     finalizer: BackgroundFinalizer,
+    price_clock: Callable[[], datetime] | None = None,
 ) -> Metering:
     """Metering priced by the settings' catalog; counting with ``given_registry`` if any, else on that catalog."""
     catalog = _load_catalog(settings)
@@ -108,6 +110,7 @@ def _metering(
             capture_content=capture_message_content(),
             local_count=LocalCountPolicy(settings.local_count, settings.drift_sample_rate),
             hop_servers=PROCESS_HOP_SERVERS.add_all(settings.hop_servers),
+            price_clock=price_clock,
         ),
     )
 
@@ -123,6 +126,8 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         one if configured, else a pipeline of their own from OTEL_LOGS_EXPORTER.
       settings: a `Settings` to use instead of the environment.
       registry: a `TokenizerRegistry` to count with (tests, preloaded registries).
+      price_clock: a function returning the (timezone-aware) time calls are priced at, instead of
+        each call's start: for backfilling past days, whose calls cost the price valid then.
     """
 
     # Class-level state: BaseInstrumentor is a singleton whose __init__ runs again on
@@ -142,7 +147,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                                         kwargs.get("logger_provider"))  # fmt: skip
         self._outputs = outputs
         use_rating_sink(rating_sink(outputs.rating_log, settings))
-        metering = _metering(settings, outputs, kwargs.get("registry"), self._finalizer)
+        metering = _metering(settings, outputs, kwargs.get("registry"), self._finalizer, kwargs.get("price_clock"))
         type(self)._quota = _quota_gate(settings, outputs.instruments)  # on the class: quota_client() reads it there
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota,
                                  answers=_answer_cache(settings))  # fmt: skip

@@ -60,6 +60,8 @@ class LLMCall:
     # The request whose X-Tokenmeter-Cost header counts this call: the one being served when the call was made, if it
     # collects costs (request_costs); set on creation.
     request_costs: RequestCosts | None = None
+    # When the call is priced, if not at its start (Metering's price_clock: a backfill of past days).
+    priced_at: datetime | None = None
 
     def __post_init__(self) -> None:
         track_cost(self)
@@ -75,7 +77,7 @@ class LLMCall:
             usage=self.usage,
             reached_server=self.reached_server,
             trace_id=self.span.get_span_context().trace_id,
-            started_at=_utc(self.start_ns),
+            started_at=self.priced_at or _utc(self.start_ns),
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -62,6 +63,9 @@ class MeteringOptions:
     # When to count locally beside the server's usage (local_count, drift_sample_rate).
     local_count: LocalCountPolicy
     hop_servers: HopServers = field(default_factory=HopServers)
+    # The time a call is priced at (the catalog's price valid then): None, the call's start; a backfill of past
+    # days (the demo's history) gives the time its calls stand for.
+    price_clock: Callable[[], datetime] | None = None
 
 
 class Metering:
@@ -120,6 +124,7 @@ class Metering:
             server_port=server_port,
             hop=hop,
             asked=asked,
+            priced_at=self._options.price_clock() if self._options.price_clock is not None else None,
         )
 
     def complete(self, call: LLMCall, response: Any) -> None:
@@ -180,11 +185,8 @@ class Metering:
             hand_back_gil.waited()
         else:
             hand_back_gil()
-        attributes = {
-            **response_attributes(call),
-            **usage_attributes(record, call.operation),
-            **content_attributes(call, self._hasher, self._options.capture_content),
-        }
+        attributes = {**response_attributes(call), **usage_attributes(record, call.operation),
+                      **content_attributes(call, self._hasher, self._options.capture_content)}  # fmt: skip
         if call.error_type:
             attributes[semconv.ERROR_TYPE] = call.error_type
             call.span.set_status(Status(StatusCode.ERROR, call.error_type))
