@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tokenmeter.catalog import CatalogError, ModelCatalog
-from tokenmeter.catalog.catalog_file import CatalogEntry
-from tokenmeter.catalog.price_file import PriceSource
+from tokenmeter.catalog.entry import ModelEntry, PriceSource
 from tokenmeter.cli import main
 from tokenmeter.pricing import PER_1M, Price, PriceTier, TokenCounts, cost_of_tokens
 
@@ -34,9 +33,9 @@ def load(tmp_path: Path, text: str) -> ModelCatalog:
     return ModelCatalog.load(path)
 
 
-def entry_of(catalog: ModelCatalog, model: str) -> CatalogEntry:
+def entry_of(catalog: ModelCatalog, model: str) -> ModelEntry:
     entry = catalog.lookup(model)
-    assert isinstance(entry, CatalogEntry)
+    assert isinstance(entry, ModelEntry)
     return entry
 
 
@@ -214,7 +213,7 @@ def test_every_builtin_schedule_parses_dated_ascending_with_provenance(builtin: 
     priced = [entry for entry in builtin.entries if entry.prices is not None]
     assert len(priced) > 40
     for entry in priced:
-        assert isinstance(entry, CatalogEntry)
+        assert isinstance(entry, ModelEntry)
         assert entry.prices is not None
         prices = entry.prices.prices
         assert len(entry.price_sources) == len(prices), entry.pattern

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -25,7 +24,7 @@ from pydantic_core import ErrorDetails
 
 from tokenmeter.catalog.entry import BUILTIN_ORIGIN, CHAT_FORMATS, TOKENIZER_KINDS, ModelEntry, TokenizerSpec
 from tokenmeter.catalog.file_refs import is_package_ref, split_package_ref
-from tokenmeter.catalog.price_file import PRICE_EXPECTED, PRICE_TAGS, PriceField, PriceSource, read_schedule
+from tokenmeter.catalog.price_file import PRICE_EXPECTED, PRICE_TAGS, PriceField, read_schedule
 from tokenmeter.catalog.strict_model import Name, Strict, Text, problem
 from tokenmeter.errors import ConfigurationError
 
@@ -65,13 +64,6 @@ _TAGS: Final = frozenset((*TOKENIZER_KINDS, "range", *PRICE_TAGS))  # union bran
 
 class CatalogError(ConfigurationError, ValueError):
     """A model catalog file that cannot be used; the message names file, entry, field and fix."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry(ModelEntry):
-    """An entry read from a catalog file: with where each of its prices comes from."""
-
-    price_sources: tuple[PriceSource, ...] = ()  # one per price of ``prices``, in the same order
 
 
 def _regex_match(pattern: str) -> str:
@@ -187,10 +179,10 @@ class _Entry(Strict):
             raise problem('chat_format "template" needs a tokenizer of kind huggingface (it uses its chat template)')
         return self
 
-    def to_entry(self, origin: str) -> CatalogEntry:
+    def to_entry(self, origin: str) -> ModelEntry:
         # The tokenizer's fields are those of TokenizerSpec.
         prices, sources = read_schedule(self.price) if self.price is not None else (None, ())
-        return CatalogEntry(
+        return ModelEntry(
             pattern=self.match,
             provider=self.provider,
             tokenizer=TokenizerSpec(**dict(self.tokenizer)) if self.tokenizer is not None else None,

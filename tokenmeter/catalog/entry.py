@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Final, Literal
 
 from tokenmeter.pricing import Price, PriceSchedule
@@ -82,6 +82,14 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class PriceSource:
+    """Where one price of an entry comes from and the day it was last checked there (both optional)."""
+
+    source: str | None = None
+    checked: date | None = None
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One catalog entry. ``pattern`` is a glob (``qwen2.5-*``) or ``re:<regex>``."""
 
@@ -92,6 +100,7 @@ class ModelEntry:
     prices: PriceSchedule | None  # the model's prices over time; None: unpriced
     note: str | None
     origin: str = BUILTIN_ORIGIN  # "builtin" or the user catalog file it came from
+    price_sources: tuple[PriceSource, ...] = ()  # one per price of ``prices``, in the same order (from a file)
 
     def price_at(self, when: datetime) -> Price | None:
         """The price valid at ``when`` (timezone-aware); None without prices or before the first dated one."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final
 
@@ -19,6 +19,7 @@ from pydantic import Field
 from pydantic.functional_validators import AfterValidator, PlainValidator, model_validator
 from pydantic.types import Discriminator, StringConstraints, Tag
 
+from tokenmeter.catalog.entry import PriceSource
 from tokenmeter.catalog.strict_model import Amount, Strict, Text, field_problem, problem
 from tokenmeter.pricing import PER_1K, PER_1M, RATE_FIELDS, Price, PriceSchedule, PriceTier
 
@@ -66,14 +67,6 @@ PRICE_EXPECTED: Final[dict[str, str]] = {
     "price.source": "must say where the price comes from, such as the provider's price page URL, got {got}",
     "price.checked": "must be the date the price was last checked against its source, such as 2026-12-06, got {got}",
 }
-
-
-@dataclass(frozen=True)
-class PriceSource:
-    """Where one price of an entry comes from and the day it was last checked there (both optional)."""
-
-    source: str | None = None
-    checked: date | None = None
 
 
 def _per(value: object) -> int:

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tokenmeter.catalog import ModelCatalog, ModelEntry
-from tokenmeter.catalog.catalog_file import CatalogEntry
-from tokenmeter.catalog.price_file import PriceSource
+from tokenmeter.catalog.entry import PriceSource
 from tokenmeter.cli.exit_codes import EXIT_OK
 from tokenmeter.cli.input_error import InputError
 from tokenmeter.pricing import PER_1K, RATE_FIELDS, Price, PriceTier
@@ -103,7 +102,7 @@ def _price_json(price: Price, source: PriceSource | None) -> dict[str, Any]:
 def _prices_json(entry: ModelEntry) -> dict[str, Any]:
     """``price``: the price valid now; ``prices``: the whole schedule, oldest first, unless it is just that price."""
     schedule = entry.prices.prices if entry.prices is not None else ()
-    sources = entry.price_sources if isinstance(entry, CatalogEntry) else (None,) * len(schedule)
+    sources = entry.price_sources or (None,) * len(schedule)
     listed = [_price_json(price, source) for price, source in zip(schedule, sources, strict=True)]
     now = entry.price
     current = next((shown for price, shown in zip(schedule, listed, strict=True) if price is now), None)

@@ -212,7 +212,7 @@ def reconcile_month(month: MonthOfCalls, bypassed: Bypass, price_change: datetim
                   f"calls before {price_change:%Y-%m-%d} cost the old price, from then the new one")  # fmt: skip
     console.print(f"     again, or with your own export: TOKENMETER_MODELS={month.models} tokenmeter reconcile "
                   f"--provider {PROVIDER} --clickhouse-url {month.store_url} --from {month.first_day} "
-                  f"{directory}/*.csv", soft_wrap=True, markup=False)  # fmt: skip
+                  f"--to {datetime.now(UTC).date()} {directory}/*.csv", soft_wrap=True, markup=False)  # fmt: skip
     return True
 
 
