@@ -196,8 +196,13 @@ def test_through_serve_as_from_the_store(serve: ServeProcess, capsys: pytest.Cap
     captured = capsys.readouterr()
     assert "is held by `tokenmeter serve` (PID" in captured.err and f"asking its API at {serve.api}" in captured.err
     through_api = json.loads(captured.out)
+    assert main(["report", "--by", "conversation", "--at", "2026-11-15", "--clickhouse-url", serve.url,
+                 "--limit", "1", "--format", "json"]) == 0  # fmt: skip
+    limited_through_api = json.loads(capsys.readouterr().out)  # serve applies the limit (GET ...&limit=1)
     serve.stop()
     get_settings.cache_clear()
     direct = stored()
     assert through_api == direct
+    assert limited_through_api == json.loads(report(capsys, "--clickhouse-url", serve.url, "--limit", "1",
+                                                    "--format", "json")) != direct  # fmt: skip
     assert direct["sections"][0]["cost"] == "0.0155006"

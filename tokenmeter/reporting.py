@@ -196,11 +196,12 @@ def _sorted_rows(rows: list[ReportRow]) -> tuple[ReportRow, ...]:
 
 def build_usage_report(
     client: Client, by: str, period: str, at: date | None = None, subject: str | None = None, *,
-    now: datetime | None = None,
+    now: datetime | None = None, limit: int = DEFAULT_LIMIT,
 ) -> UsageReport | ConversationCosts:  # fmt: skip
-    """The report for one period from the store; raises ValueError for a bad ``by`` or ``period``."""
+    """The report for one period from the store (``limit``: the conversation report's costliest per currency);
+    raises ValueError for a bad ``by`` or ``period``."""
     if by == CONVERSATION:
-        return build_conversation_report(client, period, at, subject, now=now)
+        return build_conversation_report(client, period, at, subject, now=now, limit=limit)
     if by not in DIMENSIONS:
         raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, got {by!r}")
     start, end = resolve_period(period, at, now)

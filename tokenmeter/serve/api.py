@@ -121,7 +121,7 @@ class ServeEndpoints:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def report(self, request: Request) -> Response:
-        from tokenmeter.reporting import build_usage_report, parse_day
+        from tokenmeter.reporting import DEFAULT_LIMIT, build_usage_report, parse_day
 
         params = request.query_params
         try:
@@ -129,9 +129,12 @@ class ServeEndpoints:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         by, period, subject = params.get("by", "department"), params.get("period", "month"), params.get("subject")
+        limit = params.get("limit", str(DEFAULT_LIMIT))
+        if not limit.isdigit() or int(limit) < 1:
+            return JSONResponse({"error": f"limit must be a whole number from 1, got {limit!r}"}, status_code=400)
 
         def read(client: Any) -> dict[str, Any]:
-            return build_usage_report(client, by, period, at, subject=subject).to_dict()
+            return build_usage_report(client, by, period, at, subject=subject, limit=int(limit)).to_dict()
 
         try:
             document = await self._reader.run(read)
