@@ -62,7 +62,8 @@ test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -c 'import openai; assert openai.__version__.startswith("1."), openai.__version__; print("openai", openai.__version__)'
 	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
 		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py \
-		tests/test_answer_cache_store.py tests/test_answer_cache_openai.py tests/test_token_types.py
+		tests/test_answer_cache_store.py tests/test_answer_cache_openai.py tests/test_token_types.py \
+		tests/test_openai_responses.py
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
 	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py tests/test_chatchat_ratings.py \

@@ -1,11 +1,13 @@
 """A small OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
 
 It speaks the parts of the API tokenmeter meters (chat completions, completions,
-embeddings; JSON and SSE streaming), reports `usage` the way real servers do or
+embeddings, the Responses API; JSON and SSE streaming), reports `usage` the way real servers do or
 withholds it like many local servers, and records every request it received.
 `usage_fields` make the chat and text completions' usage any server's shape: OpenAI's
 details, DeepSeek's cache hits and misses, DashScope's cache writes (see the helpers
-below `ServerState`).
+below `ServerState`); the Responses API's usage has its own names (`responses_usage_fields`).
+A Responses request with `reasoning` gets a reasoning item (with a summary) before the answer,
+one with `tools` a call of the first tool after it.
 Special model names make it fail: `fail-500`, `fail-400`, and `break-stream`
 (the connection drops after two chunks).
 """
@@ -21,6 +23,8 @@ from typing import Any, Literal
 
 REPLY_CHUNKS = ["人工智能（AI）是", "计算机科学的一个分支。", "It studies agents 🤖 ", "and `code()`."]
 REPLY_TEXT = "".join(REPLY_CHUNKS)
+REASONING_SUMMARY = "The user asks what AI is; answer briefly."
+TOOL_ARGUMENTS = '{"city": "北京"}'
 # Fixed numbers the server "bills", deliberately unlike any local count.
 SERVER_PROMPT_TOKENS = 41
 SERVER_COMPLETION_TOKENS = 13
@@ -62,6 +66,16 @@ def openai_usage(
         fields["prompt_tokens_details"] = {k: v for k, v in prompt.items() if v is not None}
     if any(value is not None for value in completion.values()):
         fields["completion_tokens_details"] = {k: v for k, v in completion.items() if v is not None}
+    return fields
+
+
+def responses_usage_fields(cached: int | None = None, reasoning: int | None = None) -> dict[str, Any]:
+    """The Responses API's shape: input_tokens_details.cached_tokens, output_tokens_details.reasoning_tokens."""
+    fields: dict[str, Any] = {}
+    if cached is not None:
+        fields["input_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        fields["output_tokens_details"] = {"reasoning_tokens": reasoning}
     return fields
 
 
@@ -125,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._completion(body, chat=False)
         elif self.path.endswith("/embeddings"):
             self._embeddings(body)
+        elif self.path.endswith("/responses"):
+            self._responses(body)
         else:
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -204,6 +220,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
+    def _responses(self, body: dict[str, Any]) -> None:
+        """The Responses API: a response, or its events (`event:` lines, no [DONE]) ending in response.completed."""
+        response = _response_object(body, "completed", _response_output(body))
+        if self.server.state.usage_mode == "report":
+            response["usage"] = _responses_usage(body, self.server.state.usage_fields)
+        if not body.get("stream"):
+            self._json(200, response)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        events = _response_events(body, response)
+        deltas = 0
+        for number, event in enumerate(events):
+            if event["type"] == "response.output_text.delta":
+                deltas += 1
+                if body.get("model") == "break-stream" and deltas == 3:
+                    self.wfile.write(b"400\r\nevent: response.output_text.delta\ndata: {")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+            event["sequence_number"] = number
+            data = json.dumps(event, ensure_ascii=False)
+            self._chunk(f"event: {event['type']}\ndata: {data}\n\n".encode())
+        self._chunk(b"")
+
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
         count = 1 if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else len(inputs or [])
@@ -215,6 +259,67 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.state.usage_mode == "report":
             payload["usage"] = {"prompt_tokens": SERVER_PROMPT_TOKENS, "total_tokens": SERVER_PROMPT_TOKENS}
         self._json(200, payload)
+
+
+def _response_object(body: dict[str, Any], status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": "resp-test-1", "object": "response", "created_at": int(time.time()), "model": body.get("model", ""),
+            "status": status, "output": output, "incomplete_details": None, "error": None, "usage": None,
+            "instructions": body.get("instructions"), "parallel_tool_calls": True, "tool_choice": "auto",
+            "tools": []}  # fmt: skip
+
+
+def _response_output(body: dict[str, Any]) -> list[dict[str, Any]]:
+    output: list[dict[str, Any]] = []
+    if body.get("reasoning"):
+        output.append(
+            {"type": "reasoning", "id": "rs-1", "summary": [{"type": "summary_text", "text": REASONING_SUMMARY}]}
+        )
+    output.append({"type": "message", "id": "msg-1", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": REPLY_TEXT, "annotations": []}]})  # fmt: skip
+    if body.get("tools"):
+        name = body["tools"][0].get("name", "tool")
+        output.append({"type": "function_call", "id": "fc-1", "call_id": "call-1", "name": name,
+                       "arguments": TOOL_ARGUMENTS, "status": "completed"})  # fmt: skip
+    return output
+
+
+def _response_events(body: dict[str, Any], response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of a streamed response, as OpenAI sends them (items added empty, their text in deltas)."""
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": _response_object(body, "in_progress", [])}]
+    for index, item in enumerate(response["output"]):
+        empty = {"message": {"content": []}, "reasoning": {"summary": []}, "function_call": {"arguments": ""}}[
+            item["type"]
+        ]
+        added = {**item, **empty, "status": "in_progress"}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": added})
+        where = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "reasoning":
+            part = {"type": "summary_text", "text": ""}
+            events.append({"type": "response.reasoning_summary_part.added", **where, "summary_index": 0, "part": part})
+            events.append({"type": "response.reasoning_summary_text.delta", **where, "summary_index": 0,
+                           "delta": REASONING_SUMMARY})  # fmt: skip
+        elif item["type"] == "message":
+            part = {"type": "output_text", "text": "", "annotations": []}
+            events.append({"type": "response.content_part.added", **where, "content_index": 0, "part": part})
+            events.extend({"type": "response.output_text.delta", **where, "content_index": 0, "delta": piece,
+                           "logprobs": []} for piece in REPLY_CHUNKS)  # fmt: skip
+        elif item["type"] == "function_call":
+            events.append({"type": "response.function_call_arguments.delta", **where, "delta": TOOL_ARGUMENTS})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return events
+
+
+def _responses_usage(body: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
+    """As OpenAI reports it (details with zeros); max_output_tokens becomes the output size, as max_tokens does."""
+    output = body.get("max_output_tokens")
+    output = output if isinstance(output, int) and output > 0 else SERVER_COMPLETION_TOKENS
+    usage: dict[str, Any] = {"input_tokens": SERVER_PROMPT_TOKENS, "output_tokens": output,
+                             "input_tokens_details": {"cached_tokens": 0},
+                             "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+    usage.update(fields or {})
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    return usage
 
 
 class _Server(ThreadingHTTPServer):

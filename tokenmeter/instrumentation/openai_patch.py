@@ -1,5 +1,9 @@
 """wrapt wrappers around the OpenAI SDK's `create` methods (1.x and current lines).
 
+Chat and text completions and embeddings are read as they are; the Responses API
+(`responses.create`) is read in chat terms (`responses_payload`): its request as chat
+messages, its response as one chat choice, its stream's events by an accumulator of their own.
+
 Each wrapper starts a metered call, makes its span current for the request (so
 HTTP-level spans nest under it), calls the SDK unchanged, and hands the result
 to `Metering`. Any failure of tokenmeter's own falls back to the plain call.
@@ -26,6 +30,7 @@ from tokenmeter.instrumentation.openai_payload import StreamAccumulator, caller_
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredRawResponse, MeteredStream
 from tokenmeter.instrumentation.propagation import should_propagate, with_context_headers
 from tokenmeter.instrumentation.quota.gate import QuotaGate
+from tokenmeter.instrumentation.responses_payload import ResponsesStreamAccumulator, chat_view, request_view
 from tokenmeter.instrumentation.safety import contained
 
 
@@ -35,6 +40,9 @@ class Target:
     method: str  # "Class.method"
     operation: str
     is_async: bool
+    # The Responses API: read in chat terms; no usage to inject into its streams (their last event has it), and
+    # the answer cache does not answer it.
+    responses: bool = False
 
 
 TARGETS = (
@@ -44,6 +52,8 @@ TARGETS = (
     Target("openai.resources.completions", "AsyncCompletions.create", semconv.OPERATION_TEXT_COMPLETION, True),
     Target("openai.resources.embeddings", "Embeddings.create", semconv.OPERATION_EMBEDDINGS, False),
     Target("openai.resources.embeddings", "AsyncEmbeddings.create", semconv.OPERATION_EMBEDDINGS, True),
+    Target("openai.resources.responses", "Responses.create", semconv.OPERATION_CHAT, False, responses=True),
+    Target("openai.resources.responses", "AsyncResponses.create", semconv.OPERATION_CHAT, True, responses=True),
 )
 
 
@@ -63,11 +73,12 @@ def _server_of(instance: Any) -> tuple[str | None, int | None]:
         return None, None
 
 
-def _prepare_request(call: LLMCall, kwargs: dict[str, Any], options: RequestOptions) -> dict[str, Any]:
+def _prepare_request(call: LLMCall, kwargs: dict[str, Any], options: RequestOptions, target: Target) -> dict[str, Any]:
     """The kwargs to send: usage requested in streams if configured, context headers if allowed."""
     if (
         call.stream
         and options.stream_usage == "inject"
+        and not target.responses
         and call.operation != semconv.OPERATION_EMBEDDINGS
         and not caller_asked_for_usage(kwargs)
     ):
@@ -87,10 +98,10 @@ def _begin(
     with contained("call start"):
         kwargs = _materialized(kwargs)  # kept on failure too: a generator it read is now this list
         host, port = _server_of(instance)
-        call = metering.start(target.operation, kwargs, host, port)
+        call = metering.start(target.operation, request_view(kwargs) if target.responses else kwargs, host, port)
         token = context.attach(trace.set_span_in_context(call.span))
         try:
-            return call, _prepare_request(call, kwargs, options), token
+            return call, _prepare_request(call, kwargs, options, target), token
         except Exception:
             context.detach(token)
             raise
@@ -115,21 +126,22 @@ def _detach(token: object | None) -> None:
             context.detach(token)  # type: ignore[arg-type]
 
 
-def _on_result(metering: Metering, call: LLMCall, result: Any, is_async: bool) -> Any:
+def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target) -> Any:
     with contained("call result"):
         if call.stream:
-            proxy = MeteredAsyncStream if is_async else MeteredStream
+            proxy = MeteredAsyncStream if target.is_async else MeteredStream
+            accumulator = ResponsesStreamAccumulator if target.responses else StreamAccumulator
 
             def meter_stream(stream: Any) -> Any:
-                return proxy(stream, _stream_finisher(metering, call), call.hide_usage_chunk)
+                return proxy(stream, _stream_finisher(metering, call), call.hide_usage_chunk, accumulator())
 
             if _is_sdk_stream(result):
                 return meter_stream(result)
             if _is_raw_response(result):
                 # Never parsed: finish with what is known (the input) and no output.
-                finish_unread = functools.partial(_stream_finisher(metering, call), StreamAccumulator(), None)
+                finish_unread = functools.partial(_stream_finisher(metering, call), accumulator(), None)
                 return MeteredRawResponse(result, meter_stream, finish_unread)
-        metering.complete(call, _parsed(result))
+        metering.complete(call, chat_view(_parsed(result)) if target.responses else _parsed(result))
     return result
 
 
@@ -153,6 +165,11 @@ def _parsed(result: Any) -> Any:
     return result.parse() if _is_raw_response(result) else result
 
 
+def _answers(options: RequestOptions, target: Target) -> AnswerCache | None:
+    """The answer cache, for the calls it answers: chat completions (it keeps chat completion objects)."""
+    return None if target.responses else options.answers
+
+
 def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
     with contained("call failure"):
         metering.fail(call, error)
@@ -167,7 +184,7 @@ def make_sync_wrapper(metering: Metering, target: Target, options: RequestOption
             return wrapped(*args, **kwargs)
         try:
             # A repeated question is answered from the cache before the quota check: a hit costs nothing.
-            if (hit := answer_from_cache(options.answers, metering, call, kwargs, is_async=False)) is not None:
+            if (hit := answer_from_cache(_answers(options, target), metering, call, kwargs, False)) is not None:
                 return hit
             if options.quota is not None:
                 kwargs = options.quota.check(call, kwargs)
@@ -177,7 +194,7 @@ def make_sync_wrapper(metering: Metering, target: Target, options: RequestOption
             raise
         finally:
             _detach(token)
-        return _on_result(metering, call, result, is_async=False)
+        return _on_result(metering, call, result, target)
 
     return wrapper
 
@@ -190,7 +207,7 @@ def make_async_wrapper(metering: Metering, target: Target, options: RequestOptio
         if call is None:
             return await wrapped(*args, **kwargs)
         try:
-            if (hit := answer_from_cache(options.answers, metering, call, kwargs, is_async=True)) is not None:
+            if (hit := answer_from_cache(_answers(options, target), metering, call, kwargs, True)) is not None:
                 return hit
             if options.quota is not None:
                 kwargs = await options.quota.check_async(call, kwargs)
@@ -200,7 +217,7 @@ def make_async_wrapper(metering: Metering, target: Target, options: RequestOptio
             raise
         finally:
             _detach(token)
-        return _on_result(metering, call, result, is_async=True)
+        return _on_result(metering, call, result, target)
 
     return wrapper
 

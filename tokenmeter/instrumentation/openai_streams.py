@@ -7,6 +7,8 @@ for a caller that just stops reading, when the stream is garbage-collected.
 With `TOKENMETER_STREAM_USAGE=inject` it hides the usage-only final chunk from
 callers that did not ask for it. A stream finished before its end was read (and without
 a finish reason: the answer's last chunk) is marked ``tokenmeter.stream.incomplete``.
+A Responses API stream is read by its own accumulator (`ResponsesStreamAccumulator`:
+events rather than chunks; its end is the ``response.completed`` event).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from tokenmeter.instrumentation.safety import contained, never_raises
 class _StreamMeter:
     """The metering state of one stream, kept apart from the proxy so a finalizer can use it."""
 
-    def __init__(self, finish: Any, hide_usage_chunk: bool) -> None:
-        self.accumulator = StreamAccumulator()
+    def __init__(self, finish: Any, hide_usage_chunk: bool, accumulator: StreamAccumulator) -> None:
+        self.accumulator = accumulator
         self.hide_usage_chunk = hide_usage_chunk
         self._finish = finish
         self._done = False
@@ -47,9 +49,11 @@ class _StreamMeter:
 
 
 class MeteredStream(wrapt.ObjectProxy):  # type: ignore[misc]
-    def __init__(self, stream: Any, finish: Any, hide_usage_chunk: bool) -> None:
+    def __init__(
+        self, stream: Any, finish: Any, hide_usage_chunk: bool, accumulator: StreamAccumulator | None = None
+    ) -> None:
         super().__init__(stream)
-        meter = _StreamMeter(finish, hide_usage_chunk)
+        meter = _StreamMeter(finish, hide_usage_chunk, accumulator if accumulator is not None else StreamAccumulator())
         self._self_meter = meter
         weakref.finalize(self, meter.finish)
 
@@ -89,9 +93,11 @@ class MeteredStream(wrapt.ObjectProxy):  # type: ignore[misc]
 
 
 class MeteredAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
-    def __init__(self, stream: Any, finish: Any, hide_usage_chunk: bool) -> None:
+    def __init__(
+        self, stream: Any, finish: Any, hide_usage_chunk: bool, accumulator: StreamAccumulator | None = None
+    ) -> None:
         super().__init__(stream)
-        meter = _StreamMeter(finish, hide_usage_chunk)
+        meter = _StreamMeter(finish, hide_usage_chunk, accumulator if accumulator is not None else StreamAccumulator())
         self._self_meter = meter
         weakref.finalize(self, meter.finish)
 

@@ -178,7 +178,8 @@ class QuotaGate:
         if call.operation == semconv.OPERATION_EMBEDDINGS:
             max_output: int | None = 0
         else:
-            limit = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+            # chat completions' names, then the Responses API's
+            limit = kwargs.get("max_completion_tokens", kwargs.get("max_tokens", kwargs.get("max_output_tokens")))
             max_output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
         return key, request_token_estimate(call.request_input), max_output
 
