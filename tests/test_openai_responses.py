@@ -7,16 +7,15 @@ The real openai SDK (sync and async, streamed and not) against the local OpenAI-
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from deciding_enforcer import DecidingEnforcer
 from openai_server import (
     REASONING_SUMMARY,
     REPLY_CHUNKS,
@@ -471,40 +470,6 @@ def test_the_quota_gate_denies_before_the_request_and_downgrades_the_model(
     assert semconv.GEN_AI_USAGE_INPUT_TOKENS not in spans[1]  # never sent: nothing billed
     assert spans[3][semconv.GEN_AI_REQUEST_MODEL] == spans[3][semconv.TM_EFFECTIVE_MODEL] == "gpt-4o-mini"
     assert spans[3][semconv.TM_REQUESTED_MODEL] == "gpt-4o"
-
-
-class DecidingEnforcer:
-    """An enforcer stand-in on loopback (the openai 1.x venv has no store for a real one): answers each check
-    with the decision ``decisions`` gives its user, and keeps the checks it received."""
-
-    def __init__(self, decisions: dict[str, dict[str, Any]]) -> None:
-        self.checks: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
-                answer = b""
-                if self.path == "/v1/check":
-                    outer.checks.append(body)
-                    answer = json.dumps(decisions.get(body.get("user"), {"decision": "allow"})).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def test_the_gates_decisions_apply_to_responses_sync_and_async(

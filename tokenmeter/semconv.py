@@ -64,6 +64,9 @@ TOKEN_PHASE_REASONING: Final = "reasoning"
 
 # gen_ai.provider.name for OpenAI-compatible endpoints
 PROVIDER_OPENAI: Final = "openai"
+# gen_ai.provider.name of clients the conventions' registry does not list: the provider's own name, as it asks
+PROVIDER_OLLAMA: Final = "ollama"
+PROVIDER_DASHSCOPE: Final = "dashscope"
 
 # --- GenAI semantic conventions: metrics ---------------------------------------
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"

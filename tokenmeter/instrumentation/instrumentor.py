@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Collection
 from datetime import datetime
+from types import ModuleType
 from typing import Any, Final
 
 import wrapt
@@ -18,6 +19,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from tokenmeter.answer_cache.configuration import open_answer_cache
 from tokenmeter.answer_cache.sealed_cache import AnswerCache
 from tokenmeter.catalog import CatalogError, ModelCatalog
+from tokenmeter.instrumentation import dashscope_patch, ollama_patch
 from tokenmeter.instrumentation.billing import LocalCountPolicy
 from tokenmeter.instrumentation.content_hash import ContentHasher
 from tokenmeter.instrumentation.exit_hooks import install_exit_hooks
@@ -43,6 +45,9 @@ from tokenmeter.tokenizers import TokenizerRegistry
 VERSION = "0.1.0"
 # What a SIGTERM may spend on exporting before the process ends (its stopper waits ~30 s before SIGKILL).
 SIGTERM_FLUSH_SECONDS: Final = 5.0
+# The clients besides the openai SDK: each patched when its package is installed (docs/instrumentation.md,
+# "Clients and endpoints"), through a module with patch(metering, options) and unpatch(targets).
+OTHER_CLIENTS: Final[tuple[ModuleType, ...]] = (ollama_patch, dashscope_patch)
 
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
@@ -55,6 +60,13 @@ def _load_catalog(settings: Settings) -> ModelCatalog:
     except CatalogError as exc:
         logger.error("tokenmeter: %s. Using the built-in model catalog only until TOKENMETER_MODELS is fixed.", exc)
         return ModelCatalog.load(None)
+
+
+def _patch_client(client: ModuleType, metering: Metering, options: RequestOptions) -> list[Target]:
+    """One other client's methods wrapped; a client that cannot be patched (its import fails) is left alone."""
+    with contained(f"patching {client.__name__}"):
+        return list(client.patch(metering, options))
+    return []
 
 
 def _register_langchain(metering: Metering | None) -> None:
@@ -134,6 +146,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     # every `TokenmeterInstrumentor()`, so instance state set there would be lost.
     _finalizer = BackgroundFinalizer()
     _targets: list[Target] = []  # noqa: RUF012 - replaced, never mutated in place
+    _client_targets: list[tuple[ModuleType, list[Target]]] = []  # noqa: RUF012 - the other clients' (replaced)
     _outputs: TelemetryOutputs | None = None
     _quota: QuotaGate | None = None
     _exit_hooks_installed = False
@@ -152,6 +165,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota,
                                  answers=_answer_cache(settings))  # fmt: skip
         self._targets = patch(metering, options)
+        self._client_targets = [(client, _patch_client(client, metering, options)) for client in OTHER_CLIENTS]
         # LangChain LLM classes that do not call the openai SDK: metered from LangChain's callbacks.
         wrapt.register_post_import_hook(lambda _module: _register_langchain(metering), "langchain_core.callbacks")
         if not self._exit_hooks_installed:
@@ -168,6 +182,9 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch(self._targets)
         self._targets = []
+        for client, targets in self._client_targets:
+            client.unpatch(targets)
+        self._client_targets = []
         if "langchain_core.callbacks" in sys.modules:
             _register_langchain(None)
         outputs = self._outputs

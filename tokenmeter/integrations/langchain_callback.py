@@ -1,7 +1,8 @@
-"""Meter LangChain LLM classes that do not call through the ``openai`` SDK.
+"""Meter LangChain LLM classes that do not call through a client tokenmeter patches.
 
-``ChatOpenAI``, ``OpenAI`` and ``OpenAIEmbeddings`` are metered where they call the SDK;
-other chat models and LLMs (``ChatOllama``, native Qwen/ERNIE/Zhipu wrappers, anything a
+``ChatOpenAI``, ``OpenAI`` and ``OpenAIEmbeddings`` are metered where they call the openai SDK,
+``ChatOllama`` where it calls the ollama client, ``ChatTongyi`` where it calls DashScope's SDK;
+other chat models and LLMs (native ERNIE/Zhipu wrappers, Xinference, anything a
 Chatchat deployment plugs in) are metered here, from LangChain's callbacks: one span per
 run, the same usage counters and cost, the run's usage when the model reported it
 (``llm_output["token_usage"]`` or ``generation_info["usage"]``), else a count with the
@@ -28,10 +29,17 @@ _ROLES: Final = {"human": "user", "ai": "assistant", "system": "system", "tool":
 _MODEL_PARAMETERS: Final = ("model_name", "model", "model_id", "deployment_name")
 
 
-def is_metered_by_the_sdk(serialized: Mapping[str, Any] | None) -> bool:
-    """LangChain classes that call the openai SDK (metered there): their serialized id says openai."""
-    identifier = (serialized or {}).get("id") or []
-    return any("openai" in str(part).lower() for part in identifier)
+# LangChain classes whose client tokenmeter patches (metered there, not again here), by a word of their serialized
+# id: the openai SDK (ChatOpenAI...), the ollama client (ChatOllama), DashScope's Generation (ChatTongyi, Tongyi).
+_PATCHED_CLIENTS: Final = ("openai", "ollama", "tongyi")
+
+
+def is_metered_by_the_sdk(serialized: Mapping[str, Any] | None, model: str = "") -> bool:
+    """LangChain classes that call a client tokenmeter patches: their serialized id names it. Tongyi's vision
+    models go through DashScope's MultiModalConversation, which is not patched: those stay metered here."""
+    parts = [str(part).lower() for part in (serialized or {}).get("id") or []]
+    client = next((name for name in _PATCHED_CLIENTS if any(name in part for part in parts)), None)
+    return client is not None and not (client == "tongyi" and "vl" in model.lower())
 
 
 def _model_of(serialized: Mapping[str, Any] | None, invocation_params: Mapping[str, Any] | None) -> str:
@@ -104,7 +112,7 @@ class TokenmeterCallbackHandler:
     def _start(self, run_id: UUID, operation: str, serialized: Mapping[str, Any] | None, request: dict[str, Any],
                invocation_params: Mapping[str, Any] | None) -> None:  # fmt: skip
         metering = self.metering
-        if metering is None or is_metered_by_the_sdk(serialized):
+        if metering is None or is_metered_by_the_sdk(serialized, _model_of(serialized, invocation_params)):
             return
         with contained("LangChain run start"):
             request["model"] = _model_of(serialized, invocation_params)

@@ -1,0 +1,33 @@
+"""Which LangChain classes the callback handler leaves to a patched client (metered there, never twice).
+
+A pure function of LangChain's serialized class id and the model: runs without LangChain installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenmeter.integrations.langchain_callback import is_metered_by_the_sdk
+
+
+@pytest.mark.parametrize(
+    ("identifier", "model", "patched"),
+    [
+        (["langchain", "chat_models", "openai", "ChatOpenAI"], "gpt-4o", True),
+        (["langchain_openai", "chat_models", "base", "ChatOpenAI"], "qwen-plus", True),
+        (["langchain_ollama", "chat_models", "ChatOllama"], "qwen2.5:7b", True),
+        (["langchain_community", "chat_models", "tongyi", "ChatTongyi"], "qwen-max", True),
+        (["langchain_community", "llms", "tongyi", "Tongyi"], "qwen-turbo", True),
+        # Tongyi's vision models call MultiModalConversation, which is not patched: metered by the callback.
+        (["langchain_community", "chat_models", "tongyi", "ChatTongyi"], "qwen-vl-max", False),
+        (["langchain_community", "chat_models", "baidu_qianfan_endpoint", "QianfanChatEndpoint"], "ernie-4.0", False),
+        (["langchain_community", "llms", "xinference", "Xinference"], "qwen2.5-7b-instruct", False),
+    ],
+)
+def test_a_class_is_left_to_its_patched_client(identifier: list[str], model: str, patched: bool) -> None:
+    assert is_metered_by_the_sdk({"id": identifier}, model) is patched
+
+
+def test_no_serialized_class_is_metered_by_the_callback() -> None:
+    assert not is_metered_by_the_sdk(None)
+    assert not is_metered_by_the_sdk({})

@@ -1,0 +1,199 @@
+"""wrapt wrappers around DashScope's own SDK: `dashscope.Generation.call` and `AioGeneration.call` (Qwen natively).
+
+Each call is metered as a chat call (`dashscope_payload` reads it in chat terms) and checked by the quota gate
+before the request (``max_tokens`` is its output limit; a downgrade swaps ``model``), as the openai SDK's are. The
+SDK returns a response with ``status_code`` other than 200 instead of raising: that call is recorded as an error
+(``error.type`` is the response's ``code``), bills nothing, and is returned unchanged. Streams (generators of
+whole responses) reach the caller chunk for chunk through the same proxies as the openai SDK's. Any failure of
+tokenmeter's own falls back to the plain call. The provider is ``dashscope`` (not a value the GenAI registry
+lists: DashScope is not in it).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from wrapt import FunctionWrapper
+
+from tokenmeter import semconv
+from tokenmeter.instrumentation.dashscope_payload import (
+    DashScopeStreamAccumulator,
+    chat_view,
+    error_code,
+    is_error,
+    request_view,
+)
+from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.metering import Metering
+from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
+from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
+from tokenmeter.instrumentation.safety import contained
+
+PROVIDER_DASHSCOPE: Final = semconv.PROVIDER_DASHSCOPE  # not in the GenAI registry's list of values
+
+TARGETS = (
+    Target("dashscope.aigc.generation", "Generation.call", semconv.OPERATION_CHAT, False),
+    Target("dashscope.aigc.generation", "AioGeneration.call", semconv.OPERATION_CHAT, True),
+)
+
+
+class DashScopeResponseError(Exception):
+    """A DashScope response with a status other than 200, as `Metering.fail` records it: never raised."""
+
+
+@functools.lru_cache(maxsize=128)
+def _error_class(code: str) -> type[DashScopeResponseError]:
+    # Metering records a failure's error.type as its class's name: a class per code makes it the code.
+    return type(code, (DashScopeResponseError,), {"__qualname__": code})
+
+
+def response_error(code: str) -> DashScopeResponseError:
+    return _error_class(code)(code)
+
+
+def _server() -> tuple[str | None, int | None]:
+    """Where the SDK sends its requests: `dashscope.base_http_api_url`."""
+    try:
+        import dashscope
+
+        url = urlsplit(str(dashscope.base_http_api_url))
+        return url.hostname or None, url.port or (443 if url.scheme == "https" else 80)
+    except Exception:
+        return None, None
+
+
+def _begin(metering: Metering, kwargs: dict[str, Any]) -> tuple[LLMCall | None, object | None]:
+    """Start metering; on any internal failure, (None, None) and the call goes on unmetered."""
+    with contained("call start"):
+        host, port = _server()
+        call = metering.start(semconv.OPERATION_CHAT, request_view(kwargs), host, port)
+        call.provider = PROVIDER_DASHSCOPE  # Metering.start names the openai provider
+        call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, PROVIDER_DASHSCOPE)
+        return call, context.attach(trace.set_span_in_context(call.span))
+    return None, None
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        with contained("context detach"):
+            context.detach(token)  # type: ignore[arg-type]
+
+
+def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target, kwargs: dict[str, Any]) -> Any:
+    with contained("call result"):
+        if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+            proxy = MeteredAsyncStream if target.is_async else MeteredStream
+            accumulator = DashScopeStreamAccumulator(incremental=kwargs.get("incremental_output") is True)
+            return proxy(result, functools.partial(_finish_stream, metering, call), False, accumulator)
+        if is_error(result):
+            metering.fail(call, response_error(error_code(result)))
+        else:
+            metering.complete(call, chat_view(result))
+    return result
+
+
+def _finish_stream(
+    metering: Metering, call: LLMCall, stream: DashScopeStreamAccumulator, error: BaseException | None
+) -> None:
+    if error is None and stream.error_code is not None:
+        if not stream.answered:  # refused before any answer: nothing billed
+            metering.fail(call, response_error(stream.error_code))
+            return
+        error = response_error(stream.error_code)  # failed midway: what was streamed is billed
+    metering.complete_stream(call, stream, error)
+
+
+def _as_keywords(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by name (``Generation.call("qwen-plus", "hi")``), so the gate can swap the model."""
+    return {**dict(zip(names, args, strict=False)), **kwargs} if args else dict(kwargs)
+
+
+def make_sync_wrapper(
+    metering: Metering, target: Target, options: RequestOptions, names: tuple[str, ...]
+) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled() or len(args) > len(names):
+            return wrapped(*args, **kwargs)
+        kwargs = _as_keywords(names, args, kwargs)
+        call, token = _begin(metering, kwargs)
+        if call is None:
+            return wrapped(**kwargs)
+        try:
+            if options.quota is not None:
+                kwargs = options.quota.check(call, kwargs)
+            result = wrapped(**kwargs)
+        except BaseException as error:
+            with contained("call failure"):
+                metering.fail(call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, target, kwargs)
+
+    return wrapper
+
+
+def make_async_wrapper(
+    metering: Metering, target: Target, options: RequestOptions, names: tuple[str, ...]
+) -> Callable[..., Any]:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled() or len(args) > len(names):
+            return await wrapped(*args, **kwargs)
+        kwargs = _as_keywords(names, args, kwargs)
+        call, token = _begin(metering, kwargs)
+        if call is None:
+            return await wrapped(**kwargs)
+        try:
+            if options.quota is not None:
+                kwargs = await options.quota.check_async(call, kwargs)
+            result = await wrapped(**kwargs)
+        except BaseException as error:
+            with contained("call failure"):
+                metering.fail(call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, target, kwargs)
+
+    return wrapper
+
+
+def _positional_names(method: Any) -> tuple[str, ...]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in inspect.signature(method).parameters.values() if p.kind in kinds)
+
+
+def patch(metering: Metering, options: RequestOptions) -> list[Target]:
+    """Wrap every target the installed SDK has (nothing without `dashscope`); returns the ones wrapped."""
+    wrapped: list[Target] = []
+    for target in TARGETS:
+        try:
+            module = importlib.import_module(target.module)
+        except ImportError:
+            continue
+        class_name, method = target.method.split(".")
+        owner = getattr(module, class_name, None)
+        if owner is None or not isinstance(owner.__dict__.get(method), classmethod):
+            continue
+        factory = make_async_wrapper if target.is_async else make_sync_wrapper
+        names = _positional_names(getattr(owner, method))
+        # The classmethod itself is wrapped (wrapt binds it to the class, or a subclass, as it is called).
+        setattr(owner, method, FunctionWrapper(owner.__dict__[method], factory(metering, target, options, names)))
+        wrapped.append(target)
+    return wrapped
+
+
+def unpatch(targets: list[Target]) -> None:
+    for target in targets:
+        class_name, method = target.method.split(".")
+        owner = getattr(importlib.import_module(target.module), class_name)
+        wrapper = owner.__dict__.get(method)
+        if isinstance(wrapper, FunctionWrapper):
+            setattr(owner, method, wrapper.__wrapped__)

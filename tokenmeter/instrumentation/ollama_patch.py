@@ -1,0 +1,206 @@
+"""wrapt wrappers around the Ollama Python client's `chat` and `generate` (sync and async).
+
+Each call is read in chat terms (`ollama_payload`): ``chat`` as a chat call, ``generate`` as a text completion.
+The wrapper starts a metered call (provider ``ollama``), checks it with the quota gate (``options.num_predict`` is
+the output estimate; a downgrade swaps the ``model`` argument), calls the client unchanged and hands the response,
+or the stream of chunks (a generator the caller reads unchanged), to `Metering`. A streamed call's request is sent
+when the caller first reads: an error then, before any chunk, fails the call (nothing billed) as a refused request.
+The module-level ``ollama.chat`` / ``ollama.generate`` are bound methods of a default client taken at import; they are
+rebound to the wrapped methods (and back on `unpatch`). Any failure of tokenmeter's own falls back to the plain call.
+Not done here: trace context headers (the client takes no per-call headers) and the answer cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from wrapt import wrap_function_wrapper
+
+from tokenmeter import semconv
+from tokenmeter.instrumentation import openai_patch
+from tokenmeter.instrumentation.llm_call import LLMCall
+from tokenmeter.instrumentation.metering import Metering
+from tokenmeter.instrumentation.ollama_payload import PROVIDER_OLLAMA, OllamaStreamAccumulator, chat_view, request_view
+from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
+from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
+from tokenmeter.instrumentation.safety import contained
+
+_MODULE: Final = "ollama._client"
+TARGETS: Final = (
+    Target(_MODULE, "Client.chat", semconv.OPERATION_CHAT, False),
+    Target(_MODULE, "Client.generate", semconv.OPERATION_TEXT_COMPLETION, False),
+    Target(_MODULE, "AsyncClient.chat", semconv.OPERATION_CHAT, True),
+    Target(_MODULE, "AsyncClient.generate", semconv.OPERATION_TEXT_COMPLETION, True),
+)
+# The parameters each method takes by position (the rest are keyword-only).
+_POSITIONAL: Final = {"chat": ("model", "messages"), "generate": ("model", "prompt", "suffix")}
+
+
+class _MeteredAsyncGenerator(MeteredAsyncStream):
+    """The async client's stream is an async generator: closing it is ``aclose``."""
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_meter.finish()
+
+
+def _server_of(instance: Any) -> tuple[str | None, int | None]:
+    try:
+        url = instance._client.base_url  # the client's httpx client
+        return url.host or None, url.port
+    except Exception:
+        return None, None
+
+
+def _as_keywords(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """All arguments by name; None for arguments the method does not take (the client raises its TypeError)."""
+    names = _POSITIONAL[method]
+    if len(args) > len(names) or any(name in kwargs for name in names[: len(args)]):  # the client's TypeError
+        return None
+    keywords = {**dict(zip(names, args, strict=False)), **kwargs}
+    if isinstance(messages := keywords.get("messages"), Iterator):  # read here and by the client: a list of it
+        keywords["messages"] = list(messages)
+    return keywords
+
+
+def _begin(
+    metering: Metering, target: Target, instance: Any, kwargs: dict[str, Any]
+) -> tuple[LLMCall | None, dict[str, Any], object | None]:
+    """Start metering; on any internal failure, (None, view, None) and the call goes on unmetered."""
+    view: dict[str, Any] = {}
+    with contained("call start"):
+        view = request_view(target.operation, kwargs)
+        host, port = _server_of(instance)
+        call = metering.start(target.operation, view, host, port)
+        call.provider = PROVIDER_OLLAMA  # Metering.start names the OpenAI provider
+        call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, PROVIDER_OLLAMA)
+        return call, view, context.attach(trace.set_span_in_context(call.span))
+    return None, view, None
+
+
+def _checked(view: dict[str, Any], kwargs: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+    """The client's arguments after the check (of the view): the model swapped if the gate swapped it."""
+    if checked.get("model") != view.get("model"):
+        return {**kwargs, "model": checked["model"]}
+    return kwargs
+
+
+def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target) -> Any:
+    with contained("call result"):
+        if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+            proxy = _MeteredAsyncGenerator if target.is_async else MeteredStream
+            return proxy(result, _stream_finisher(metering, call), False, OllamaStreamAccumulator())
+        metering.complete(call, chat_view(result))
+    return result
+
+
+def _stream_finisher(metering: Metering, call: LLMCall) -> Callable[..., None]:
+    def finish(accumulator: OllamaStreamAccumulator, error: BaseException | None) -> None:
+        if error is not None and accumulator.chunks == 0:  # refused before answering (the request is sent lazily)
+            metering.fail(call, error)
+        else:
+            metering.complete_stream(call, accumulator, error)
+
+    return finish
+
+
+def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
+    with contained("call failure"):
+        metering.fail(call, error)
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        with contained("context detach"):
+            context.detach(token)  # type: ignore[arg-type]
+
+
+def make_sync_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
+    method = target.method.split(".")[1]
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        keywords = _as_keywords(method, args, kwargs) if is_instrumentation_enabled() else None
+        if keywords is None:
+            return wrapped(*args, **kwargs)
+        call, view, token = _begin(metering, target, instance, keywords)
+        if call is None:
+            return wrapped(**keywords)
+        try:
+            if options.quota is not None:
+                keywords = _checked(view, keywords, options.quota.check(call, view))
+            result = wrapped(**keywords)
+        except BaseException as error:
+            _on_error(metering, call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, target)
+
+    return wrapper
+
+
+def make_async_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
+    method = target.method.split(".")[1]
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        keywords = _as_keywords(method, args, kwargs) if is_instrumentation_enabled() else None
+        if keywords is None:
+            return await wrapped(*args, **kwargs)
+        call, view, token = _begin(metering, target, instance, keywords)
+        if call is None:
+            return await wrapped(**keywords)
+        try:
+            if options.quota is not None:
+                keywords = _checked(view, keywords, await options.quota.check_async(call, view))
+            result = await wrapped(**keywords)
+        except BaseException as error:
+            _on_error(metering, call, error)
+            raise
+        finally:
+            _detach(token)
+        return _on_result(metering, call, result, target)
+
+    return wrapper
+
+
+def patch(metering: Metering, options: RequestOptions) -> list[Target]:
+    """Wrap the client's chat and generate when the `ollama` package is installed; returns the ones wrapped."""
+    try:
+        module = importlib.import_module(_MODULE)
+    except ImportError:
+        return []
+    wrapped: list[Target] = []
+    for target in TARGETS:
+        if not hasattr(module, target.method.split(".")[0]):
+            continue
+        factory = make_async_wrapper if target.is_async else make_sync_wrapper
+        wrap_function_wrapper(module, target.method, factory(metering, target, options))
+        wrapped.append(target)
+    _rebind_default_client()
+    return wrapped
+
+
+def unpatch(targets: list[Target]) -> None:
+    openai_patch.unpatch(targets)
+    if targets:
+        _rebind_default_client()
+
+
+def _rebind_default_client() -> None:
+    """``ollama.chat`` / ``generate``: the default client's methods as the class has them now (wrapped or not),
+    unless the application replaced them."""
+    package = sys.modules.get("ollama")
+    default = getattr(package, "_client", None)
+    if default is None:
+        return
+    for name in _POSITIONAL:
+        current = getattr(package, name, None)
+        if getattr(current, "__self__", None) is default:
+            setattr(package, name, getattr(default, name))
