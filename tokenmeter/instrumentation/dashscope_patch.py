@@ -45,17 +45,16 @@ TARGETS = (
 
 
 class DashScopeResponseError(Exception):
-    """A DashScope response with a status other than 200, as `Metering.fail` records it: never raised."""
+    """A DashScope response with a status other than 200, as `Metering.fail` records it: never raised. Its
+    error.type is the response's code (``tokenmeter_error_type``, read by Metering)."""
 
-
-@functools.lru_cache(maxsize=128)
-def _error_class(code: str) -> type[DashScopeResponseError]:
-    # Metering records a failure's error.type as its class's name: a class per code makes it the code.
-    return type(code, (DashScopeResponseError,), {"__qualname__": code})
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.tokenmeter_error_type = code
 
 
 def response_error(code: str) -> DashScopeResponseError:
-    return _error_class(code)(code)
+    return DashScopeResponseError(code)
 
 
 def _server() -> tuple[str | None, int | None]:

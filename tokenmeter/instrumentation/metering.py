@@ -151,7 +151,7 @@ class Metering:
         if error is None and not stream.ended and not stream.reasons:  # closed or dropped before the answer's end
             call.span.set_attribute(semconv.TM_STREAM_INCOMPLETE, True)
         if error is not None:
-            call.error_type = type(error).__qualname__
+            call.error_type = getattr(error, "tokenmeter_error_type", None) or type(error).__qualname__
         self._finalizer.submit(lambda: self._finalize(call))
 
     def fail(self, call: LLMCall, error: BaseException) -> None:
@@ -212,5 +212,10 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _error_type(error: BaseException) -> str:
+    """error.type: a client's own name for the failure (``tokenmeter_error_type``: DashScope's response code), else
+    the HTTP status the SDK's exception carries, else the exception's class."""
+    named = getattr(error, "tokenmeter_error_type", None)
+    if isinstance(named, str) and named:
+        return named
     status = getattr(error, "status_code", None)
     return str(status) if isinstance(status, int) else type(error).__qualname__
