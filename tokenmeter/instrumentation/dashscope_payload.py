@@ -21,20 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, as_plain, server_usage
+from tokenmeter.instrumentation.openai_payload import field_of as _field
 from tokenmeter.instrumentation.responses_payload import ChatShapedResponse
 
 # Request parameters metering reads (the same names as chat completions').
 _PARAMETERS: Final = ("max_tokens", "temperature", "top_p")
 # The finish reason of a chunk that is not the last (DashScope sends the string "null").
 _NOT_FINISHED: Final = frozenset({"", "null"})
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _int(value: Any) -> int | None:

@@ -16,19 +16,12 @@ from typing import Any, Final
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.openai_payload import StreamAccumulator, as_plain, server_usage
+from tokenmeter.instrumentation.openai_payload import field_of as _field
 from tokenmeter.instrumentation.responses_payload import ChatShapedResponse
 
 PROVIDER_OLLAMA: Final = semconv.PROVIDER_OLLAMA  # not in the GenAI registry's list: the provider's own name
 # Sampling options metering reads, by the chat completions name they are recorded under.
 _OPTIONS: Final = (("num_predict", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p"))
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _number(value: Any) -> int | float | None:

@@ -70,12 +70,13 @@ def request_messages(kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [as_plain(m) for m in messages if m is not None]
 
 
-# Per type: is it a Mapping? Stream chunks call _field ~10 times each, and an ABC check per call
+# Per type: is it a Mapping? Stream chunks call field_of ~10 times each, and an ABC check per call
 # (the SDK's chunks are pydantic models, not Mappings) was a third of the per-chunk cost.
 _IS_MAPPING: dict[type, bool] = {}
 
 
-def _field(obj: Any, name: str) -> Any:
+def field_of(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a mapping, else ``obj.name``; None when absent (SDK objects and plain dicts alike)."""
     if obj is None:
         return None
     kind = type(obj)
@@ -99,11 +100,11 @@ def _as_int(value: Any) -> int | None:
 
 def server_usage(obj: Any) -> ServerUsage | None:
     """The `usage` block of a response or final stream chunk, if it has real numbers, with the parts it reports."""
-    usage = _field(obj, "usage")
+    usage = field_of(obj, "usage")
     if usage is None:
         return None
-    prompt = _as_int(_field(usage, "prompt_tokens"))
-    completion = _as_int(_field(usage, "completion_tokens"))
+    prompt = _as_int(field_of(usage, "prompt_tokens"))
+    completion = _as_int(field_of(usage, "completion_tokens"))
     if prompt is None and completion is None:
         return None
     input_tokens, output_tokens = max(prompt or 0, 0), max(completion or 0, 0)
@@ -129,8 +130,8 @@ def _reported_parts(usage: Any, input_tokens: int) -> dict[str, int | None]:
     of `usage` are read only beside ``prompt_tokens_details``: there ``prompt_tokens`` is OpenAI's total,
     which includes them (LiteLLM's shape); alone they may be Anthropic's, which excludes them.
     """
-    details = _extra_or_field(usage, "prompt_tokens_details")
-    output_details = _extra_or_field(usage, "completion_tokens_details")
+    details = _extra_orfield_of(usage, "prompt_tokens_details")
+    output_details = _extra_orfield_of(usage, "completion_tokens_details")
     beside_details = usage if details is not None else None
     cache_read = _first_count(details, _CACHE_READ_DETAILS)
     if cache_read is None:
@@ -180,7 +181,7 @@ def _fitted(input_tokens: int, output_tokens: int, parts: dict[str, int | None])
 
 
 def _count(obj: Any, name: str) -> int | None:
-    return _as_int(_extra_or_field(obj, name)) if obj is not None else None
+    return _as_int(_extra_orfield_of(obj, name)) if obj is not None else None
 
 
 def _first_count(obj: Any, names: Sequence[str]) -> int | None:
@@ -195,8 +196,8 @@ def _first_count(obj: Any, names: Sequence[str]) -> int | None:
 def _tool_call_text(tool_calls: Any) -> str:
     parts: list[str] = []
     for call in tool_calls or []:
-        function = _field(call, "function")
-        for piece in (_field(function, "name"), _field(function, "arguments")):
+        function = field_of(call, "function")
+        for piece in (field_of(function, "name"), field_of(function, "arguments")):
             if isinstance(piece, str):
                 parts.append(piece)
     return "".join(parts)
@@ -207,7 +208,7 @@ def _tool_call_text(tool_calls: Any) -> str:
 _DECLARED: dict[type, frozenset[str] | None] = {}
 
 
-def _extra_or_field(obj: Any, name: str) -> Any:
+def _extra_orfield_of(obj: Any, name: str) -> Any:
     """A field servers add beyond the OpenAI schema (DeepSeek's reasoning_content, prompt_cache_hit_tokens), or a
     declared one."""
     kind = type(obj)
@@ -217,43 +218,43 @@ def _extra_or_field(obj: Any, name: str) -> Any:
         fields = getattr(kind, "model_fields", None)
         declared = _DECLARED[kind] = frozenset(fields) if isinstance(fields, dict) else None
     if declared is None or name in declared:
-        return _field(obj, name)
+        return field_of(obj, name)
     # Straight from the extras: getattr of an absent name raises inside pydantic first (slow per chunk).
     extra = getattr(obj, "__pydantic_extra__", None)
     return extra.get(name) if extra else None
 
 
 def _extra_text(obj: Any, name: str) -> str:
-    value = _extra_or_field(obj, name)
+    value = _extra_orfield_of(obj, name)
     return value if isinstance(value, str) else ""
 
 
 def response_output_texts(response: Any) -> list[str]:
     """Generated text per choice of a chat or text completion (tool-call arguments included)."""
     texts: list[str] = []
-    for choice in _field(response, "choices") or []:
-        message = _field(choice, "message")
+    for choice in field_of(response, "choices") or []:
+        message = field_of(choice, "message")
         if message is not None:
-            text = _field(message, "content")
+            text = field_of(message, "content")
             texts.append(
                 _extra_text(message, "reasoning_content")
                 + (text if isinstance(text, str) else "")
-                + _tool_call_text(_field(message, "tool_calls"))
+                + _tool_call_text(field_of(message, "tool_calls"))
             )
         else:
-            text = _field(choice, "text")
+            text = field_of(choice, "text")
             texts.append(text if isinstance(text, str) else "")
     return texts
 
 
 def has_output_extras(response: Any) -> bool:
     """Whether a choice's message carries more than its text: reasoning, tool calls or a function call."""
-    for choice in _field(response, "choices") or []:
-        message = _field(choice, "message")
+    for choice in field_of(response, "choices") or []:
+        message = field_of(choice, "message")
         if message is not None and (
             _extra_text(message, "reasoning_content")
-            or _field(message, "tool_calls")
-            or _field(message, "function_call")
+            or field_of(message, "tool_calls")
+            or field_of(message, "function_call")
         ):
             return True
     return False
@@ -261,8 +262,8 @@ def has_output_extras(response: Any) -> bool:
 
 def finish_reasons(response: Any) -> list[str]:
     reasons = []
-    for choice in _field(response, "choices") or []:
-        reason = _field(choice, "finish_reason")
+    for choice in field_of(response, "choices") or []:
+        reason = field_of(choice, "finish_reason")
         if isinstance(reason, str):
             reasons.append(reason)
     return reasons
@@ -283,25 +284,25 @@ class StreamAccumulator:
 
     def observe(self, chunk: Any) -> None:
         self.chunks += 1
-        self.response_id = self.response_id or _field(chunk, "id")
-        self.response_model = self.response_model or _field(chunk, "model")
+        self.response_id = self.response_id or field_of(chunk, "id")
+        self.response_model = self.response_model or field_of(chunk, "model")
         usage = server_usage(chunk)
         if usage is not None:
             self.usage = usage
-        for choice in _field(chunk, "choices") or []:
-            index = _as_int(_field(choice, "index")) or 0
-            delta = _field(choice, "delta")
+        for choice in field_of(chunk, "choices") or []:
+            index = _as_int(field_of(choice, "index")) or 0
+            delta = field_of(choice, "delta")
             if delta is not None:
                 reasoning = _extra_text(delta, "reasoning_content")
-                tools = _tool_call_text(_field(delta, "tool_calls"))
-                piece = reasoning + (_field(delta, "content") or "") + tools
+                tools = _tool_call_text(field_of(delta, "tool_calls"))
+                piece = reasoning + (field_of(delta, "content") or "") + tools
                 if reasoning or tools:
                     self.extras = True
             else:
-                piece = _field(choice, "text") or ""
+                piece = field_of(choice, "text") or ""
             if piece:
                 self.texts.setdefault(index, []).append(piece)
-            reason = _field(choice, "finish_reason")
+            reason = field_of(choice, "finish_reason")
             if isinstance(reason, str):
                 self.reasons[index] = reason
 
@@ -314,12 +315,12 @@ class StreamAccumulator:
 
 def is_usage_only_chunk(chunk: Any) -> bool:
     """The final chunk `stream_options.include_usage` adds: usage and no choices."""
-    return not (_field(chunk, "choices") or []) and _field(chunk, "usage") is not None
+    return not (field_of(chunk, "choices") or []) and field_of(chunk, "usage") is not None
 
 
 def caller_asked_for_usage(kwargs: Mapping[str, Any]) -> bool:
     options = kwargs.get("stream_options")
-    return bool(_field(options, "include_usage")) if options else False
+    return bool(field_of(options, "include_usage")) if options else False
 
 
 def embedding_inputs(value: Any) -> list[str] | list[list[int]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tokenmeter.instrumentation.openai_payload import ServerUsage, StreamAccumulator, as_plain, server_usage
+from tokenmeter.instrumentation.openai_payload import field_of as _field
 
 # Content parts whose text the model reads (input) or wrote (an assistant message given back as input).
 _TEXT_PARTS: Final = ("input_text", "output_text", "text")
@@ -27,14 +28,6 @@ _ANSWER_DELTA: Final = "response.output_text.delta"
 _OTHER_DELTAS: Final = frozenset(
     {"response.reasoning_summary_text.delta", "response.reasoning_text.delta", "response.function_call_arguments.delta"}
 )
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _given(value: Any) -> bool:
