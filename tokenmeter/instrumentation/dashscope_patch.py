@@ -14,15 +14,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from opentelemetry import context, trace
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import FunctionWrapper
 
 from tokenmeter import semconv
+from tokenmeter.instrumentation.client_wrappers import ClientAdapter, make_wrapper
 from tokenmeter.instrumentation.dashscope_payload import (
     DashScopeStreamAccumulator,
     chat_view,
@@ -34,7 +32,6 @@ from tokenmeter.instrumentation.llm_call import LLMCall
 from tokenmeter.instrumentation.metering import Metering
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
-from tokenmeter.instrumentation.safety import contained
 
 PROVIDER_DASHSCOPE: Final = semconv.PROVIDER_DASHSCOPE  # not in the GenAI registry's list of values
 
@@ -68,33 +65,15 @@ def _server() -> tuple[str | None, int | None]:
         return None, None
 
 
-def _begin(metering: Metering, kwargs: dict[str, Any]) -> tuple[LLMCall | None, object | None]:
-    """Start metering; on any internal failure, (None, None) and the call goes on unmetered."""
-    with contained("call start"):
-        host, port = _server()
-        call = metering.start(semconv.OPERATION_CHAT, request_view(kwargs), host, port)
-        call.provider = PROVIDER_DASHSCOPE  # Metering.start names the openai provider
-        call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, PROVIDER_DASHSCOPE)
-        return call, context.attach(trace.set_span_in_context(call.span))
-    return None, None
-
-
-def _detach(token: object | None) -> None:
-    if token is not None:
-        with contained("context detach"):
-            context.detach(token)  # type: ignore[arg-type]
-
-
 def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target, kwargs: dict[str, Any]) -> Any:
-    with contained("call result"):
-        if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
-            proxy = MeteredAsyncStream if target.is_async else MeteredStream
-            accumulator = DashScopeStreamAccumulator(incremental=kwargs.get("incremental_output") is True)
-            return proxy(result, functools.partial(_finish_stream, metering, call), False, accumulator)
-        if is_error(result):
-            metering.fail(call, response_error(error_code(result)))
-        else:
-            metering.complete(call, chat_view(result))
+    if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+        proxy = MeteredAsyncStream if target.is_async else MeteredStream
+        accumulator = DashScopeStreamAccumulator(incremental=kwargs.get("incremental_output") is True)
+        return proxy(result, functools.partial(_finish_stream, metering, call), False, accumulator)
+    if is_error(result):
+        metering.fail(call, response_error(error_code(result)))
+    else:
+        metering.complete(call, chat_view(result))
     return result
 
 
@@ -109,59 +88,22 @@ def _finish_stream(
     metering.complete_stream(call, stream, error)
 
 
-def _as_keywords(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The call's arguments by name (``Generation.call("qwen-plus", "hi")``), so the gate can swap the model."""
+def _arguments(names: tuple[str, ...], _target: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The call's arguments by name (``Generation.call("qwen-plus", "hi")``), so the gate can swap the model; None
+    (called as given) for more positional arguments than the method takes."""
+    if len(args) > len(names):
+        return None
     return {**dict(zip(names, args, strict=False)), **kwargs} if args else dict(kwargs)
 
 
-def make_sync_wrapper(
-    metering: Metering, target: Target, options: RequestOptions, names: tuple[str, ...]
-) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled() or len(args) > len(names):
-            return wrapped(*args, **kwargs)
-        kwargs = _as_keywords(names, args, kwargs)
-        call, token = _begin(metering, kwargs)
-        if call is None:
-            return wrapped(**kwargs)
-        try:
-            if options.quota is not None:
-                kwargs = options.quota.check(call, kwargs)
-            result = wrapped(**kwargs)
-        except BaseException as error:
-            with contained("call failure"):
-                metering.fail(call, error)
-            raise
-        finally:
-            _detach(token)
-        return _on_result(metering, call, result, target, kwargs)
-
-    return wrapper
-
-
-def make_async_wrapper(
-    metering: Metering, target: Target, options: RequestOptions, names: tuple[str, ...]
-) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled() or len(args) > len(names):
-            return await wrapped(*args, **kwargs)
-        kwargs = _as_keywords(names, args, kwargs)
-        call, token = _begin(metering, kwargs)
-        if call is None:
-            return await wrapped(**kwargs)
-        try:
-            if options.quota is not None:
-                kwargs = await options.quota.check_async(call, kwargs)
-            result = await wrapped(**kwargs)
-        except BaseException as error:
-            with contained("call failure"):
-                metering.fail(call, error)
-            raise
-        finally:
-            _detach(token)
-        return _on_result(metering, call, result, target, kwargs)
-
-    return wrapper
+def _adapter(names: tuple[str, ...]) -> ClientAdapter:
+    return ClientAdapter(
+        provider=PROVIDER_DASHSCOPE,
+        arguments=functools.partial(_arguments, names),
+        request_view=lambda _target, arguments: request_view(arguments),
+        server_of=lambda _class: _server(),
+        on_result=_on_result,
+    )
 
 
 def _positional_names(method: Any) -> tuple[str, ...]:
@@ -181,10 +123,11 @@ def patch(metering: Metering, options: RequestOptions) -> list[Target]:
         owner = getattr(module, class_name, None)
         if owner is None or not isinstance(owner.__dict__.get(method), classmethod):
             continue
-        factory = make_async_wrapper if target.is_async else make_sync_wrapper
-        names = _positional_names(getattr(owner, method))
+        adapter = _adapter(_positional_names(getattr(owner, method)))
         # The classmethod itself is wrapped (wrapt binds it to the class, or a subclass, as it is called).
-        setattr(owner, method, FunctionWrapper(owner.__dict__[method], factory(metering, target, options, names)))
+        setattr(
+            owner, method, FunctionWrapper(owner.__dict__[method], make_wrapper(metering, target, options, adapter))
+        )
         wrapped.append(target)
     return wrapped
 

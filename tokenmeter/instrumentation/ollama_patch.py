@@ -1,10 +1,11 @@
 """wrapt wrappers around the Ollama Python client's `chat` and `generate` (sync and async).
 
 Each call is read in chat terms (`ollama_payload`): ``chat`` as a chat call, ``generate`` as a text completion.
-The wrapper starts a metered call (provider ``ollama``), checks it with the quota gate (``options.num_predict`` is
-the output estimate; a downgrade swaps the ``model`` argument), calls the client unchanged and hands the response,
-or the stream of chunks (a generator the caller reads unchanged), to `Metering`. A streamed call's request is sent
-when the caller first reads: an error then, before any chunk, fails the call (nothing billed) as a refused request.
+The shared wrapper (client_wrappers) starts a metered call (provider ``ollama``), checks it with the quota gate
+(``options.num_predict`` is the output estimate; a downgrade swaps the ``model`` argument), calls the client unchanged
+and hands the response, or the stream of chunks (a generator the caller reads unchanged), to `Metering`. A streamed
+call's request is sent when the caller first reads: an error then, before any chunk, fails the call (nothing billed)
+as a refused request.
 The module-level ``ollama.chat`` / ``ollama.generate`` are bound methods of a default client taken at import; they are
 rebound to the wrapped methods (and back on `unpatch`). Any failure of tokenmeter's own falls back to the plain call.
 Not done here: trace context headers (the client takes no per-call headers) and the answer cache.
@@ -17,18 +18,16 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from opentelemetry import context, trace
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import wrap_function_wrapper
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation import openai_patch
+from tokenmeter.instrumentation.client_wrappers import ClientAdapter, make_wrapper
 from tokenmeter.instrumentation.llm_call import LLMCall
 from tokenmeter.instrumentation.metering import Metering
 from tokenmeter.instrumentation.ollama_payload import PROVIDER_OLLAMA, OllamaStreamAccumulator, chat_view, request_view
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
-from tokenmeter.instrumentation.safety import contained
 
 _MODULE: Final = "ollama._client"
 TARGETS: Final = (
@@ -59,9 +58,9 @@ def _server_of(instance: Any) -> tuple[str | None, int | None]:
         return None, None
 
 
-def _as_keywords(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def _arguments(target: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """All arguments by name; None for arguments the method does not take (the client raises its TypeError)."""
-    names = _POSITIONAL[method]
+    names = _POSITIONAL[target.method.split(".")[1]]
     if len(args) > len(names) or any(name in kwargs for name in names[: len(args)]):  # the client's TypeError
         return None
     keywords = {**dict(zip(names, args, strict=False)), **kwargs}
@@ -70,34 +69,11 @@ def _as_keywords(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     return keywords
 
 
-def _begin(
-    metering: Metering, target: Target, instance: Any, kwargs: dict[str, Any]
-) -> tuple[LLMCall | None, dict[str, Any], object | None]:
-    """Start metering; on any internal failure, (None, view, None) and the call goes on unmetered."""
-    view: dict[str, Any] = {}
-    with contained("call start"):
-        view = request_view(target.operation, kwargs)
-        host, port = _server_of(instance)
-        call = metering.start(target.operation, view, host, port)
-        call.provider = PROVIDER_OLLAMA  # Metering.start names the OpenAI provider
-        call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, PROVIDER_OLLAMA)
-        return call, view, context.attach(trace.set_span_in_context(call.span))
-    return None, view, None
-
-
-def _checked(view: dict[str, Any], kwargs: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
-    """The client's arguments after the check (of the view): the model swapped if the gate swapped it."""
-    if checked.get("model") != view.get("model"):
-        return {**kwargs, "model": checked["model"]}
-    return kwargs
-
-
-def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target) -> Any:
-    with contained("call result"):
-        if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
-            proxy = _MeteredAsyncGenerator if target.is_async else MeteredStream
-            return proxy(result, _stream_finisher(metering, call), False, OllamaStreamAccumulator())
-        metering.complete(call, chat_view(result))
+def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target, _arguments: dict[str, Any]) -> Any:
+    if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+        proxy = _MeteredAsyncGenerator if target.is_async else MeteredStream
+        return proxy(result, _stream_finisher(metering, call), False, OllamaStreamAccumulator())
+    metering.complete(call, chat_view(result))
     return result
 
 
@@ -111,63 +87,13 @@ def _stream_finisher(metering: Metering, call: LLMCall) -> Callable[..., None]:
     return finish
 
 
-def _on_error(metering: Metering, call: LLMCall, error: BaseException) -> None:
-    with contained("call failure"):
-        metering.fail(call, error)
-
-
-def _detach(token: object | None) -> None:
-    if token is not None:
-        with contained("context detach"):
-            context.detach(token)  # type: ignore[arg-type]
-
-
-def make_sync_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
-    method = target.method.split(".")[1]
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        keywords = _as_keywords(method, args, kwargs) if is_instrumentation_enabled() else None
-        if keywords is None:
-            return wrapped(*args, **kwargs)
-        call, view, token = _begin(metering, target, instance, keywords)
-        if call is None:
-            return wrapped(**keywords)
-        try:
-            if options.quota is not None:
-                keywords = _checked(view, keywords, options.quota.check(call, view))
-            result = wrapped(**keywords)
-        except BaseException as error:
-            _on_error(metering, call, error)
-            raise
-        finally:
-            _detach(token)
-        return _on_result(metering, call, result, target)
-
-    return wrapper
-
-
-def make_async_wrapper(metering: Metering, target: Target, options: RequestOptions) -> Callable[..., Any]:
-    method = target.method.split(".")[1]
-
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        keywords = _as_keywords(method, args, kwargs) if is_instrumentation_enabled() else None
-        if keywords is None:
-            return await wrapped(*args, **kwargs)
-        call, view, token = _begin(metering, target, instance, keywords)
-        if call is None:
-            return await wrapped(**keywords)
-        try:
-            if options.quota is not None:
-                keywords = _checked(view, keywords, await options.quota.check_async(call, view))
-            result = await wrapped(**keywords)
-        except BaseException as error:
-            _on_error(metering, call, error)
-            raise
-        finally:
-            _detach(token)
-        return _on_result(metering, call, result, target)
-
-    return wrapper
+ADAPTER: Final = ClientAdapter(
+    provider=PROVIDER_OLLAMA,
+    arguments=_arguments,
+    request_view=lambda target, arguments: request_view(target.operation, arguments),
+    server_of=_server_of,
+    on_result=_on_result,
+)
 
 
 def patch(metering: Metering, options: RequestOptions) -> list[Target]:
@@ -180,8 +106,7 @@ def patch(metering: Metering, options: RequestOptions) -> list[Target]:
     for target in TARGETS:
         if not hasattr(module, target.method.split(".")[0]):
             continue
-        factory = make_async_wrapper if target.is_async else make_sync_wrapper
-        wrap_function_wrapper(module, target.method, factory(metering, target, options))
+        wrap_function_wrapper(module, target.method, make_wrapper(metering, target, options, ADAPTER))
         wrapped.append(target)
     _rebind_default_client()
     return wrapped
