@@ -35,6 +35,7 @@ from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, Metere
 
 PROVIDER_DASHSCOPE: Final = semconv.PROVIDER_DASHSCOPE  # not in the GenAI registry's list of values
 
+PACKAGE: Final = "dashscope"  # patched when the app imports it
 TARGETS = (
     Target("dashscope.aigc.generation", "Generation.call", semconv.OPERATION_CHAT, False),
     Target("dashscope.aigc.generation", "AioGeneration.call", semconv.OPERATION_CHAT, True),

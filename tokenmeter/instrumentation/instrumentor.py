@@ -7,6 +7,7 @@ variables only; `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tokenmeter` switches it o
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -45,8 +46,8 @@ from tokenmeter.tokenizers import TokenizerRegistry
 VERSION = "0.1.0"
 # What a SIGTERM may spend on exporting before the process ends (its stopper waits ~30 s before SIGKILL).
 SIGTERM_FLUSH_SECONDS: Final = 5.0
-# The clients besides the openai SDK: each patched when its package is installed (docs/instrumentation.md,
-# "Clients and endpoints"), through a module with patch(metering, options) and unpatch(targets).
+# The clients besides the openai SDK (docs/instrumentation.md, "Clients and endpoints"): each patched when the app
+# imports its package (PACKAGE), through a module with patch(metering, options) and unpatch(targets).
 OTHER_CLIENTS: Final[tuple[ModuleType, ...]] = (ollama_patch, dashscope_patch)
 
 
@@ -67,6 +68,12 @@ def _patch_client(client: ModuleType, metering: Metering, options: RequestOption
     with contained(f"patching {client.__name__}"):
         return list(client.patch(metering, options))
     return []
+
+
+def _when_imported(package: str, patch_client: Callable[[], None]) -> None:
+    """Patch a client once the app imports its package (at once if it has): importing every SDK that happens to be
+    installed would slow the app's start for clients it never uses."""
+    wrapt.register_post_import_hook(lambda _module: patch_client(), package)
 
 
 def _register_langchain(metering: Metering | None) -> None:
@@ -149,10 +156,13 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _client_targets: list[tuple[ModuleType, list[Target]]] = []  # noqa: RUF012 - the other clients' (replaced)
     _outputs: TelemetryOutputs | None = None
     _quota: QuotaGate | None = None
+    _current_metering: Metering | None = None  # the current instrument()'s, for the clients' import hooks
     _exit_hooks_installed = False
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return ("openai >= 1.0",)
+        # None: every client is optional and patched only where installed. A declared "openai" would make
+        # `tokenmeter.instrument()` meter nothing in an app that calls only Ollama or DashScope, say.
+        return ()
 
     def _instrument(self, **kwargs: Any) -> None:
         settings: Settings = kwargs.get("settings") or get_settings()
@@ -161,11 +171,14 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._outputs = outputs
         use_rating_sink(rating_sink(outputs.rating_log, settings))
         metering = _metering(settings, outputs, kwargs.get("registry"), self._finalizer, kwargs.get("price_clock"))
+        type(self)._current_metering = metering
         type(self)._quota = _quota_gate(settings, outputs.instruments)  # on the class: quota_client() reads it there
         options = RequestOptions(stream_usage=settings.stream_usage, propagate=settings.propagate, quota=self._quota,
                                  answers=_answer_cache(settings))  # fmt: skip
         self._targets = patch(metering, options)
-        self._client_targets = [(client, _patch_client(client, metering, options)) for client in OTHER_CLIENTS]
+        type(self)._client_targets = []
+        for client in OTHER_CLIENTS:
+            _when_imported(client.PACKAGE, functools.partial(self._patch_other_client, client, metering, options))
         # LangChain LLM classes that do not call the openai SDK: metered from LangChain's callbacks.
         wrapt.register_post_import_hook(lambda _module: _register_langchain(metering), "langchain_core.callbacks")
         if not self._exit_hooks_installed:
@@ -175,16 +188,25 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         logger.debug("tokenmeter instrumented %d OpenAI SDK methods", len(self._targets))
 
     @classmethod
+    def _patch_other_client(cls, client: ModuleType, metering: Metering, options: RequestOptions) -> None:
+        """An import hook's work. Hooks stay registered after uninstrument: one of an earlier instrument() (another
+        Metering) does nothing; nor does a second import of the package."""
+        if cls._current_metering is not metering or any(patched is client for patched, _ in cls._client_targets):
+            return
+        cls._client_targets = [*cls._client_targets, (client, _patch_client(client, metering, options))]
+
+    @classmethod
     def quota_client(cls) -> QuotaClient | None:
         """The enforcer client of the instrumented process (None without TOKENMETER_ENFORCER_URL)."""
         return cls._quota.client if cls._quota is not None else None
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        type(self)._current_metering = None
         unpatch(self._targets)
         self._targets = []
         for client, targets in self._client_targets:
             client.unpatch(targets)
-        self._client_targets = []
+        type(self)._client_targets = []
         if "langchain_core.callbacks" in sys.modules:
             _register_langchain(None)
         outputs = self._outputs

@@ -29,6 +29,7 @@ from tokenmeter.instrumentation.ollama_payload import PROVIDER_OLLAMA, OllamaStr
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
 
+PACKAGE: Final = "ollama"  # patched when the app imports it
 _MODULE: Final = "ollama._client"
 TARGETS: Final = (
     Target(_MODULE, "Client.chat", semconv.OPERATION_CHAT, False),
