@@ -265,6 +265,38 @@ def test_the_module_level_functions_are_metered(metered: Metered, server: Ollama
     assert [span["name"] for span in metered.spans()] == [f"chat {MODEL}", f"text_completion {MODEL}"]
 
 
+EMBEDDER = "bge-m3"  # an Ollama tag the catalog's re:^bge- matches: a virtual embeddings price, no offline tokenizer
+
+
+def test_embed_is_an_embeddings_call_billed_by_prompt_eval_count(metered: Metered, server: OllamaServer) -> None:
+    texts = ["报销制度", "差旅标准 travel policy"]
+    with tokenmeter.attribution(user="alice"):
+        response = ollama.Client(host=server.host).embed(EMBEDDER, texts)
+        asyncio.run(ollama.AsyncClient(host=server.host).embed(model=EMBEDDER, input=texts[0]))
+    assert len(response.embeddings) == 2
+    counted = [request.prompt_eval_count for request in server.requests]
+    assert counted == [17 + len(texts[0]) + len(texts[1]), 17 + len(texts[0])]
+    spans = metered.spans()
+    assert [span["name"] for span in spans] == [f"embeddings {EMBEDDER}"] * 2
+    assert [span[semconv.GEN_AI_OPERATION_NAME] for span in spans] == ["embeddings"] * 2
+    assert [(span[semconv.TM_USAGE_SOURCE], span[semconv.GEN_AI_USAGE_INPUT_TOKENS]) for span in spans] == [
+        ("server", counted[0]), ("server", counted[1])]  # fmt: skip
+    price = ModelCatalog.load(None).price_for(EMBEDDER)
+    assert price is not None and price.virtual
+    assert [Decimal(span[semconv.TM_COST]) for span in spans] == [
+        Decimal(n) * price.input / Decimal(price.per) for n in counted]  # fmt: skip
+    assert metered.tokens() == {("alice", "input"): sum(counted)}
+
+
+def test_the_deprecated_embeddings_endpoint_is_billed_by_the_tokenizer(metered: Metered, server: OllamaServer) -> None:
+    """/api/embeddings reports no count: the input is counted with the model's tokenizer."""
+    assert ollama.Client(host=server.host).embeddings(MODEL, QUESTION).embedding == [0.5, -0.25]
+    span = metered.only_span()
+    assert (span["name"], span[semconv.TM_USAGE_SOURCE]) == (f"embeddings {MODEL}", "tokenizer")
+    assert span[semconv.GEN_AI_USAGE_INPUT_TOKENS] == qwen_text_count(QUESTION)
+    assert semconv.GEN_AI_USAGE_OUTPUT_TOKENS not in span  # as for the openai SDK's embeddings
+
+
 # --- async -----------------------------------------------------------------------------------------------------
 
 
@@ -304,6 +336,7 @@ def test_every_users_total_equals_what_the_server_counted(metered: Metered, serv
                         pass
                 else:
                     client.generate(MODEL, f"{user}: {QUESTION * call}", options=options)
+            client.embed(EMBEDDER, [f"{user}: {QUESTION}", "报销制度" * n])
 
     async def async_calls() -> None:
         client = ollama.AsyncClient(host=server.host)
@@ -325,11 +358,12 @@ def test_every_users_total_equals_what_the_server_counted(metered: Metered, serv
 
     server_counted: dict[tuple[str | None, str], int] = {}
     for request in server.requests:
-        text = request.body.get("prompt") or request.body["messages"][-1]["content"]
+        sent = request.body.get("input") or request.body.get("prompt") or request.body["messages"]
+        text = sent[-1]["content"] if request.path == "/api/chat" else sent[0] if isinstance(sent, list) else sent
         user = text.split(":")[0]
         server_counted[(user, "input")] = server_counted.get((user, "input"), 0) + request.prompt_eval_count
         server_counted[(user, "output")] = server_counted.get((user, "output"), 0) + request.eval_count
-    assert len(server.requests) == 4 * len(users)
+    assert len(server.requests) == 5 * len(users)
     assert metered.tokens() == server_counted
 
 
@@ -352,16 +386,18 @@ def test_the_gates_decisions_apply_sync_and_async(metering_factory: Any, server:
             asyncio.run(async_client.generate("qwen2.5:72b", QUESTION, stream=True))
         with tokenmeter.attribution(user="carol"):
             downgraded = asyncio.run(async_client.chat("qwen2.5:72b", messages[1:]))
+        with tokenmeter.attribution(user="erin"):  # degraded to retrieval only: retrieval's embeddings still go
+            client.embed(EMBEDDER, QUESTION)
     finally:
         enforcer.close()
-    assert [request.body["model"] for request in server.requests] == ["qwen2.5:7b"]  # only carol's went
+    assert [request.body["model"] for request in server.requests] == ["qwen2.5:7b", EMBEDDER]  # carol's, erin's embed
     assert downgraded.model == "qwen2.5:7b"
     # The check's estimate: the counted input and options.num_predict.
     assert [(check["user"], check.get("max_output_tokens")) for check in enforcer.checks] == [
-        ("dave", 77), ("erin", None), ("carol", None)]  # fmt: skip
+        ("dave", 77), ("erin", None), ("carol", None), ("erin", 0)]  # fmt: skip
     assert enforcer.checks[0]["input_tokens"] > enforcer.checks[2]["input_tokens"] > 0
     spans = metered.spans()
-    assert [span.get(semconv.TM_QUOTA_DECISION) for span in spans] == ["deny", "degrade", "downgrade"]
+    assert [span.get(semconv.TM_QUOTA_DECISION) for span in spans] == ["deny", "degrade", "downgrade", "degrade"]
     assert semconv.GEN_AI_USAGE_INPUT_TOKENS not in spans[0] and semconv.GEN_AI_USAGE_INPUT_TOKENS not in spans[1]
     assert spans[2][semconv.GEN_AI_REQUEST_MODEL] == "qwen2.5:7b" and spans[2][semconv.TM_REQUESTED_MODEL] == (
         "qwen2.5:72b")  # fmt: skip

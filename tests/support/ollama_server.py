@@ -1,4 +1,5 @@
-"""A small Ollama-API HTTP server on 127.0.0.1 for tests: /api/chat and /api/generate, JSON and NDJSON streams.
+"""A small Ollama-API HTTP server on 127.0.0.1 for tests: /api/chat and /api/generate (JSON and NDJSON streams),
+/api/embed and the deprecated /api/embeddings.
 
 Like Ollama, a response (or a stream's last chunk, ``done`` true) reports ``prompt_eval_count`` and ``eval_count``;
 `ServerState.omit` leaves some out (older servers; a prompt served from the cache has no ``prompt_eval_count``).
@@ -46,6 +47,9 @@ def _counts(body: dict[str, Any]) -> tuple[int, int]:
     return PROMPT_BASE + sum(len(text) for text in texts), limit if isinstance(limit, int) and limit > 0 else EVAL_COUNT
 
 
+_PATHS = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: OllamaServer
     protocol_version = "HTTP/1.1"
@@ -57,9 +61,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
         model = body.get("model")
-        if self.path not in ("/api/chat", "/api/generate") or model in ("missing", "fail-500"):
+        if self.path not in _PATHS or model in ("missing", "fail-500"):
             status = 500 if model == "fail-500" else 404
             return self._send(status, {"error": f"model '{model}' not found" if status == 404 else "boom"})
+        if self.path in ("/api/embed", "/api/embeddings"):
+            return self._embed(model, body)
         prompt, output = _counts(body)
         state = self.server.state
         with state.lock:
@@ -77,6 +83,19 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             lines.append({**self._chunk(model, "", ""), **final})
         self._send_lines(lines)
+
+    def _embed(self, model: str, body: dict[str, Any]) -> None:
+        """/api/embed reports ``prompt_eval_count`` (PROMPT_BASE plus the inputs' characters); the deprecated
+        /api/embeddings reports no count (recorded as 0)."""
+        texts = body.get("input", body.get("prompt")) or ""
+        texts = [texts] if isinstance(texts, str) else texts
+        counted = PROMPT_BASE + sum(len(text) for text in texts) if self.path == "/api/embed" else 0
+        with self.server.state.lock:
+            self.server.state.requests.append(Reported(self.path, body, counted, 0))
+        if self.path == "/api/embeddings":
+            return self._send(200, {"embedding": [0.5, -0.25]})
+        self._send(200, {"model": model, "embeddings": [[0.5, -0.25] for _ in texts], "total_duration": 1000,
+                         "prompt_eval_count": counted})  # fmt: skip
 
     def _chunk(self, model: str, thinking: str, text: str) -> dict[str, Any]:
         chunk: dict[str, Any] = {"model": model, "created_at": "2025-01-01T00:00:00Z"}

@@ -1,6 +1,7 @@
-"""wrapt wrappers around the Ollama Python client's `chat` and `generate` (sync and async).
+"""wrapt wrappers around the Ollama Python client's `chat`, `generate` and `embed` (sync and async).
 
-Each call is read in chat terms (`ollama_payload`): ``chat`` as a chat call, ``generate`` as a text completion.
+Each call is read in chat terms (`ollama_payload`): ``chat`` as a chat call, ``generate`` as a text completion,
+``embed`` (and the deprecated ``embeddings``) as an embeddings call.
 The shared wrapper (client_wrappers) starts a metered call (provider ``ollama``), checks it with the quota gate
 (``options.num_predict`` is the output estimate; a downgrade swaps the ``model`` argument), calls the client unchanged
 and hands the response, or the stream of chunks (a generator the caller reads unchanged), to `Metering`. A streamed
@@ -25,7 +26,13 @@ from tokenmeter.instrumentation import openai_patch
 from tokenmeter.instrumentation.client_wrappers import ClientAdapter, make_wrapper
 from tokenmeter.instrumentation.llm_call import LLMCall
 from tokenmeter.instrumentation.metering import Metering
-from tokenmeter.instrumentation.ollama_payload import PROVIDER_OLLAMA, OllamaStreamAccumulator, chat_view, request_view
+from tokenmeter.instrumentation.ollama_payload import (
+    PROVIDER_OLLAMA,
+    OllamaStreamAccumulator,
+    chat_view,
+    embeddings_view,
+    request_view,
+)
 from tokenmeter.instrumentation.openai_patch import RequestOptions, Target
 from tokenmeter.instrumentation.openai_streams import MeteredAsyncStream, MeteredStream
 
@@ -36,9 +43,18 @@ TARGETS: Final = (
     Target(_MODULE, "Client.generate", semconv.OPERATION_TEXT_COMPLETION, False),
     Target(_MODULE, "AsyncClient.chat", semconv.OPERATION_CHAT, True),
     Target(_MODULE, "AsyncClient.generate", semconv.OPERATION_TEXT_COMPLETION, True),
+    Target(_MODULE, "Client.embed", semconv.OPERATION_EMBEDDINGS, False),
+    Target(_MODULE, "AsyncClient.embed", semconv.OPERATION_EMBEDDINGS, True),
+    Target(_MODULE, "Client.embeddings", semconv.OPERATION_EMBEDDINGS, False),  # deprecated, still in the client
+    Target(_MODULE, "AsyncClient.embeddings", semconv.OPERATION_EMBEDDINGS, True),
 )
 # The parameters each method takes by position (the rest are keyword-only).
-_POSITIONAL: Final = {"chat": ("model", "messages"), "generate": ("model", "prompt", "suffix")}
+_POSITIONAL: Final = {
+    "chat": ("model", "messages"),
+    "generate": ("model", "prompt", "suffix"),
+    "embed": ("model", "input", "truncate", "options", "keep_alive", "dimensions"),
+    "embeddings": ("model", "prompt", "options", "keep_alive"),
+}
 
 
 class _MeteredAsyncGenerator(MeteredAsyncStream):
@@ -74,7 +90,8 @@ def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target, _
     if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
         proxy = _MeteredAsyncGenerator if target.is_async else MeteredStream
         return proxy(result, _stream_finisher(metering, call), False, OllamaStreamAccumulator())
-    metering.complete(call, chat_view(result))
+    embedded = call.operation == semconv.OPERATION_EMBEDDINGS
+    metering.complete(call, embeddings_view(result) if embedded else chat_view(result))
     return result
 
 

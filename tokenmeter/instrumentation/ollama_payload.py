@@ -1,11 +1,13 @@
-"""Read the Ollama Python client's calls (`ollama.Client.chat` / `generate`) in chat terms, for metering them.
+"""Read the Ollama Python client's calls (`Client.chat` / `generate` / `embed`) in chat terms, for metering them.
 
 ``chat`` is a chat call (its ``messages``); ``generate`` a text completion whose prompts are its ``system``, ``prompt``
-and ``suffix``. ``options.num_predict`` is the output limit (negative: no limit), ``options.temperature`` / ``top_p``
-the sampling parameters. A response (or a stream's final chunk, ``done`` true) reports ``prompt_eval_count`` and
-``eval_count``: the billed input and output tokens. A server that leaves either out (older versions, a prompt served
-from its cache) is billed by the model's tokenizer, as any call without server usage. Pure functions over the client's
-objects (pydantic models) and plain dicts; the wrappers (ollama_patch) hand `Metering` these chat-shaped views.
+and ``suffix``; ``embed`` (and the deprecated ``embeddings``) an embeddings call of its ``input`` (``prompt``).
+``options.num_predict`` is the output limit (negative: no limit), ``options.temperature`` / ``top_p`` the sampling
+parameters. A response (or a stream's final chunk, ``done`` true) reports ``prompt_eval_count`` and ``eval_count``:
+the billed input and output tokens (an embed response: ``prompt_eval_count`` only). A server that leaves either out
+(older versions, a prompt served from its cache, the ``embeddings`` endpoint) is billed by the model's tokenizer, as
+any call without server usage. Pure functions over the client's objects (pydantic models) and plain dicts; the
+wrappers (ollama_patch) hand `Metering` these chat-shaped views.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def _number(value: Any) -> int | float | None:
 def request_view(operation: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The request as metering reads a chat or text completion's: model, stream, messages or prompts, parameters."""
     view: dict[str, Any] = {"model": kwargs.get("model") or "", "stream": kwargs.get("stream") is True}
+    if operation == semconv.OPERATION_EMBEDDINGS:  # embed's `input` (a text or a list), embeddings' `prompt`
+        view["input"] = kwargs.get("input", kwargs.get("prompt")) or ""
+        return view
     if operation == semconv.OPERATION_CHAT:
         view["messages"] = [chat_message(message) for message in kwargs.get("messages") or [] if message is not None]
     else:
@@ -97,6 +102,14 @@ def chat_view(response: Any) -> ChatShapedResponse:
     model = _field(response, "model")
     return ChatShapedResponse(id=None, model=model if isinstance(model, str) and model else None,
                               usage=chat_usage(response), choices=[choice])  # fmt: skip
+
+
+def embeddings_view(response: Any) -> ChatShapedResponse:
+    """An embed response: its ``prompt_eval_count`` is the billed input (the deprecated ``embeddings`` endpoint
+    reports none: its input is billed by the model's tokenizer)."""
+    count, model = _field(response, "prompt_eval_count"), _field(response, "model")
+    usage = {"prompt_tokens": count, "total_tokens": count} if isinstance(count, int) and count >= 0 else None
+    return ChatShapedResponse(id=None, model=model if isinstance(model, str) and model else None, usage=usage)
 
 
 class OllamaStreamAccumulator(StreamAccumulator):
