@@ -22,6 +22,7 @@ from dashscope_server import (
     SERVER_INPUT_TOKENS,
     SERVER_OUTPUT_TOKENS,
     DashScopeServer,
+    embedding_tokens,
 )
 from deciding_enforcer import DecidingEnforcer
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -45,7 +46,7 @@ from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
 dashscope = pytest.importorskip("dashscope")
-from dashscope import AioGeneration, Generation  # noqa: E402
+from dashscope import AioGeneration, Generation, TextEmbedding  # noqa: E402
 from dashscope.api_entities.aio_session import close_shared_aio_session  # noqa: E402
 
 MODEL = "qwen-plus"
@@ -214,6 +215,28 @@ def test_an_error_response_is_returned_unchanged_and_bills_nothing(metered: Mete
     assert metered.telemetry.points(semconv.METRIC_USAGE_TOKENS) == []
 
 
+EMBEDDER = "text-embedding-v4"  # not in the built-in catalog: metered, unpriced
+
+
+def test_text_embedding_is_an_embeddings_call_billed_by_total_tokens(metered: Metered, server: DashScopeServer) -> None:
+    texts = ["报销制度", "差旅标准 travel policy"]
+    with tokenmeter.attribution(user="alice"):
+        response = TextEmbedding.call(EMBEDDER, texts)
+        TextEmbedding.call(model=EMBEDDER, input=texts[0], text_type="query")
+        failed = TextEmbedding.call(model="fail-400", input=texts[0])
+    assert len(response.output["embeddings"]) == 2 and failed.status_code == 400
+    spans = metered.spans()
+    assert [(s["name"], s[semconv.GEN_AI_OPERATION_NAME]) for s in spans] == [
+        (f"embeddings {EMBEDDER}", "embeddings"), (f"embeddings {EMBEDDER}", "embeddings"),
+        ("embeddings fail-400", "embeddings")]  # fmt: skip
+    billed = [embedding_tokens(texts), embedding_tokens(texts[:1])]
+    assert [(s[semconv.TM_USAGE_SOURCE], s[semconv.GEN_AI_USAGE_INPUT_TOKENS]) for s in spans[:2]] == [
+        ("server", billed[0]), ("server", billed[1])]  # fmt: skip
+    assert all(semconv.GEN_AI_USAGE_OUTPUT_TOKENS not in s for s in spans)
+    assert spans[2][semconv.ERROR_TYPE] == ERROR_CODE and semconv.GEN_AI_USAGE_INPUT_TOKENS not in spans[2]
+    assert metered.tokens() == {("alice", "input"): sum(billed)}
+
+
 # --- streamed --------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +339,7 @@ def test_every_users_total_equals_what_the_server_counted(metered: Metered, serv
                         pass
                 else:
                     Generation.call(**kwargs)
+            TextEmbedding.call(EMBEDDER, [f"{user}: {QUESTION}", "报销" * n], user=user)
 
     async def async_calls() -> None:
         async def one(user: str, size: int) -> None:
@@ -335,10 +359,14 @@ def test_every_users_total_equals_what_the_server_counted(metered: Metered, serv
     server_counted: dict[tuple[str | None, str], int] = {}
     for request in server.requests:  # the server's own count: the input, and max_tokens as output
         user = request.body["parameters"]["user"]
+        if "/services/embeddings/" in request.path:
+            tokens = embedding_tokens(request.body["input"]["texts"])
+            server_counted[(user, "input")] = server_counted.get((user, "input"), 0) + tokens
+            continue
         server_counted[(user, "input")] = server_counted.get((user, "input"), 0) + SERVER_INPUT_TOKENS
         output = request.body["parameters"]["max_tokens"]
         server_counted[(user, "output")] = server_counted.get((user, "output"), 0) + output
-    assert len(server.requests) == 4 * len(users)
+    assert len(server.requests) == 5 * len(users)
     assert metered.tokens() == server_counted
 
 
@@ -360,15 +388,17 @@ def test_the_gate_denies_degrades_and_downgrades_sync_and_async(server: DashScop
         with tokenmeter.attribution(user="carol"):
             downgraded = Generation.call("qwen-max", QUESTION)
             streamed = list(Generation.call(model="qwen-max", prompt=QUESTION, stream=True))
+        with tokenmeter.attribution(user="erin"):  # degraded to retrieval only: retrieval's embeddings still go
+            TextEmbedding.call(EMBEDDER, QUESTION)
         spans = meter.spans()
     finally:
         meter.close()
         enforcer.close()
-    assert [request.body["model"] for request in server.requests] == ["qwen-turbo"] * 2  # only carol's went
+    assert [request.body["model"] for request in server.requests] == ["qwen-turbo", "qwen-turbo", EMBEDDER]
     assert downgraded.status_code == 200 and streamed[-1].output.text == REPLY_TEXT
     assert [(check["user"], check.get("max_output_tokens")) for check in enforcer.checks] == [
-        ("dave", 77), ("erin", None), ("carol", None), ("carol", None)]  # fmt: skip
-    assert [s[semconv.TM_QUOTA_DECISION] for s in spans] == ["deny", "degrade", "downgrade", "downgrade"]
+        ("dave", 77), ("erin", None), ("carol", None), ("carol", None), ("erin", 0)]  # fmt: skip
+    assert [s[semconv.TM_QUOTA_DECISION] for s in spans] == ["deny", "degrade", "downgrade", "downgrade", "degrade"]
     assert spans[0][semconv.ERROR_TYPE] == "QuotaExceeded" and semconv.GEN_AI_USAGE_INPUT_TOKENS not in spans[0]
     assert spans[2][semconv.GEN_AI_REQUEST_MODEL] == spans[2][semconv.TM_EFFECTIVE_MODEL] == "qwen-turbo"
     assert spans[2][semconv.TM_REQUESTED_MODEL] == "qwen-max"
@@ -381,7 +411,7 @@ def test_the_gate_denies_degrades_and_downgrades_sync_and_async(server: DashScop
 def test_unpatch_restores_the_classmethods() -> None:
     original = Generation.__dict__["call"]
     meter = Metered()
-    assert [t.method for t in meter.targets] == ["Generation.call", "AioGeneration.call"]
+    assert [t.method for t in meter.targets] == ["Generation.call", "AioGeneration.call", "TextEmbedding.call"]
     assert Generation.__dict__["call"] is not original
     meter.close()
     assert Generation.__dict__["call"] is original and isinstance(original, classmethod)

@@ -1,4 +1,4 @@
-"""A small fake of DashScope's native text-generation API on 127.0.0.1, for the `dashscope` SDK in tests.
+"""A small fake of DashScope's native text-generation and text-embedding APIs on 127.0.0.1, for the `dashscope` SDK.
 
 It answers ``POST {base}/services/aigc/text-generation/generation`` (the body: ``model``, ``input`` with
 ``messages`` or ``prompt``, ``parameters``) as DashScope does: JSON, or SSE when the request has
@@ -8,7 +8,8 @@ text so far unless ``incremental_output`` is true, and every chunk carries the r
 fixed, ``output_tokens`` growing to the final count). The final output count is the request's ``max_tokens`` (else
 `SERVER_OUTPUT_TOKENS`), so tests can vary usage per call. ``usage_mode="omit"`` sends no usage. Special models:
 ``fail-400`` (HTTP 400 with DashScope's ``code`` / ``message`` body) and ``fail-stream`` (an SSE error event after
-two chunks). Every request is recorded.
+two chunks). ``POST {base}/services/embeddings/text-embedding/text-embedding`` answers with a vector per text and
+``usage.total_tokens`` from `embedding_tokens`. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPLY_TEXT = "".join(REPLY_CHUNKS)
 SERVER_INPUT_TOKENS = 37
 SERVER_OUTPUT_TOKENS = 11
 ERROR_CODE = "InvalidParameter"
+EMBEDDING_BASE_TOKENS = 3
 
 
 @dataclass
@@ -55,6 +57,21 @@ def _output(parameters: dict[str, Any], text: str, finish_reason: str) -> dict[s
     return {"text": text, "finish_reason": finish_reason}
 
 
+def embedding_tokens(texts: list[str]) -> int:
+    """What the server bills a TextEmbedding request: fixed, unlike any local count."""
+    return EMBEDDING_BASE_TOKENS + sum(len(text) for text in texts)
+
+
+def _embedded(body: dict[str, Any]) -> dict[str, Any]:
+    texts = (body.get("input") or {}).get("texts") or []
+    vectors = [{"text_index": n, "embedding": [0.5, -0.25]} for n in range(len(texts))]
+    return {
+        "request_id": "req-embed",
+        "output": {"embeddings": vectors},
+        "usage": {"total_tokens": embedding_tokens(texts)},
+    }
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -68,7 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests.append(ReceivedRequest(self.path, dict(self.headers), body))
-        if not self.path.endswith("/services/aigc/text-generation/generation"):
+        if "/services/embeddings/text-embedding/" in self.path and body.get("model") != "fail-400":
+            self._json(200, _embedded(body))
+        elif not self.path.endswith(("/services/aigc/text-generation/generation", "/text-embedding")):
             self._json(404, {"code": "NotFound", "message": self.path, "request_id": "req-404"})
         elif body.get("model") == "fail-400":
             self._json(400, {"code": ERROR_CODE, "message": "Range of max_tokens is wrong", "request_id": "req-400"})

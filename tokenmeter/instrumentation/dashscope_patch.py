@@ -1,7 +1,8 @@
-"""wrapt wrappers around DashScope's own SDK: `dashscope.Generation.call` and `AioGeneration.call` (Qwen natively).
+"""wrapt wrappers around DashScope's own SDK: `Generation.call` / `AioGeneration.call` (Qwen natively), `TextEmbedding`.
 
-Each call is metered as a chat call (`dashscope_payload` reads it in chat terms) and checked by the quota gate
-before the request (``max_tokens`` is its output limit; a downgrade swaps ``model``), as the openai SDK's are. The
+Each Generation call is metered as a chat call (`dashscope_payload` reads it in chat terms), each
+`TextEmbedding.call` as an embeddings call (`dashscope_embeddings`), and checked by the quota gate before the
+request (``max_tokens`` is its output limit; a downgrade swaps ``model``), as the openai SDK's are. The
 SDK returns a response with ``status_code`` other than 200 instead of raising: that call is recorded as an error
 (``error.type`` is the response's ``code``), bills nothing, and is returned unchanged. Streams (generators of
 whole responses) reach the caller chunk for chunk through the same proxies as the openai SDK's. Any failure of
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from wrapt import FunctionWrapper
 
 from tokenmeter import semconv
+from tokenmeter.instrumentation import dashscope_embeddings
 from tokenmeter.instrumentation.client_wrappers import ClientAdapter, make_wrapper
 from tokenmeter.instrumentation.dashscope_payload import (
     DashScopeStreamAccumulator,
@@ -39,6 +41,7 @@ PACKAGE: Final = "dashscope"  # patched when the app imports it
 TARGETS = (
     Target("dashscope.aigc.generation", "Generation.call", semconv.OPERATION_CHAT, False),
     Target("dashscope.aigc.generation", "AioGeneration.call", semconv.OPERATION_CHAT, True),
+    Target("dashscope.embeddings.text_embedding", "TextEmbedding.call", semconv.OPERATION_EMBEDDINGS, False),
 )
 
 
@@ -73,6 +76,8 @@ def _on_result(metering: Metering, call: LLMCall, result: Any, target: Target, k
         return proxy(result, functools.partial(_finish_stream, metering, call), False, accumulator)
     if is_error(result):
         metering.fail(call, response_error(error_code(result)))
+    elif call.operation == semconv.OPERATION_EMBEDDINGS:
+        metering.complete(call, dashscope_embeddings.response_view(result))
     else:
         metering.complete(call, chat_view(result))
     return result
@@ -97,11 +102,17 @@ def _arguments(names: tuple[str, ...], _target: Target, args: tuple[Any, ...], k
     return {**dict(zip(names, args, strict=False)), **kwargs} if args else dict(kwargs)
 
 
+def _request_view(target: Target, arguments: dict[str, Any]) -> dict[str, Any]:
+    if target.operation == semconv.OPERATION_EMBEDDINGS:
+        return dashscope_embeddings.request_view(arguments)
+    return request_view(arguments)
+
+
 def _adapter(names: tuple[str, ...]) -> ClientAdapter:
     return ClientAdapter(
         provider=PROVIDER_DASHSCOPE,
         arguments=functools.partial(_arguments, names),
-        request_view=lambda _target, arguments: request_view(arguments),
+        request_view=_request_view,
         server_of=lambda _class: _server(),
         on_result=_on_result,
     )
