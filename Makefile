@@ -63,13 +63,13 @@ test-openai1: $(OPENAI1_VENV)/.installed
 	$(OPENAI1_VENV)/bin/python -m pytest -q tests/test_openai_instrumentation.py tests/test_auto_instrumentation.py \
 		tests/test_quota_client.py tests/test_usage_flush.py tests/test_propagation.py \
 		tests/test_answer_cache_store.py tests/test_answer_cache_openai.py tests/test_token_types.py \
-		tests/test_openai_responses.py
+		tests/test_openai_responses.py tests/test_openai_batch.py
 
 test-chatchat: $(BIN)/.installed $(CHATCHAT_VENV)/.installed
 	TOKENMETER_CHATCHAT_VENV=$(CURDIR)/$(CHATCHAT_VENV) $(BIN)/python -m pytest -q tests/test_chatchat_integration.py tests/test_chatchat_ratings.py \
 		tests/test_chatchat_retrieval.py
 	$(CHATCHAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_langchain_callback.py \
-		tests/test_answer_cache_openai.py
+		tests/test_answer_cache_openai.py tests/test_langchain_other_classes.py
 
 test: lint pytest test-chatchat test-openai1
 

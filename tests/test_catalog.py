@@ -88,9 +88,9 @@ def test_unknown_model_is_unpriced_and_there_is_no_catch_all(builtin: ModelCatal
 
 
 def test_builtin_prices(builtin: ModelCatalog) -> None:
-    mini = Price(Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075"))
+    mini = Price(Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075"), batch=Decimal("0.5"))
     assert builtin.price_for("gpt-4o-mini") == mini
-    assert builtin.price_for("gpt-4") == Price(Decimal("30.00"), Decimal("60.00"), PER_1M, "USD")
+    assert builtin.price_for("gpt-4") == Price(Decimal("30.00"), Decimal("60.00"), PER_1M, "USD", batch=Decimal("0.5"))
     # deepseek-chat's last price (it was retired in July 2026): V4-Flash's, after the cache-hit cut.
     since = datetime(2026, 4, 26, 20, 15, tzinfo=timezone(timedelta(hours=8)))
     assert builtin.price_for("deepseek-chat") == Price(
@@ -160,7 +160,7 @@ def test_user_entries_win(tmp_path: Path) -> None:
     assert catalog.price_for("qwen2.5-7b-instruct") == Price(Decimal("9"), Decimal("0.1"), PER_1K, "USD")
     # Models the user file does not name still get the built-in entries.
     assert catalog.price_for("gpt-4o-mini") == Price(
-        Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075")
+        Decimal("0.15"), Decimal("0.60"), PER_1M, "USD", cached_input=Decimal("0.075"), batch=Decimal("0.5")
     )
 
 

@@ -16,6 +16,8 @@ from tokenmeter.integrations.langchain_callback import is_metered_by_the_sdk
         (["langchain", "chat_models", "openai", "ChatOpenAI"], "gpt-4o", True),
         (["langchain_openai", "chat_models", "base", "ChatOpenAI"], "qwen-plus", True),
         (["langchain_ollama", "chat_models", "ChatOllama"], "qwen2.5:7b", True),
+        # langchain_community's own Ollama classes call Ollama's HTTP API with requests, not the ollama client.
+        (["langchain_community", "chat_models", "ollama", "ChatOllama"], "qwen2.5:7b", False),
         (["langchain_community", "chat_models", "tongyi", "ChatTongyi"], "qwen-max", True),
         (["langchain_community", "llms", "tongyi", "Tongyi"], "qwen-turbo", True),
         # Tongyi's vision models call MultiModalConversation, which is not patched: metered by the callback.

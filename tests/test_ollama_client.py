@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,14 @@ import pytest
 from deciding_enforcer import DecidingEnforcer
 from ollama_server import EVAL_COUNT, REPLY_CHUNKS, REPLY_TEXT, THINKING, OllamaServer
 from opentelemetry.trace import StatusCode
-from telemetry_fixtures import Telemetry, make_telemetry
+from patched_clients import Metered, metered_client
+from telemetry_fixtures import make_telemetry
 
 import tokenmeter
 from tokenmeter import semconv
 from tokenmeter.catalog import ModelCatalog
 from tokenmeter.instrumentation import ollama_patch
-from tokenmeter.instrumentation.finalizer import BackgroundFinalizer
-from tokenmeter.instrumentation.instrumentor import VERSION, _metering, _quota_gate
-from tokenmeter.instrumentation.openai_patch import RequestOptions
 from tokenmeter.instrumentation.quota.errors import QuotaDegraded, QuotaExceeded
-from tokenmeter.instrumentation.telemetry_outputs import TelemetryOutputs, flush_providers
 from tokenmeter.settings import Settings
 from tokenmeter.tokenizers import TokenizerRegistry
 
@@ -44,59 +40,10 @@ def registry() -> TokenizerRegistry:
     return TokenizerRegistry(ModelCatalog.load(None))
 
 
-@dataclass
-class Metered:
-    telemetry: Telemetry
-    outputs: TelemetryOutputs
-    finalizer: BackgroundFinalizer
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        assert self.finalizer.flush(timeout_s)
-        assert flush_providers(self.outputs.providers(), timeout_s)
-
-    def spans(self) -> list[dict[str, Any]]:
-        self.flush()
-        return [{"name": s.name, "status": s.status.status_code, **dict(s.attributes or {})}
-                for s in self.telemetry.spans()]  # fmt: skip
-
-    def only_span(self) -> dict[str, Any]:
-        spans = self.spans()
-        assert len(spans) == 1, [s["name"] for s in spans]
-        return spans[0]
-
-    def tokens(self) -> dict[tuple[str | None, str], int]:
-        """Usage counter totals keyed by (user, token type)."""
-        self.flush()
-        totals: dict[tuple[str | None, str], int] = {}
-        for attributes, value in self.telemetry.points(semconv.METRIC_USAGE_TOKENS):
-            key = (attributes.get(semconv.ENDUSER_ID), attributes[semconv.GEN_AI_TOKEN_TYPE])
-            totals[key] = totals.get(key, 0) + value
-        return totals
-
-
 @pytest.fixture
 def metering_factory(registry: TokenizerRegistry) -> Iterator[Any]:
-    opened: list[tuple[list[Any], Metered, Any]] = []
-
-    def start(**settings: Any) -> Metered:
-        telemetry = make_telemetry()
-        settings_ = Settings(**{"hash_key": "test-hash-key", "local_count": "always", **settings})
-        outputs = TelemetryOutputs.open(settings_, telemetry.tracer_provider, telemetry.meter_provider, VERSION)
-        finalizer = BackgroundFinalizer()
-        gate = _quota_gate(settings_, outputs.instruments)
-        metering = _metering(settings_, outputs, registry, finalizer)
-        targets = ollama_patch.patch(metering, RequestOptions(stream_usage="off", propagate="never", quota=gate))
-        metered = Metered(telemetry, outputs, finalizer)
-        opened.append((targets, metered, gate))
-        return metered
-
-    yield start
-    for targets, metered, gate in opened:
-        ollama_patch.unpatch(targets)
-        metered.finalizer.flush(10)
-        if gate is not None:
-            gate.client.close()
-        metered.outputs.shutdown()
+    with metered_client(ollama_patch, registry) as start:
+        yield start
 
 
 @pytest.fixture

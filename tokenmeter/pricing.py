@@ -3,8 +3,9 @@
 A ``Price`` says what ``per`` tokens of each type cost, in one currency: input and output,
 and where the provider bills them differently, cache reads, cache writes, reasoning and audio
 (a type without a rate of its own costs its total's rate: a cache read costs an input token).
-A price may have input-length ``tiers`` (the call's input tokens choose one) and an
-``effective_from`` date; a ``PriceSchedule`` is a model's prices over time, so a call is priced
+A price may have input-length ``tiers`` (the call's input tokens choose one), an
+``effective_from`` date, and a ``batch`` multiplier: the share of every rate a provider bills for its
+Batch API's calls (OpenAI's: 0.5). A ``PriceSchedule`` is a model's prices over time, so a call is priced
 with the price valid when it was made.
 
 ``cost_of_tokens`` turns a call's ``TokenCounts`` into a ``Cost``; an unknown model has no price
@@ -45,6 +46,16 @@ _FALLBACK: Final = {
     "reasoning": "output",
     "audio_output": "output",
 }
+
+
+def _check_batch(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Decimal) or not value.is_finite() or not Decimal(0) < value <= Decimal(1):
+        raise ValueError(
+            f"Price.batch must be a Decimal above 0 and at most 1 (the share of the standard rates a batch call "
+            f'is billed), got {value!r}; build it from a string, e.g. Decimal("0.5")'
+        )
 
 
 def _check_rate(owner: str, name: str, value: object, *, optional: bool) -> None:
@@ -167,7 +178,9 @@ class Price:
     ``virtual`` marks an internal price (e.g. for a free self-hosted model) that is accounted like a real
     one but must not be mistaken for an invoice. ``tiers`` (ascending ``up_to``) replace the price's own
     rates by the call's input tokens: the first tier whose ``up_to`` holds them, else the last tier.
-    ``effective_from`` (UTC) is when the price starts to hold; ``None`` means since always.
+    ``effective_from`` (UTC) is when the price starts to hold; ``None`` means since always. ``batch`` is the
+    share of every rate (tiers' included) a call made through the provider's Batch API costs; ``None``: the
+    provider's batch calls cost the standard rates.
     """
 
     input: Decimal
@@ -182,8 +195,10 @@ class Price:
     audio_output: Decimal | None = None
     tiers: tuple[PriceTier, ...] = ()
     effective_from: datetime | None = None
+    batch: Decimal | None = None
 
     def __post_init__(self) -> None:
+        _check_batch(self.batch)
         if self.per not in _PER_EXPONENT:
             raise ValueError(f"Price.per must be {PER_1K} or {PER_1M} tokens, got {self.per!r}")
         for name in RATE_FIELDS:
@@ -282,18 +297,22 @@ def priced_parts(rates: PriceTier, tokens: TokenCounts) -> list[tuple[str, int, 
     return list(zip(PRICED_PARTS, _part_counts(tokens), rates.billed_rates, strict=True))
 
 
-def cost_of_tokens(price: Price | None, tokens: TokenCounts) -> Cost:
+def cost_of_tokens(price: Price | None, tokens: TokenCounts, *, batch: bool = False) -> Cost:
     """The exact cost of a call's ``tokens`` at ``price`` (its tier chosen by the input tokens).
 
-    ``price=None`` (model not in the catalog, no price given, or a call before the first dated price)
-    yields an unpriced cost with ``amount=None``: never 0.
+    ``batch``: the call was made through the provider's Batch API, so every rate is scaled by the price's
+    ``batch`` share (a price without one: the standard rates). ``price=None`` (model not in the catalog, no
+    price given, or a call before the first dated price) yields an unpriced cost with ``amount=None``: never 0.
     """
     if price is None:
         return UNPRICED
     rates, tier = price.tier_for(tokens.input)
     with decimal.localcontext(_EXACT):
         parts = zip(_part_counts(tokens), rates.billed_rates, strict=True)
-        return _priced(price, tier, sum((Decimal(count) * rate for count, rate in parts if count), Decimal(0)))
+        per_block = sum((Decimal(count) * rate for count, rate in parts if count), Decimal(0))
+        if batch and price.batch is not None:
+            per_block *= price.batch  # the same as scaling each rate: the multiplier is exact, and so is the sum
+        return _priced(price, tier, per_block)
 
 
 def cost_of(price: Price | None, input_tokens: int, output_tokens: int) -> Cost:

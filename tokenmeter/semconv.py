@@ -64,6 +64,7 @@ TOKEN_PHASE_REASONING: Final = "reasoning"
 
 # gen_ai.provider.name for OpenAI-compatible endpoints
 PROVIDER_OPENAI: Final = "openai"
+PROVIDER_ANTHROPIC: Final = "anthropic"  # the Anthropic SDK's Messages API (a value of the GenAI registry)
 # gen_ai.provider.name of clients the conventions' registry does not list: the provider's own name, as it asks
 PROVIDER_OLLAMA: Final = "ollama"
 PROVIDER_DASHSCOPE: Final = "dashscope"
@@ -168,6 +169,8 @@ TM_RETRIEVAL_TOP_SCORE: Final = "tokenmeter.retrieval.top_score"
 TM_APP_ROUTE: Final = "tokenmeter.app.route"
 # A stream the caller stopped reading (closed or dropped) before its last chunk.
 TM_STREAM_INCOMPLETE: Final = "tokenmeter.stream.incomplete"
+# The Batch API batch a call ran in (metered from its results; priced at the price's batch share).
+TM_BATCH_ID: Final = "tokenmeter.batch.id"
 
 # --- the repeat-answer cache (docs/answer-cache.md) ---------------------------------
 # True: the answer came from the cache, no LLM call was made (billed tokens 0, cost 0).

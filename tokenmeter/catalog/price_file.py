@@ -3,8 +3,9 @@
 ``price:`` is one price (a mapping, as it always was) or the model's price history (a list, oldest
 first; every price after the first has a ``from`` date). A price has rates per token type
 (``cached_input``, ``cache_write``, ``reasoning``, ``audio_input``, ``audio_output`` beside ``input`` and
-``output``), optional input-length ``tiers`` (a rate a tier leaves out is the price's own) and, for
-people checking it, where it comes from (``source``) and when that was last checked (``checked``).
+``output``), optional input-length ``tiers`` (a rate a tier leaves out is the price's own), the share of
+those rates the provider bills for its Batch API's calls (``batch``) and, for people checking it, where it
+comes from (``source``) and when that was last checked (``checked``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ PRICE_EXPECTED: Final[dict[str, str]] = {
     "price.per": 'must be "1K" or "1M", got {value}',
     "price.currency": 'must be a currency code such as "USD" or "CNY", got {value}',
     "price.virtual": "must be true or false, got {value}",
+    "price.batch": "must be the share of the standard rates a batch call costs, above 0 and at most 1, such as "
+    '"0.5" (half price), got {got}',
     "price.tiers": "must be a list of input-length tiers, each {{up_to: <input tokens>, input: ..., output: ...}}, "
     "smallest first, got {got}",
     "price.tiers[]": "must be a mapping such as {{up_to: 32K, input: ..., output: ...}}, got {got}",
@@ -112,6 +115,8 @@ def _day(value: object) -> date:
 
 
 _Rate = Amount | None
+# The Batch API's share of every rate: a discount, never a surcharge, never free (leave it out for full price).
+_BatchShare = Annotated[Amount, Field(gt=0, le=1)]
 
 
 class _Tier(Strict):  # the rates for calls with at most up_to input tokens; a rate left out is the price's own
@@ -147,6 +152,7 @@ class _Price(Strict):
     effective_from: Annotated[datetime | None, PlainValidator(_moment)] = Field(None, alias="from")
     source: Text | None = None
     checked: Annotated[date | None, PlainValidator(_day)] = None
+    batch: _BatchShare | None = None  # last: the allowed fields an error lists keep their order
 
     @model_validator(mode="after")
     def _tiers_ascend(self) -> _Price:
@@ -170,6 +176,7 @@ class _Price(Strict):
             currency=self.currency,
             virtual=self.virtual,
             effective_from=self.effective_from,
+            batch=self.batch,
             **{name: getattr(self, name) for name in RATE_FIELDS},
         )
         return replace(own, tiers=tuple(tier.rates(own) for tier in self.tiers)) if self.tiers else own

@@ -88,6 +88,8 @@ def _price_json(price: Price, source: PriceSource | None) -> dict[str, Any]:
         "currency": price.currency,
         "virtual": price.virtual,
     }
+    if price.batch is not None:  # the share of every rate a Batch API call costs
+        out["batch"] = str(price.batch)
     if price.tiers:
         out["tiers"] = [{"up_to": tier.up_to, **_rates_json(tier)} for tier in price.tiers]
     if price.effective_from is not None:

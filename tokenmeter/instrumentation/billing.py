@@ -6,8 +6,8 @@ server's `usage` when it sent one, else the local count with the model's tokeniz
 (or a labelled estimate); the local count is also made beside server usage when the
 policy asks for it, so drift between the two can be watched. The cost comes from the
 catalog's price for the model counted by, valid when the call started, for the tokens by
-type (the server's cache reads and writes, reasoning and audio at their own rates); an
-unknown model's cost is unpriced.
+type (the server's cache reads and writes, reasoning and audio at their own rates), at the price's
+batch share for a call the provider's Batch API ran; an unknown model's cost is unpriced.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class BillableCall:
     trace_id: int  # decides the drift sample, so the same trace is sampled everywhere
     # When the call started (timezone-aware): it is priced with the price valid then. None: the price valid now.
     started_at: datetime | None = None
+    # Run by the provider's Batch API: every rate at the price's batch share (a price without one: standard).
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,12 @@ def bill(
     if call.usage is not None:  # the server's count is the bill; a local one is only for drift
         local, error = _count(call, model, registry) if policy.counts_beside_server(call.trace_id) else (None, None)
         tokens = call.usage.token_counts()
-        cost = cost_of_tokens(price, tokens)
+        cost = cost_of_tokens(price, tokens, batch=call.batch)
         return UsageRecord(tokens.input, tokens.output, semconv.SOURCE_SERVER, local, cost, error, call.usage)
     local, error = _count(call, model, registry)
     if local is None:  # odd input must not cost the call its usage record: a labelled estimate stands in
         local = estimate_locally(call.request_input, call.output_texts)
-    cost = cost_of_tokens(price, TokenCounts(local.input_tokens, local.output_tokens))
+    cost = cost_of_tokens(price, TokenCounts(local.input_tokens, local.output_tokens), batch=call.batch)
     return UsageRecord(local.input_tokens, local.output_tokens, local.source, local, cost, error)
 
 

@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from tokenmeter.answer_cache.configuration import open_answer_cache
 from tokenmeter.answer_cache.sealed_cache import AnswerCache
 from tokenmeter.catalog import CatalogError, ModelCatalog
-from tokenmeter.instrumentation import dashscope_patch, ollama_patch
+from tokenmeter.instrumentation import anthropic_patch, dashscope_patch, ollama_patch, openai_batch
 from tokenmeter.instrumentation.billing import LocalCountPolicy
 from tokenmeter.instrumentation.content_hash import ContentHasher
 from tokenmeter.instrumentation.exit_hooks import install_exit_hooks
@@ -48,7 +48,7 @@ VERSION = "0.1.0"
 SIGTERM_FLUSH_SECONDS: Final = 5.0
 # The clients besides the openai SDK (docs/instrumentation.md, "Clients and endpoints"): each patched when the app
 # imports its package (PACKAGE), through a module with patch(metering, options) and unpatch(targets).
-OTHER_CLIENTS: Final[tuple[ModuleType, ...]] = (ollama_patch, dashscope_patch)
+OTHER_CLIENTS: Final[tuple[ModuleType, ...]] = (ollama_patch, dashscope_patch, anthropic_patch, openai_batch)
 
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
@@ -76,11 +76,12 @@ def _when_imported(package: str, patch_client: Callable[[], None]) -> None:
     wrapt.register_post_import_hook(lambda _module: patch_client(), package)
 
 
-def _register_langchain(metering: Metering | None) -> None:
+def _register_langchain(metering: Metering | None, quota: QuotaGate | None) -> None:
+    """LangChain runs of classes no patch meters: metered by the callback handler, and checked with ``quota``."""
     with contained("LangChain callback registration"):
         from tokenmeter.integrations.langchain_callback import register
 
-        register(metering)
+        register(metering, quota)
 
 
 def _quota_gate(settings: Settings, instruments: Instruments) -> QuotaGate | None:
@@ -180,7 +181,9 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for client in OTHER_CLIENTS:
             _when_imported(client.PACKAGE, functools.partial(self._patch_other_client, client, metering, options))
         # LangChain LLM classes that do not call the openai SDK: metered from LangChain's callbacks.
-        wrapt.register_post_import_hook(lambda _module: _register_langchain(metering), "langchain_core.callbacks")
+        wrapt.register_post_import_hook(
+            lambda _module: _register_langchain(metering, options.quota), "langchain_core.callbacks"
+        )
         if not self._exit_hooks_installed:
             type(self)._exit_hooks_installed = True
             # At exit, and on SIGTERM: servers such as Chatchat's are stopped by signal.
@@ -208,7 +211,7 @@ class TokenmeterInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             client.unpatch(targets)
         type(self)._client_targets = []
         if "langchain_core.callbacks" in sys.modules:
-            _register_langchain(None)
+            _register_langchain(None, None)
         outputs = self._outputs
         if outputs is not None:
             outputs.stop_usage_flush()

@@ -62,6 +62,8 @@ class LLMCall:
     request_costs: RequestCosts | None = None
     # When the call is priced, if not at its start (Metering's price_clock: a backfill of past days).
     priced_at: datetime | None = None
+    # A call the provider's Batch API ran (metered from its results): priced at its price's batch share.
+    batch: bool = False
 
     def __post_init__(self) -> None:
         track_cost(self)
@@ -78,6 +80,7 @@ class LLMCall:
             reached_server=self.reached_server,
             trace_id=self.span.get_span_context().trace_id,
             started_at=self.priced_at or _utc(self.start_ns),
+            batch=self.batch,
         )
 
 

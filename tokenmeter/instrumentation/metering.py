@@ -99,6 +99,7 @@ class Metering:
         kwargs: Mapping[str, Any],
         server_address: str | None,
         server_port: int | None,
+        started_ns: int | None = None,  # when a call that ran elsewhere started (a batch's, metered from its result)
     ) -> LLMCall:
         model = str(kwargs.get("model") or "")
         who = current_attribution()
@@ -110,14 +111,15 @@ class Metering:
         if asked is not None:  # a chat call's question: on its span, and for routing rules
             attributes.update(asked.attributes())
         put(attributes, semconv.TM_APP_ROUTE, app_route)
-        span = self._tracer.start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes)
+        span = self._tracer.start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes,
+                                       start_time=started_ns)  # fmt: skip
         return LLMCall(
             operation=operation,
             request_model=model,
             provider=semconv.PROVIDER_OPENAI,
             span=span,
             attribution=who,
-            start_ns=time.time_ns(),
+            start_ns=started_ns or time.time_ns(),
             request_input=request_input,
             stream=bool(kwargs.get("stream")),
             server_address=server_address,
@@ -127,8 +129,8 @@ class Metering:
             priced_at=self._options.price_clock() if self._options.price_clock is not None else None,
         )
 
-    def complete(self, call: LLMCall, response: Any) -> None:
-        call.end_ns = time.time_ns()
+    def complete(self, call: LLMCall, response: Any, ended_ns: int | None = None) -> None:
+        call.end_ns = ended_ns or time.time_ns()
         call.reached_server = True
         call.response_id = _str_or_none(getattr(response, "id", None))
         call.response_model = _str_or_none(getattr(response, "model", None))
@@ -154,8 +156,8 @@ class Metering:
             call.error_type = getattr(error, "tokenmeter_error_type", None) or type(error).__qualname__
         self._finalizer.submit(lambda: self._finalize(call))
 
-    def fail(self, call: LLMCall, error: BaseException) -> None:
-        call.end_ns = time.time_ns()
+    def fail(self, call: LLMCall, error: BaseException, ended_ns: int | None = None) -> None:
+        call.end_ns = ended_ns or time.time_ns()
         call.error_type = _error_type(error)
         self._finalizer.submit(lambda: self._finalize(call))
 
