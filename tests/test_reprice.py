@@ -385,3 +385,21 @@ def _columns(store: Store) -> list[str]:
     rows = store.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'llm_usage' "
                        "ORDER BY position")  # fmt: skip
     return [str(name) for (name,) in rows]
+
+
+def test_a_batch_call_is_repriced_at_the_batch_rate_as_it_was_billed(tmp_path: Path, migrated_store: Any) -> None:
+    """A Batch API call's row keeps its batch id (migration 0023): reprice prices it at the price's batch rate."""
+    path = tmp_path / "models.yaml"
+    price = '{input: "2.00", output: "8.00", per: 1M, currency: CNY, batch: "0.5"}'
+    path.write_text(f"- match: tm-batch*\n  price: {price}\n", encoding="utf-8")
+    catalog = ModelCatalog.load(path)
+    batch_call = call("batched", "tm-batch", 1000, 100, "0.0014", **{semconv.TM_BATCH_ID: "batch_abc"})
+    store_calls(
+        migrated_store, [(nov(20, 9), batch_call), (nov(20, 10), call("direct", "tm-batch", 1000, 100, "0.0028"))]
+    )
+    (rows,) = reprice_queries.calls_of_day(migrated_store, date(2026, 11, 20))
+    by_name = {row["conversation"]: row for row in rows}
+    assert (by_name["batched"]["batch_id"], by_name["direct"]["batch_id"]) == ("batch_abc", "")
+    batched, direct = reprice(by_name["batched"], catalog), reprice(by_name["direct"], catalog)
+    assert (batched.new.amount, direct.new.amount) == (Decimal("0.0014"), Decimal("0.0028"))  # half: 1000 x 2 + 100 x 8
+    assert not batched.changed and not direct.changed

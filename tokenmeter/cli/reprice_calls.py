@@ -124,7 +124,8 @@ def reprice(row: Mapping[str, Any], catalog: ModelCatalog) -> RepricedCall:
     """The row's call priced at ``catalog``'s price valid when it was made."""
     when = call_time(row)
     model = priced_model(row, catalog)
-    cost = cost_of_tokens(catalog.price_at(model, when), token_counts(row))
+    # A Batch API call (migration 0023's batch_id) was billed at the price's batch rate.
+    cost = cost_of_tokens(catalog.price_at(model, when), token_counts(row), batch=bool(row.get("batch_id")))
     new, cut = _as_stored(cost)
     return RepricedCall(when.date(), model, stored_cost(row), new, cut)
 

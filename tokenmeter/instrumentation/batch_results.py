@@ -51,7 +51,7 @@ def meter_result_file(
     def meter_all() -> None:
         for result in results:
             with contained("batch result"):
-                _meter(metering, result, batch, server)
+                _meter(metering, result, batch, server, file_id)
 
     if batch is not None and batch.submitter is not None:
         _as(batch.submitter, meter_all)
@@ -61,15 +61,20 @@ def meter_result_file(
 
 
 def _meter(
-    metering: Metering, result: BatchResult, batch: SubmittedBatch | None, server: tuple[str | None, int | None]
+    metering: Metering,
+    result: BatchResult,
+    batch: SubmittedBatch | None,
+    server: tuple[str | None, int | None],
+    file_id: str,
 ) -> None:
     operation = result_operation(result, batch.endpoint if batch is not None else None)
     # When OpenAI ran the batch, if known: the span's times, and the price valid when it was created.
     started, ended = (_ns(batch.created_at), _ns(batch.completed_at)) if batch is not None else (None, None)
     call = metering.start(operation, {"model": result_model(result)}, *server, started_ns=started)
     call.batch = True
-    if batch is not None:
-        call.span.set_attribute(semconv.TM_BATCH_ID, batch.batch_id)
+    # Always set on a batch's call (a stored call is repriced at the batch rate by it): the batch's id, else the
+    # id of the result file read when this process does not know its batch.
+    call.span.set_attribute(semconv.TM_BATCH_ID, batch.batch_id if batch is not None else file_id)
     if result.succeeded:
         metering.complete(call, result_response(result), ended_ns=ended)
     else:
