@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenmeter.integrations.langchain_callback import is_metered_by_the_sdk
+from tokenmeter.integrations.langchain_callback import is_metered_by_the_sdk, provider_of
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,19 @@ def test_a_class_is_left_to_its_patched_client(identifier: list[str], model: str
 def test_no_serialized_class_is_metered_by_the_callback() -> None:
     assert not is_metered_by_the_sdk(None)
     assert not is_metered_by_the_sdk({})
+
+
+@pytest.mark.parametrize(
+    ("identifier", "provider"),
+    [
+        (["langchain_community", "chat_models", "ollama", "ChatOllama"], "ollama"),
+        (["langchain_community", "chat_models", "tongyi", "ChatTongyi"], "dashscope"),
+        (["langchain_community", "chat_models", "baidu_qianfan_endpoint", "QianfanChatEndpoint"], "baidu"),
+        (["langchain_community", "llms", "xinference", "Xinference"], "xinference"),
+        (["langchain", "chat_models", "zhipuai", "ChatZhipuAI"], "zhipu"),
+        (["my_app", "models", "house_llm", "HouseLLM"], "house_llm"),  # a class that names no provider: its module
+        ([], "langchain"),
+    ],
+)
+def test_a_runs_provider_is_named_from_its_class_never_openai_by_default(identifier: list[str], provider: str) -> None:
+    assert provider_of({"id": identifier}) == provider

@@ -132,9 +132,21 @@ def _response_like(result: Any) -> ChatShapedResponse:
     return ChatShapedResponse(id=None, model=model, usage=_usage(result), choices=choices)
 
 
-def _provider_of(serialized: Mapping[str, Any] | None) -> str | None:
+# gen_ai.provider.name by a word of the class's serialized id: the registry's names where it has one, else the
+# provider's own name (the conventions' rule).
+_PROVIDERS: Final = (("ollama", semconv.PROVIDER_OLLAMA), ("tongyi", semconv.PROVIDER_DASHSCOPE),
+                     ("dashscope", semconv.PROVIDER_DASHSCOPE), ("anthropic", semconv.PROVIDER_ANTHROPIC),
+                     ("deepseek", "deepseek"), ("mistral", "mistral_ai"), ("groq", "groq"), ("cohere", "cohere"),
+                     ("qianfan", "baidu"), ("ernie", "baidu"), ("zhipu", "zhipu"), ("xinference", "xinference"),
+                     ("moonshot", "moonshot"), ("baichuan", "baichuan"), ("minimax", "minimax"))  # fmt: skip
+
+
+def provider_of(serialized: Mapping[str, Any] | None) -> str:
+    """The provider a LangChain class calls, by its serialized id; a class that names none: its module's name
+    (``["my_app", "models", "house_llm", "HouseLLM"]`` → ``house_llm``), never the openai that Metering starts with."""
     parts = [str(part).lower() for part in (serialized or {}).get("id") or []]
-    return semconv.PROVIDER_OLLAMA if any("ollama" in part for part in parts) else None
+    found = next((name for word, name in _PROVIDERS if any(word in part for part in parts)), None)
+    return found or (parts[-2] if len(parts) >= 2 else "langchain")
 
 
 class _Run:
@@ -175,10 +187,8 @@ class TokenmeterCallbackHandler:
                 return
             request.update(model=model, **_request_parameters(params))
             call = metering.start(operation, request, None, None)
-            provider = _provider_of(serialized)
-            if provider is not None:  # Metering.start names the OpenAI provider
-                call.provider = provider
-                call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, provider)
+            call.provider = provider_of(serialized)  # Metering.start names the OpenAI provider
+            call.span.set_attribute(semconv.GEN_AI_PROVIDER_NAME, call.provider)
             # One generate() call starts its prompts' runs with one invocation parameters dict; no other run has it.
             with self._lock:
                 self._runs[run_id] = _Run(call, request, invocation_params if invocation_params is not None else run_id)
