@@ -18,6 +18,7 @@ from tokenmeter.instrumentation.attribution import Attribution
 from tokenmeter.instrumentation.billing import BillableCall, UsageRecord
 from tokenmeter.instrumentation.openai_payload import ServerUsage
 from tokenmeter.instrumentation.question_features import AskedQuestion
+from tokenmeter.instrumentation.quota.errors import QuotaVerdict
 from tokenmeter.instrumentation.request_costs import RequestCosts, track_cost
 
 
@@ -64,6 +65,8 @@ class LLMCall:
     priced_at: datetime | None = None
     # A call the provider's Batch API ran (metered from its results): priced at its price's batch share.
     batch: bool = False
+    # The quota check's verdict on this call, once the gate applied it (None: unchecked, or tokenmeter failed).
+    quota_verdict: QuotaVerdict | None = None
 
     def __post_init__(self) -> None:
         track_cost(self)

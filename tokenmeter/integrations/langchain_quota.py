@@ -14,12 +14,8 @@ so (requested and effective model alike, the control arm).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from contextvars import ContextVar
 from typing import Any, Final
-
-import wrapt
 
 from tokenmeter import semconv
 from tokenmeter.instrumentation.llm_call import LLMCall
@@ -27,8 +23,6 @@ from tokenmeter.instrumentation.quota.errors import Language, QuotaExceeded, Quo
 from tokenmeter.instrumentation.quota.gate import HOP_NOTICE_SINKS, QuotaGate
 from tokenmeter.instrumentation.safety import contained
 
-# The verdicts the enforcer client returned during one check (the gate applies a verdict but returns only kwargs).
-_verdicts: ContextVar[list[QuotaVerdict] | None] = ContextVar("tokenmeter_langchain_verdicts", default=None)
 _DOWNGRADE: Final = "downgrade"
 
 
@@ -52,36 +46,19 @@ class QuotaDowngradeRefused(QuotaExceeded):
         )
 
 
-class _RecordingClient(wrapt.ObjectProxy):  # type: ignore[misc]
-    """The gate's enforcer client, keeping each verdict it returns for the check being made."""
-
-    def check(self, *args: Any, **kwargs: Any) -> QuotaVerdict:
-        verdict = self.__wrapped__.check(*args, **kwargs)
-        seen = _verdicts.get()
-        if seen is not None:
-            seen.append(verdict)
-        return verdict
-
-
 class RunGate:
     """The process's quota gate, applied to LangChain runs (sync checks: a start event is a plain call)."""
 
     def __init__(self, gate: QuotaGate) -> None:
-        self._gate = copy.copy(gate)  # the same client and counters; its client seen through the recorder
-        self._gate.client = _RecordingClient(gate.client)
+        self._gate = gate
 
     def check(self, call: LLMCall, request: dict[str, Any]) -> None:
         """Raise the QuotaError that stops the run, if any; a model swap is refused (downgrade) or undone."""
-        seen: list[QuotaVerdict] = []
-        token = _verdicts.set(seen)
-        try:
-            checked = self._gate.check(call, request)
-        finally:
-            _verdicts.reset(token)
+        checked = self._gate.check(call, request)
         requested = request.get("model")
         if checked.get("model") == requested:
             return
-        verdict = seen[-1] if seen else None
+        verdict = call.quota_verdict
         with contained("LangChain run's model kept"):
             _keep_model(call, str(requested), verdict)
         if verdict is not None and verdict.action == _DOWNGRADE:

@@ -184,6 +184,7 @@ class QuotaGate:
         return key, request_token_estimate(call.request_input), max_output
 
     def _apply(self, call: LLMCall, kwargs: dict[str, Any], verdict: QuotaVerdict) -> dict[str, Any]:
+        call.quota_verdict = verdict
         span = call.span
         span.set_attributes(_verdict_attributes(verdict))
         self._instruments.quota_decisions.add(
